@@ -1,0 +1,49 @@
+"""Engines: one model behind torch, ONNX Runtime or TensorRT, picked by ``backend``."""
+
+from __future__ import annotations
+
+import os
+
+from rtdenoise.backends.base import BACKENDS, Engine, StreamState
+
+__all__ = ["BACKENDS", "Engine", "StreamState", "load_engine"]
+
+
+def load_engine(model=None, *, backend: str = "torch", **kwargs) -> Engine:
+    """An engine for ``model`` (a Checkpoint, a path, a shipped name, or None = default).
+
+    ``backend``: ``torch``, ``onnxruntime``, ``tensorrt`` or ``auto`` (TensorRT on a GPU
+    with TensorRT, else CUDA torch, else the fastest CPU backend measured for the model).
+    Bad names and paths fail here, not at the first frame.
+    """
+    from rtdenoise.model.checkpoint import Checkpoint, load
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    ckpt = model if isinstance(model, Checkpoint) else load(model)
+    if backend == "auto":
+        backend = _auto_backend(ckpt)
+    if backend == "torch":
+        from rtdenoise.backends.torch_engine import TorchEngine
+
+        return TorchEngine(ckpt, **kwargs)
+    if backend == "onnxruntime":
+        from rtdenoise.backends.ort_engine import OrtEngine
+
+        return OrtEngine(ckpt, **kwargs)
+    from rtdenoise.backends.trt_engine import TrtEngine
+
+    return TrtEngine(ckpt, **kwargs)
+
+
+def _auto_backend(ckpt) -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        try:
+            import tensorrt  # noqa: F401
+
+            return "tensorrt"
+        except ImportError:
+            return "torch"
+    return os.environ.get("RTDENOISE_CPU_BACKEND") or ckpt.metrics.get("fastest_cpu_backend", "torch")

@@ -1,0 +1,152 @@
+"""Checkpoints that describe themselves: weights + config + normalization + provenance.
+
+A checkpoint is a plain dict of tensors, strings, numbers and lists, saved with
+``torch.save`` and loaded with ``torch.load(weights_only=True)``: no pickled objects, so a
+model file cannot execute code. Any engine can rebuild the model from the file alone.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from rtdenoise.model.dncnn import CausalDnCNN, ModelConfig
+
+FORMAT = "rtdenoise-checkpoint"
+FORMAT_VERSION = 1
+DEFAULT_MODEL = "spectral-lag0"
+
+
+@dataclass
+class Checkpoint:
+    """A trained model and everything needed to use it."""
+
+    name: str
+    config: ModelConfig
+    state_dict: dict[str, torch.Tensor]
+    modality: str = "spectral"
+    wavelengths: list[float] = field(default_factory=list)  # nm, one per bin
+    fs: float = 5.0  # frame rate it was trained for, Hz
+    provenance: dict = field(default_factory=dict)  # signal/noise config, seed, steps, losses, wall time
+    metrics: dict = field(default_factory=dict)  # quality measured after training
+    path: str | None = None
+
+    @property
+    def frame_shape(self) -> tuple[int, ...]:
+        return (self.config.n_bins,)
+
+    @property
+    def lag(self) -> int:
+        return self.config.lag
+
+    @property
+    def receptive_field(self) -> int:
+        return self.config.receptive_field
+
+    def normalization(self) -> dict:
+        return {"kind": "running-baseline/sqrt", "horizon": self.config.horizon, "floor": self.config.floor}
+
+    def model(self) -> CausalDnCNN:
+        """A CausalDnCNN with these weights, in eval mode."""
+        net = CausalDnCNN(self.config)
+        net.load_state_dict(self.state_dict)
+        return net.eval()
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "modality": self.modality,
+            "frame_shape": list(self.frame_shape),
+            "wavelengths": [float(x) for x in self.wavelengths],
+            "fs": float(self.fs),
+            "lag": self.lag,
+            "receptive_field": self.receptive_field,
+            "config": self.config.to_dict(),
+            "normalization": self.normalization(),
+            "provenance": self.provenance,
+            "metrics": self.metrics,
+            "state_dict": {k: v.detach().cpu().contiguous() for k, v in self.state_dict.items()},
+        }
+
+    def info(self) -> dict:
+        """Everything but the weights, for ``rtdenoise info``."""
+        d = self.to_dict()
+        d["parameters"] = int(sum(v.numel() for v in self.state_dict.values()))
+        d["path"] = self.path
+        del d["state_dict"]
+        return d
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically: a crash never leaves a truncated checkpoint under ``path``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            torch.save(self.to_dict(), tmp)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+
+def shipped_models_dir() -> Path:
+    """Where the models shipped with rtdenoise live (the repo's ``models/``)."""
+    return Path(str(resources.files("rtdenoise._shipped")))
+
+
+def resolve(model: str | os.PathLike | None) -> Path:
+    """A path for ``model``: None = the shipped default, a shipped name, or a file path."""
+    if model is None:
+        model = DEFAULT_MODEL
+    p = Path(model)
+    if p.suffix == ".pt" or p.exists() or os.sep in str(model):
+        if not p.exists():
+            raise FileNotFoundError(f"model file {str(p)!r} does not exist")
+        return p
+    shipped = shipped_models_dir() / f"{model}.pt"
+    if not shipped.exists():
+        names = sorted(q.stem for q in shipped_models_dir().glob("*.pt"))
+        raise ValueError(f"no shipped model named {model!r}; shipped: {names}, or give a path to a .pt file")
+    return shipped
+
+
+def load(model: str | os.PathLike | None = None) -> Checkpoint:
+    """Load a checkpoint by path or shipped name (None = the default).
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for anything that is
+    not a valid rtdenoise checkpoint (corrupt, truncated, wrong format version).
+    """
+    path = resolve(model)
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a corrupt file
+        raise ValueError(f"{path} is not a readable rtdenoise checkpoint: {type(e).__name__}: {e}") from e
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an rtdenoise checkpoint (no format marker {FORMAT!r})")
+    if d.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has checkpoint format version {d.get('format_version')}, this rtdenoise reads {FORMAT_VERSION}; "
+            "upgrade rtdenoise or re-export the model"
+        )
+    try:
+        ckpt = Checkpoint(
+            name=d["name"],
+            config=ModelConfig.from_dict(d["config"]),
+            state_dict=d["state_dict"],
+            modality=d["modality"],
+            wavelengths=list(d["wavelengths"]),
+            fs=float(d["fs"]),
+            provenance=d.get("provenance", {}),
+            metrics=d.get("metrics", {}),
+            path=str(path),
+        )
+        ckpt.model()  # the weights must fit the config
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise ValueError(f"{path} is a damaged rtdenoise checkpoint: {type(e).__name__}: {e}") from e
+    return ckpt

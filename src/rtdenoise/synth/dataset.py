@@ -1,0 +1,84 @@
+"""Training instances generated on the fly: synthetic signal + instrument noise, forever.
+
+No fixed dataset: every window is new, so the training set is effectively infinite and the
+model cannot overfit it (the DeepDenoise recipe).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rtdenoise.synth.noise import DetectorNoise, RecordedNoise
+from rtdenoise.synth.spectral import SpectralConfig, SpectralInstance, sample_instance
+
+
+class SpectralDataset(torch.utils.data.IterableDataset):
+    """Endless ``(noisy, target)`` windows of shape ``(window, n_bins)``, float32 counts.
+
+    ``target = clean + static``: what the detector reads without its random noise.
+
+    Parameters
+    ----------
+    signal : SpectralConfig
+        The signal model and its randomization ranges.
+    noise : DetectorNoise or RecordedNoise
+        Where the noise comes from; the detector model by default.
+    window : int
+        Frames per instance.
+    seed : int
+        Instances are reproducible from it: the same seed gives the same stream of windows
+        (per DataLoader worker, which each get ``seed + worker_id``).
+
+    Examples
+    --------
+    >>> ds = SpectralDataset(SpectralConfig(), window=64, seed=0)
+    >>> noisy, target = next(iter(ds))
+    >>> noisy.shape
+    (64, 152)
+    """
+
+    def __init__(
+        self,
+        signal: SpectralConfig | None = None,
+        noise: DetectorNoise | RecordedNoise | None = None,
+        *,
+        window: int = 256,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.signal = signal or SpectralConfig()
+        self.signal.validate()
+        self.noise = noise or DetectorNoise()
+        if window < 1:
+            raise ValueError(f"window must be >= 1 frame, got {window}")
+        if isinstance(self.noise, RecordedNoise):
+            if self.noise.dark.shape[1] != self.signal.n_bins:
+                raise ValueError(
+                    f"noise recordings have {self.noise.dark.shape[1]} bins, the signal model {self.signal.n_bins}"
+                )
+            shortest = min(self.noise.dark.shape[0], self.noise.light.shape[0])
+            if shortest < window:
+                raise ValueError(
+                    f"noise recordings have {shortest} frames, fewer than one window of {window}; "
+                    "record longer or pass a shorter window"
+                )
+        self.window = window
+        self.seed = seed
+
+    def instance(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, SpectralInstance]:
+        inst = sample_instance(self.signal, self.window, rng)
+        noisy, static = self.noise.sample(inst.clean, rng, fs=self.signal.fs)
+        return noisy.astype(np.float32), (inst.clean + static[None, :]).astype(np.float32), inst
+
+    def batch(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """``size`` instances stacked: two ``(size, window, n_bins)`` float32 arrays."""
+        pairs = [self.instance(rng)[:2] for _ in range(size)]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng(self.seed + (info.id if info is not None else 0))
+        while True:
+            noisy, target, _ = self.instance(rng)
+            yield noisy, target

@@ -1,0 +1,253 @@
+"""Training loop: instances made on the fly, held-out validation, checkpoints, resume, DDP.
+
+Runs unchanged under ``torchrun --nproc_per_node N -m rtdenoise.cli train ...``: each rank
+draws its own instances (seeded by rank), gradients are averaged by
+DistributedDataParallel, rank 0 validates, logs and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rtdenoise.model.checkpoint import Checkpoint
+from rtdenoise.model.dncnn import CausalDnCNN, ModelConfig
+from rtdenoise.synth.dataset import SpectralDataset
+from rtdenoise.synth.noise import DetectorNoise, RecordedNoise
+from rtdenoise.synth.spectral import SpectralConfig
+
+
+@dataclass
+class TrainConfig:
+    """How to train; stored in the checkpoint's provenance."""
+
+    steps: int = 20_000  # optimizer steps at most
+    minutes: float | None = None  # wall-clock budget; stops at whichever comes first
+    batch: int = 16  # instances per step (per rank)
+    window: int = 256  # frames per instance: 51 s at 5 Hz, several receptive fields
+    lr: float = 2e-3  # peak AdamW learning rate
+    warmup: int = 200  # linear warm-up steps: avoids the early plateau large steps cause
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0  # global norm; protects against rare extreme instances
+    val_every: int = 250  # steps between validations (and checkpoints)
+    val_instances: int = 48  # held-out instances, fixed by the seed
+    seed: int = 0
+    workers: int = 1  # processes making instances beside the training loop (0: inline)
+    threads: int | None = None  # torch intra-op threads; None = the cores the workers leave
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warm-up then cosine decay to 2 % of the peak."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    p = min(1.0, (step - cfg.warmup) / max(1, total - cfg.warmup))
+    return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def normalize_batch(noisy: np.ndarray, target: np.ndarray, mcfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Front end over a batch from a cold start: (features, target in the network's units)."""
+    fe = mcfg.frontend(batch=noisy.shape[0])
+    feat, stats = fe.features(noisy)
+    return torch.from_numpy(feat), torch.from_numpy(fe.target(target, stats))
+
+
+def lagged_loss(out: torch.Tensor, tn: torch.Tensor, lag: int) -> torch.Tensor:
+    """MSE between output row t (frame t − lag) and the target of frame t − lag."""
+    if lag == 0:
+        return F.mse_loss(out, tn)
+    return F.mse_loss(out[:, lag:], tn[:, :-lag])
+
+
+def identity_loss(feat: torch.Tensor, tn: torch.Tensor, lag: int) -> torch.Tensor:
+    """The loss of passing the input through (no denoising): the yardstick for val loss."""
+    return F.mse_loss(feat[:, :, : tn.shape[2]], tn)
+
+
+class _Batches(torch.utils.data.IterableDataset):
+    """Endless normalized training batches, made in a worker process beside the optimizer."""
+
+    def __init__(self, ds: SpectralDataset, mcfg: ModelConfig, batch: int, seed: list[int]):
+        super().__init__()
+        self.ds, self.mcfg, self.batch, self.seed = ds, mcfg, batch, seed
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng(self.seed + [info.id if info else 0])
+        while True:
+            yield normalize_batch(*self.ds.batch(rng, self.batch), self.mcfg)
+
+
+def _dist() -> tuple[int, int]:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def train(
+    out: str | os.PathLike,
+    *,
+    model: ModelConfig | None = None,
+    signal: SpectralConfig | None = None,
+    noise: DetectorNoise | RecordedNoise | None = None,
+    config: TrainConfig | None = None,
+    name: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    command: str | None = None,
+) -> Checkpoint:
+    """Train a causal DnCNN on synthetic spectra and write the checkpoint to ``out``.
+
+    ``out`` is rewritten at every validation (atomically), so an interrupted run leaves the
+    last good checkpoint; ``resume=True`` continues from it (``out + '.state'`` holds the
+    optimizer). Returns the final checkpoint.
+    """
+    from tqdm import tqdm
+
+    model_cfg = model or ModelConfig()
+    signal = signal or SpectralConfig()
+    signal.validate()
+    noise = noise or DetectorNoise()
+    cfg = config or TrainConfig()
+    if model_cfg.n_bins != signal.n_bins:
+        raise ValueError(f"model has {model_cfg.n_bins} bins but the signal model {signal.n_bins}")
+    if cfg.window <= model_cfg.lag:
+        raise ValueError(f"window ({cfg.window}) must be longer than the lag ({model_cfg.lag})")
+    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) - cfg.workers))
+    out = Path(out)
+    state_path = out.with_name(out.name + ".state")
+    rank, world = _dist()
+
+    torch.manual_seed(cfg.seed)
+    net = CausalDnCNN(model_cfg)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, wall_before, history = 0, 0.0, []
+    if resume:
+        if not out.exists() or not state_path.exists():
+            raise FileNotFoundError(f"cannot resume: {out} or {state_path} is missing")
+        st = torch.load(state_path, map_location="cpu", weights_only=True)
+        net.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        step, wall_before, history = int(st["step"]), float(st["wall_s"]), list(st["history"])
+    ddp = net
+    if world > 1:
+        ddp = torch.nn.parallel.DistributedDataParallel(net)
+
+    ds = SpectralDataset(signal, noise, window=cfg.window, seed=cfg.seed)
+    val_rng = np.random.default_rng([cfg.seed, 10**6])  # held out: never drawn in training
+    val = [normalize_batch(*ds.batch(val_rng, 8), model_cfg) for _ in range(math.ceil(cfg.val_instances / 8))]
+    # Each (rank, resume point) draws its own stream of instances.
+    batches = torch.utils.data.DataLoader(
+        _Batches(ds, model_cfg, cfg.batch, [cfg.seed, rank, step]),
+        batch_size=None,
+        num_workers=cfg.workers,
+        prefetch_factor=4 if cfg.workers else None,
+    )
+    batch_iter = iter(batches)
+
+    def validate() -> float:
+        net.eval()
+        with torch.no_grad():
+            losses = [lagged_loss(net(x), t, model_cfg.lag).item() for x, t in val]
+        net.train()
+        return float(np.mean(losses))
+
+    def save(val_loss: float, wall: float) -> Checkpoint:
+        ckpt = Checkpoint(
+            name=name or out.stem,
+            config=model_cfg,
+            state_dict=net.state_dict(),
+            wavelengths=list(signal.wavelengths()),
+            fs=signal.fs,
+            provenance={
+                "signal": signal.to_dict(),
+                "noise": noise.describe(),
+                "train": cfg.to_dict(),
+                "steps": step,
+                "instances": step * cfg.batch * world,
+                "final_val_loss": val_loss,
+                "val_loss_raw": raw_val,
+                "history": history,
+                "wall_time_s": wall,
+                "world_size": world,
+                "command": command or " ".join(sys.argv),
+                "torch": torch.__version__,
+                "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores".strip(),
+                "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            },
+        )
+        if rank == 0:
+            ckpt.save(out)
+            tmp = state_path.with_name(state_path.name + ".tmp")
+            torch.save(
+                {"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step, "wall_s": wall, "history": history},
+                tmp,
+            )
+            os.replace(tmp, state_path)
+        return ckpt
+
+    # The loss of the identity (no denoising) on the same instances: the yardstick.
+    raw_val = float(np.mean([identity_loss(x, t, model_cfg.lag).item() for x, t in val]))
+    t0 = time.perf_counter()
+    deadline = t0 + cfg.minutes * 60 if cfg.minutes else None
+    total = cfg.steps
+    bar = tqdm(total=total, initial=step, disable=not progress or rank != 0, unit="step", dynamic_ncols=True)
+    running, seen, t_rate = None, 0, time.perf_counter()
+    val_loss = history[-1]["val_loss"] if history else float("nan")
+    ckpt = None
+    net.train()
+    while step < total:
+        if deadline and time.perf_counter() > deadline:
+            break
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, total if not deadline else _eta_steps(step, t0, deadline, total), cfg)
+        x, t = next(batch_iter)
+        loss = lagged_loss(ddp(x), t, model_cfg.lag)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        opt.step()
+        step += 1
+        seen += cfg.batch * world
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 10 == 0:
+            rate = seen / (time.perf_counter() - t_rate)
+            bar.set_postfix(loss=f"{running:.4f}", raw=f"{raw_val:.3f}", val=f"{val_loss:.4f}", inst_s=f"{rate:.0f}")
+        bar.update(1)
+        if step % cfg.val_every == 0:
+            val_loss = validate()
+            history.append({"step": step, "val_loss": val_loss, "train_loss": running, "wall_s": wall_before + time.perf_counter() - t0})
+            ckpt = save(val_loss, wall_before + time.perf_counter() - t0)
+    bar.close()
+    val_loss = validate()
+    history.append({"step": step, "val_loss": val_loss, "train_loss": running, "wall_s": wall_before + time.perf_counter() - t0})
+    ckpt = save(val_loss, wall_before + time.perf_counter() - t0)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return ckpt
+
+
+def _eta_steps(step: int, t0: float, deadline: float, cap: int) -> int:
+    """With a time budget, the schedule's horizon is the steps the budget will allow."""
+    elapsed = time.perf_counter() - t0
+    if step < 20 or elapsed <= 0:
+        return cap
+    return min(cap, int(step * (deadline - t0) / elapsed))

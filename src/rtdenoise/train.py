@@ -187,7 +187,7 @@ def train(
                 "wall_time_s": wall,
                 "world_size": world,
                 "command": command or " ".join(sys.argv),
-                "torch": torch.__version__,
+                "torch": str(torch.__version__),  # TorchVersion would not load with weights_only
                 "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores".strip(),
                 "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             },

@@ -12,6 +12,9 @@ __all__ = ["BACKENDS", "Engine", "StreamState", "load_engine"]
 def load_engine(model=None, *, backend: str = "torch", **kwargs) -> Engine:
     """An engine for ``model`` (a Checkpoint, a path, a shipped name, or None = default).
 
+    A ``.onnx`` from ``rtdenoise export`` runs on onnxruntime (or tensorrt, or torch, which
+    rebuilds the weights from it); a ``.plan`` from ``rtdenoise build-engine`` on tensorrt.
+
     ``backend``: ``torch``, ``onnxruntime``, ``tensorrt`` or ``auto`` (TensorRT on a GPU
     with TensorRT, else CUDA torch, else the fastest CPU backend measured for the model).
     Bad names and paths fail here, not at the first frame.
@@ -20,7 +23,13 @@ def load_engine(model=None, *, backend: str = "torch", **kwargs) -> Engine:
 
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-    ckpt = model if isinstance(model, Checkpoint) else load(model)
+    if isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith((".onnx", ".plan")):
+        # An exported graph or a TensorRT plan carries the model's metadata itself.
+        from rtdenoise.backends.export import checkpoint_for_file
+
+        ckpt, backend, kwargs = checkpoint_for_file(model, backend, kwargs)
+    else:
+        ckpt = model if isinstance(model, Checkpoint) else load(model)
     if backend == "auto":
         backend = _auto_backend(ckpt)
     if backend == "torch":

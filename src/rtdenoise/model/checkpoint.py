@@ -89,6 +89,8 @@ class Checkpoint:
         tmp = path.with_name(path.name + ".tmp")
         try:
             torch.save(self.to_dict(), tmp)
+            # Refuse to write what could not be read back safely (a non-plain type slipped in).
+            torch.load(tmp, map_location="cpu", weights_only=True)
             os.replace(tmp, path)
         finally:
             if tmp.exists():

@@ -6,7 +6,12 @@ Three layouts:
 
 - ``arch="subspace"`` (default): the front end tracks the stream's spectral subspace
   (causal PCA, see ``frontend.py``); the network is a temporal CNN over the ``rank``
-  coefficients and their log eigenvalues, and denoises the coefficients. Tiny and fast.
+  coefficients (whitened by their eigenvalues) and the log eigenvalues. It predicts, per
+  coefficient and per frame, the weights of a short causal filter over that coefficient's
+  last ``taps`` values (a kernel-prediction head, as in KPCN): the output is linear in the
+  noisy input given the weights, so one model serves any brightness, and shrinking a
+  noise-only direction or smoothing a slow one are both one weight pattern away. The
+  weights start as the identity (pass ``z`` through, ``lag`` frames late). Tiny and fast.
 - ``arch="spectral"``: the spectrum is the channel axis, ``Conv1d`` over time. The first
   layer mixes all wavelengths, so the network can use the global spectral structure
   (photometry is nearly low-rank across wavelengths). Cheap: a frame costs ~width² MACs
@@ -25,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from rtdenoise.model.streaming import CausalConv, Delay
+from rtdenoise.model.streaming import CausalConv, History
 
 
 @dataclass
@@ -36,11 +41,12 @@ class ModelConfig:
     n_bins: int = 152  # frame width W the model is built for
     rank: int = 8  # "subspace" only: tracked spectral dimensions (the signal needs ~3; spare ones let it shrink noise)
     cov_horizon: int = 300  # "subspace" only: frames of the running covariance (60 s at 5 Hz)
-    depth: int = 12  # conv layers in all, first and last included
+    taps: int = 8  # "subspace" only: frames in each predicted filter; must exceed lag
+    depth: int = 8  # conv layers in all, first and last included
     width: int = 64  # hidden channels
     kernel_t: int = 3  # taps along time
     kernel_w: int = 3  # taps along wavelength ("2d" only)
-    dilations: list[int] = field(default_factory=list)  # per layer along time; [] means all 1
+    dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 1, 2, 4, 1])  # per layer along time; [] = all 1
     lag: int = 0  # frames of lookahead: the output for frame t leaves when t + lag arrives
     horizon: int = 150  # front end: frames in the running baseline (30 s at 5 Hz)
     floor: float = 25.0  # front end: variance floor in counts² (about a read noise of 5)
@@ -50,6 +56,8 @@ class ModelConfig:
             raise ValueError(f"arch must be 'subspace', 'spectral' or '2d', got {self.arch!r}")
         if self.arch == "subspace" and not 1 <= self.rank <= self.n_bins:
             raise ValueError(f"rank must be in 1..n_bins ({self.n_bins}) for arch 'subspace', got {self.rank}")
+        if self.arch == "subspace" and self.taps <= self.lag:
+            raise ValueError(f"taps ({self.taps}) must exceed lag ({self.lag}) so the filter reaches frame t - lag")
         if self.depth < 2:
             raise ValueError(f"depth must be >= 2, got {self.depth}")
         if self.dilations and len(self.dilations) != self.depth:
@@ -80,7 +88,8 @@ class ModelConfig:
     def receptive_field(self) -> int:
         """Frames of input (the current one included) that one output depends on."""
         d = self.dilations or [1] * self.depth
-        return 1 + sum((self.kernel_t - 1) * di for di in d)
+        rf = 1 + sum((self.kernel_t - 1) * di for di in d)
+        return rf + self.taps - 1 if self.arch == "subspace" else rf
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -112,11 +121,19 @@ class CausalDnCNN(nn.Module):
             c_in, c_out = (2 * c.rank, c.rank) if c.arch == "subspace" else (c.n_bins, c.n_bins)
             kw = None
         self.c_out = c_out
-        chans = [c_in] + [c.width] * (c.depth - 1) + [c_out]
+        head = c.rank * c.taps if c.arch == "subspace" else c_out
+        chans = [c_in] + [c.width] * (c.depth - 1) + [head]
         self.layers = nn.ModuleList(
             CausalConv(chans[i], chans[i + 1], c.kernel_t, dilation=dil[i], kernel_w=kw) for i in range(c.depth)
         )
-        self.delay = Delay(c_out, c.lag)
+        if c.arch == "subspace":
+            # The filter taps: the last `taps` coefficient rows; identity = the tap of frame t - lag.
+            self.taps = History(c_out, c.taps - 1)
+            eye = torch.zeros(1, c.rank, 1, c.taps)
+            eye[..., c.taps - 1 - c.lag] = 1.0
+            self.register_buffer("identity_taps", eye, persistent=False)
+        else:
+            self.delay = History(c_out, c.lag)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -126,15 +143,22 @@ class CausalDnCNN(nn.Module):
         for layer in self.layers:
             nn.init.kaiming_normal_(layer.conv.weight, nonlinearity="relu")
             nn.init.zeros_(layer.conv.bias)
-        self.layers[-1].conv.weight.data.mul_(0.01)
+        if self.config.arch == "subspace":
+            nn.init.zeros_(self.layers[-1].conv.weight)  # filters start as exactly the identity
+        else:
+            self.layers[-1].conv.weight.data.mul_(0.01)
+
+    @property
+    def _buffer_name(self) -> str:
+        return "taps" if self.config.arch == "subspace" else "delay"
 
     def state_names(self) -> list[str]:
-        return [f"layers.{i}.previous" for i in range(len(self.layers))] + ["delay.previous"]
+        return [f"layers.{i}.previous" for i in range(len(self.layers))] + [f"{self._buffer_name}.previous"]
 
     def state_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
         w = self.config.n_bins if self.config.arch == "2d" else 0
         shapes = {f"layers.{i}.previous": l.state_shape(batch, w) for i, l in enumerate(self.layers)}
-        shapes["delay.previous"] = self.delay.state_shape(batch, w)
+        shapes[f"{self._buffer_name}.previous"] = getattr(self, self._buffer_name).state_shape(batch, w)
         return shapes
 
     def init_state(self, batch: int, *, device=None, dtype=torch.float32) -> dict[str, torch.Tensor]:
@@ -147,20 +171,43 @@ class CausalDnCNN(nn.Module):
         if set(state) != expected:
             missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
             raise ValueError(f"state keys do not match the model: missing {missing}, extra {extra}")
+        if self.config.arch == "subspace":
+            return self._step_subspace(xn, state)
         if self.config.arch == "2d":
             h = xn.unsqueeze(1)  # (B, 1, T, W)
         else:
-            h = xn.transpose(1, 2)  # (B, F, T): features are channels
+            h = xn.transpose(1, 2)  # (B, W, T): wavelengths are channels
+        t = h.shape[2]
         new = {}
-        delayed, new["delay.previous"] = self.delay(h[:, : self.c_out], state["delay.previous"])
+        past, new["delay.previous"] = self.delay(h, state["delay.previous"])
+        h = self._trunk(h, state, new)
+        out = past[:, :, :t] - h  # residual: remove the predicted noise of frame t - lag
+        out = out.squeeze(1) if self.config.arch == "2d" else out.transpose(1, 2)
+        return out, new
+
+    def _trunk(self, h: torch.Tensor, state: dict, new: dict) -> torch.Tensor:
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             h, new[f"layers.{i}.previous"] = layer(h, state[f"layers.{i}.previous"])
             if i < last:
                 h = torch.relu(h)
-        out = delayed - h  # residual: remove the predicted noise
-        out = out.squeeze(1) if self.config.arch == "2d" else out.transpose(1, 2)
-        return out, new
+        return h
+
+    def _step_subspace(self, feat: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        r, k = self.config.rank, self.config.taps
+        f = feat.transpose(1, 2)  # (B, 2r, T)
+        z, loglam = f[:, :r], f[:, r:]
+        t = f.shape[2]
+        new = {}
+        # Whitened coefficients: each direction in units of its own spread, so the trunk
+        # sees O(1) inputs whatever the brightness.
+        h = torch.cat([z * torch.exp(-0.5 * loglam), loglam], dim=1)
+        w = self._trunk(h, state, new)  # (B, r·taps, T)
+        w = w.reshape(w.shape[0], r, k, t).transpose(2, 3) + self.identity_taps  # (B, r, T, taps)
+        zc, new["taps.previous"] = self.taps(z, state["taps.previous"])  # (B, r, taps - 1 + T)
+        windows = torch.stack([zc[:, :, j : j + t] for j in range(k)], dim=3)  # (B, r, T, taps)
+        out = (w * windows).sum(dim=3)  # (B, r, T)
+        return out.transpose(1, 2), new
 
     def forward(self, xn: torch.Tensor) -> torch.Tensor:
         """Offline: the same step from a zero state. ``xn`` (B, T, W) -> (B, T, W)."""

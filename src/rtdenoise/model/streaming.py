@@ -45,20 +45,23 @@ class CausalConv(nn.Module):
         return self.conv(xc), xc[:, :, xc.shape[2] - self.context :]
 
 
-class Delay(nn.Module):
-    """Delays its input by ``lag`` frames along time: output row t is input row t − lag."""
+class History(nn.Module):
+    """Prepends the last ``context`` rows seen to its input: ``(B, C, T) -> (B, C, context + T)``.
 
-    def __init__(self, channels: int, lag: int):
+    Row ``j`` of the output is input row ``t0 - context + j``. Slicing the first ``T`` rows
+    delays the input by ``context`` frames; sliding windows over it give per-frame taps.
+    """
+
+    def __init__(self, channels: int, context: int):
         super().__init__()
-        if lag < 0:
-            raise ValueError(f"lag must be >= 0 frames, got {lag}")
+        if context < 0:
+            raise ValueError(f"context must be >= 0 frames, got {context}")
         self.channels = channels
-        self.context = lag
+        self.context = context
 
     def state_shape(self, batch: int, width: int) -> tuple[int, ...]:
         return (batch, self.channels, self.context) if width == 0 else (batch, self.channels, self.context, width)
 
     def forward(self, x: torch.Tensor, previous: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t = x.shape[2]
         xc = torch.cat([previous, x], dim=2)
-        return xc[:, :, :t], xc[:, :, t:]
+        return xc, xc[:, :, xc.shape[2] - self.context :]

@@ -1,0 +1,1 @@
+"""Trained checkpoints shipped with rtdenoise, installed as ``rtdenoise._shipped``."""

@@ -1,0 +1,298 @@
+"""The ``rtdenoise`` command: every verb parses its arguments, calls one function, prints.
+
+Each verb has a ``_add_<verb>(sub)`` that declares its arguments and a ``cmd_<verb>(args)``
+that calls into the package. Errors a user can fix (bad files, shapes, values) print one
+line ``rtdenoise <verb>: error: ...`` and exit 2; nothing else is caught.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+BACKEND_CHOICES = ["auto", "torch", "onnxruntime", "tensorrt"]
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+# ----------------------------------------------------------------------------- simulate
+
+
+def _add_simulate(sub) -> None:
+    p = sub.add_parser("simulate", help="write a synthetic spectral recording with its ground truth (.npz)")
+    p.add_argument("out", help="output .npz/.h5/.mat (noisy, clean, static, spectra, traces, config_json)")
+    p.add_argument("--frames", type=int, required=True, help="number of frames")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--photons", type=float, default=None, help="counts at the emission peak (default: drawn)")
+    p.add_argument("--read-noise", type=float, default=None, help="detector read noise, counts rms (default: drawn)")
+    p.add_argument("--fs", type=float, default=None, help="frame rate, Hz (default 5)")
+    p.add_argument("--dark", help="recorded dark frames (.npy/.npz/.tif/.h5/.mat) instead of the detector model")
+    p.add_argument("--light", help="recorded steady-light frames; give with --dark")
+    p.set_defaults(func=cmd_simulate)
+
+
+def cmd_simulate(args) -> int:
+    import numpy as np
+
+    from rtdenoise.io import save_frames
+    from rtdenoise.synth import DetectorConfig, DetectorNoise, SpectralConfig, noise_from_args, simulate
+
+    if args.frames < 1:
+        raise ValueError(f"--frames must be >= 1, got {args.frames}")
+    signal = SpectralConfig() if args.fs is None else SpectralConfig(fs=args.fs)
+    noise = noise_from_args(args.dark, args.light, n_bins=signal.n_bins)
+    if args.read_noise is not None:
+        if args.dark:
+            raise ValueError("--read-noise applies to the detector model; it cannot be combined with --dark/--light")
+        noise = DetectorNoise(DetectorConfig(read_noise=(args.read_noise, args.read_noise)))
+    rec = simulate(args.frames, seed=args.seed, photons=args.photons, signal=signal, noise=noise)
+    config = {"signal": signal.to_dict(), "noise": noise.describe(), "seed": args.seed, "photons": args.photons}
+    noisy = rec.pop("noisy")
+    # JSON as UTF-8 bytes: every container format stores a uint8 array, none needs pickle.
+    rec["config_json"] = np.frombuffer(json.dumps(config).encode(), dtype=np.uint8)
+    save_frames(args.out, noisy, key="noisy", extra=rec)
+    print(f"wrote {args.out}: {args.frames} frames × {signal.n_bins} bins at {signal.fs:g} Hz ({noise.kind} noise)")
+    return 0
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def _add_train(sub) -> None:
+    from rtdenoise.model.dncnn import ModelConfig
+    from rtdenoise.train import TrainConfig
+
+    m, t = ModelConfig(), TrainConfig()
+    p = sub.add_parser("train", help="train a causal denoiser on synthetic spectra + instrument noise")
+    p.add_argument("out", help="checkpoint to write (.pt); rewritten at every validation")
+    p.add_argument("--arch", choices=["subspace", "spectral", "2d"], default=m.arch)
+    p.add_argument("--lag", type=int, default=m.lag, help="frames of lookahead (0 = strictly causal)")
+    p.add_argument("--depth", type=int, default=m.depth)
+    p.add_argument("--width", type=int, default=m.width)
+    p.add_argument("--rank", type=int, default=m.rank)
+    p.add_argument("--taps", type=int, default=m.taps)
+    p.add_argument("--dilations", default=None, help="comma-separated, one per layer (default: the model's)")
+    p.add_argument("--steps", type=int, default=t.steps)
+    p.add_argument("--minutes", type=float, default=None, help="wall-clock budget")
+    p.add_argument("--batch", type=int, default=t.batch)
+    p.add_argument("--window", type=int, default=t.window)
+    p.add_argument("--lr", type=float, default=t.lr)
+    p.add_argument("--workers", type=int, default=t.workers)
+    p.add_argument("--seed", type=int, default=t.seed)
+    p.add_argument("--dark", help="recorded dark frames; with --light replaces the detector model")
+    p.add_argument("--light", help="recorded steady-light frames")
+    p.add_argument("--name", help="model name stored in the checkpoint (default: file stem)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT and OUT.state")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    from rtdenoise.model.dncnn import ModelConfig
+    from rtdenoise.synth import SpectralConfig, noise_from_args
+    from rtdenoise.train import TrainConfig, train
+
+    signal = SpectralConfig()
+    kw = {}
+    if args.dilations:
+        kw["dilations"] = [int(d) for d in args.dilations.split(",")]
+    elif args.depth != ModelConfig().depth:
+        kw["dilations"] = []
+    model = ModelConfig(
+        arch=args.arch, lag=args.lag, depth=args.depth, width=args.width, rank=args.rank, taps=args.taps,
+        n_bins=signal.n_bins, **kw,
+    )
+    cfg = TrainConfig(
+        steps=args.steps, minutes=args.minutes, batch=args.batch, window=args.window, lr=args.lr,
+        workers=args.workers, seed=args.seed,
+    )
+    noise = noise_from_args(args.dark, args.light, n_bins=signal.n_bins)
+    ckpt = train(
+        args.out, model=model, signal=signal, noise=noise, config=cfg, name=args.name, resume=args.resume,
+        command="rtdenoise " + " ".join(sys.argv[1:]),
+    )
+    pv = ckpt.provenance
+    print(
+        f"wrote {args.out}: {pv['steps']} steps, {pv['instances']} instances, val loss {pv['final_val_loss']:.4f} "
+        f"(identity {pv['val_loss_raw']:.4f}), {pv['wall_time_s'] / 60:.1f} min"
+    )
+    return 0
+
+
+# ----------------------------------------------------------------------------- info
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="print what a model checkpoint says about itself")
+    p.add_argument("model", nargs="?", default=None, help="a .pt file or shipped model name (default: the default model)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_info)
+
+
+def cmd_info(args) -> int:
+    from rtdenoise.model.checkpoint import load
+
+    info = load(args.model).info()
+    if args.json:
+        _print_json(info)
+        return 0
+    pv = info["provenance"]
+    wl = info["wavelengths"]
+    lines = [
+        f"model          {info['name']}  ({info['path']})",
+        f"format         {info['format']} v{info['format_version']}",
+        f"modality       {info['modality']}, frame shape {tuple(info['frame_shape'])}",
+        f"wavelengths    {wl[0]:.1f}–{wl[-1]:.1f} nm in {len(wl)} bins" if wl else "wavelengths    -",
+        f"frame rate     {info['fs']:g} Hz",
+        f"lag            {info['lag']} frames ({info['lag'] / info['fs']:.2f} s)",
+        f"receptive field {info['receptive_field']} frames ({info['receptive_field'] / info['fs']:.1f} s)",
+        f"architecture   " + ", ".join(f"{k}={v}" for k, v in info["config"].items()),
+        f"normalization  " + ", ".join(f"{k}={v}" for k, v in info["normalization"].items()),
+        f"parameters     {info['parameters']:,}",
+    ]
+    if pv:
+        lines += [
+            f"trained        {pv.get('steps')} steps, {pv.get('instances')} instances, "
+            f"{pv.get('wall_time_s', 0) / 60:.1f} min on {pv.get('machine')}, seed {pv.get('train', {}).get('seed')}",
+            f"val loss       {pv.get('final_val_loss'):.4f} (identity {pv.get('val_loss_raw'):.4f})",
+            f"noise          {pv.get('noise', {}).get('kind')}",
+            f"command        {pv.get('command')}",
+        ]
+    for k, v in info.get("metrics", {}).items():
+        lines.append(f"metric         {k}: {v}")
+    print("\n".join(lines))
+    return 0
+
+
+# ----------------------------------------------------------------------------- denoise
+
+
+def _add_denoise(sub) -> None:
+    p = sub.add_parser("denoise", help="denoise a recording file (time first) with a trained model")
+    p.add_argument("input", help=".npy/.npz/.tif/.h5/.mat, frames × wavelengths")
+    p.add_argument("output", help="where to write the denoised frames (same formats)")
+    p.add_argument("--model", default=None, help="a .pt file or shipped model name (default: the shipped default)")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default="torch")
+    p.add_argument("--chunk", type=int, default=None, help="frames per streaming step (what the service does); default: whole-sequence path")
+    p.add_argument("--key", default=None, help="array name inside .npz/.h5/.mat (default: noisy, frames or data)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_denoise)
+
+
+def cmd_denoise(args) -> int:
+    from rtdenoise.denoise import denoise_file
+
+    s = denoise_file(
+        args.input, args.output, model=args.model, backend=args.backend, chunk=args.chunk, key=args.key,
+        progress=not args.quiet,
+    )
+    print(
+        f"wrote {s['output']}: {s['frames']} frames with {s['model']} on {s['backend']} "
+        f"({s['ms_per_frame']:.3f} ms/frame, lag {s['lag']})"
+    )
+    return 0
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a model's streaming step to ONNX (for onnxruntime and TensorRT)")
+    p.add_argument("model", nargs="?", default=None, help="a .pt file or shipped model name (default: the default model)")
+    p.add_argument("--onnx", default=None, help="output .onnx (default: engines/NAME.onnx)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    from rtdenoise.backends.export import export_onnx, read_onnx_metadata
+    from rtdenoise.model.checkpoint import load
+
+    ckpt = load(args.model)
+    path = export_onnx(ckpt, args.onnx or Path("engines") / f"{ckpt.name}.onnx", opset=args.opset)
+    io = read_onnx_metadata(path)["io"]
+    print(f"wrote {path}: {ckpt.name}, opset {args.opset}, dynamic axes batch and chunk")
+    print(f"inputs   {', '.join(io['inputs'])}")
+    print(f"outputs  {', '.join(io['outputs'])}")
+    if io["omitted_states"]:
+        print(f"omitted  {', '.join(io['omitted_states'])} (no rows: zeros made inside the graph)")
+    return 0
+
+
+# ----------------------------------------------------------------------------- build-engine
+
+
+def _add_build_engine(sub) -> None:
+    p = sub.add_parser("build-engine", help="build a TensorRT plan for this GPU from a model or an exported .onnx")
+    p.add_argument("model", nargs="?", default=None, help="a .onnx from `rtdenoise export`, a .pt file or a shipped model name")
+    p.add_argument("--plan", default=None, help="output plan (default: engines/NAME.plan; metadata in NAME.plan.json)")
+    p.add_argument("--fp16", action="store_true", help="allow half-precision layers")
+    p.add_argument("--max-batch", type=int, default=16, help="most streams per engine call")
+    p.add_argument("--max-chunk", type=int, default=64, help="most frames per engine call (longer chunks are split)")
+    p.add_argument("--workspace-mb", type=int, default=1024, help="TensorRT builder workspace, MiB")
+    p.set_defaults(func=cmd_build_engine)
+
+
+def cmd_build_engine(args) -> int:
+    from rtdenoise.backends.trt_engine import _import_trt, build_plan, read_plan_info
+
+    _import_trt()  # before any work: without TensorRT this is an ImportError saying what to install
+    if args.model is not None and str(args.model).endswith(".onnx"):
+        from rtdenoise.backends.export import read_onnx_metadata
+
+        source, name = args.model, read_onnx_metadata(args.model)["checkpoint"]["name"]
+    else:
+        from rtdenoise.model.checkpoint import load
+
+        source = load(args.model)
+        name = source.name
+    plan = build_plan(
+        source, args.plan or Path("engines") / f"{name}.plan", fp16=args.fp16, max_batch=args.max_batch,
+        max_chunk=args.max_chunk, workspace_mb=args.workspace_mb,
+    )
+    info = read_plan_info(plan)
+    gpu = info["gpu"]
+    print(
+        f"wrote {plan} (+ .json): {name} for {gpu['name']} (sm {'.'.join(map(str, gpu['compute_capability']))}), "
+        f"TensorRT {info['tensorrt']}, {'fp16' if info['fp16'] else 'fp32'}, "
+        f"batch 1..{info['max_batch']}, chunk 1..{info['max_chunk']}"
+    )
+    return 0
+
+
+# ----------------------------------------------------------------------------- main
+
+# Verbs owned by other parts register here: (module, function adding the parser).
+_VERBS = [_add_simulate, _add_train, _add_info, _add_denoise, _add_export, _add_build_engine]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from rtdenoise import __version__
+
+    parser = argparse.ArgumentParser(prog="rtdenoise", description="Real-time causal denoising of fluorescence recordings.")
+    parser.add_argument("--version", action="version", version=f"rtdenoise {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+    for add in _VERBS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
+        print(f"rtdenoise {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rtdenoise {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""The offline verbs end to end on real files: simulate, info, denoise."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rtdenoise.cli import main
+from rtdenoise.denoise import denoise
+from rtdenoise.io import load_arrays, load_frames
+from rtdenoise.model.checkpoint import Checkpoint
+from rtdenoise.model.dncnn import CausalDnCNN, ModelConfig
+
+
+@pytest.fixture
+def model_path(tmp_path):
+    cfg = ModelConfig(depth=3, width=8, dilations=[], rank=4, taps=4, lag=1)
+    net = CausalDnCNN(cfg)
+    ck = Checkpoint("tiny-lag1", cfg, net.state_dict(), wavelengths=list(np.linspace(480, 595, 152)), fs=5.0)
+    path = tmp_path / "tiny.pt"
+    ck.save(path)
+    return path
+
+
+def test_simulate_writes_everything_for_any_length(tmp_path, capsys):
+    out = tmp_path / "rec.npz"
+    assert main(["simulate", str(out), "--frames", "77", "--seed", "3", "--photons", "1500", "--read-noise", "8"]) == 0
+    arrays = load_arrays(out)
+    assert arrays["noisy"].shape == arrays["clean"].shape == (77, 152)
+    for key in ("static", "wavelengths", "signature", "eps_hbo2", "eps_hb", "activity", "hbo2", "hb", "event_onsets"):
+        assert key in arrays
+    config = json.loads(arrays["config_json"].tobytes().decode())
+    assert config["seed"] == 3 and config["noise"]["config"]["read_noise"] == [8.0, 8.0]
+    assert "77 frames" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir()] == ["rec.npz"]  # no temp files left
+
+
+def test_simulate_with_recorded_noise(tmp_path):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "dark.npy", 100 + 4 * rng.standard_normal((300, 152)))
+    np.save(tmp_path / "light.npy", 1100 + 30 * rng.standard_normal((300, 152)))
+    out = tmp_path / "rec.npz"
+    args = ["simulate", str(out), "--frames", "50", "--dark", str(tmp_path / "dark.npy"), "--light", str(tmp_path / "light.npy")]
+    assert main(args) == 0
+    assert json.loads(load_arrays(out)["config_json"].tobytes().decode())["noise"]["kind"] == "recorded"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        pytest.param(["--frames", "0"], "--frames must be >= 1", id="zero-frames"),
+        pytest.param(["--frames", "5", "--dark", "x.npy"], "both --dark and --light", id="dark-only"),
+        pytest.param(["--frames", "5", "--dark", "missing.npy", "--light", "m2.npy"], "missing.npy", id="missing-file"),
+    ],
+)
+def test_simulate_bad_arguments_exit_2_with_a_message(tmp_path, capsys, args, message):
+    assert main(["simulate", str(tmp_path / "o.npz"), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_info_prints_the_checkpoint(model_path, capsys):
+    assert main(["info", str(model_path)]) == 0
+    text = capsys.readouterr().out
+    assert "tiny-lag1" in text and "lag            1 frames" in text and "480.0–595.0 nm in 152 bins" in text
+    assert main(["info", str(model_path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["lag"] == 1 and info["frame_shape"] == [152] and info["receptive_field"] == 10  # 1 + 3 layers × 2 + (4 taps − 1)
+
+
+@pytest.mark.parametrize("fmt", ["npy", "npz", "h5", "mat", "tif"])
+def test_denoise_files_in_every_format(tmp_path, model_path, fmt):
+    from rtdenoise.io import save_frames
+    from rtdenoise.synth import simulate
+
+    frames = simulate(60, seed=1, photons=2000)["noisy"]
+    src = tmp_path / f"in.{fmt}"
+    save_frames(src, frames, key="frames")
+    dst = tmp_path / f"out.{fmt}"
+    assert main(["denoise", str(src), str(dst), "--model", str(model_path), "--quiet"]) == 0
+    out = load_frames(dst)
+    assert out.shape == frames.shape
+    np.testing.assert_allclose(out, denoise(frames, model=model_path), rtol=1e-5, atol=1e-3)
+
+
+def test_denoise_chunked_equals_whole(tmp_path, model_path):
+    from rtdenoise.synth import simulate
+
+    frames = simulate(50, seed=2, photons=900)["noisy"].astype(np.uint16)
+    np.save(tmp_path / "in.npy", frames)
+    main(["denoise", str(tmp_path / "in.npy"), str(tmp_path / "a.npy"), "--model", str(model_path), "--quiet"])
+    main(["denoise", str(tmp_path / "in.npy"), str(tmp_path / "b.npy"), "--model", str(model_path), "--chunk", "1", "--quiet"])
+    np.testing.assert_allclose(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"), rtol=1e-5, atol=1e-3)
+
+
+def test_denoise_bad_inputs_leave_no_output(tmp_path, model_path, capsys):
+    np.save(tmp_path / "narrow.npy", np.ones((20, 150), dtype=np.float32))
+    dst = tmp_path / "out.npy"
+    assert main(["denoise", str(tmp_path / "narrow.npy"), str(dst), "--model", str(model_path)]) == 2
+    err = capsys.readouterr().err
+    assert "(152,)" in err and "(150,)" in err
+    bad = np.ones((20, 152), dtype=np.float32)
+    bad[7, 3] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    assert main(["denoise", str(tmp_path / "nan.npy"), str(dst), "--model", str(model_path)]) == 2
+    assert "NaN" in capsys.readouterr().err
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00" * 100)
+    assert main(["denoise", str(tmp_path / "narrow.npy"), str(dst), "--model", str(corrupt)]) == 2
+    assert "not a readable rtdenoise checkpoint" in capsys.readouterr().err
+    assert main(["denoise", str(tmp_path / "missing.npy"), str(dst), "--model", str(model_path)]) == 2
+    assert not dst.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.pt", "nan.npy", "narrow.npy", "tiny.pt"]

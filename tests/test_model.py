@@ -1,0 +1,200 @@
+"""The causal DnCNN family, its front end, checkpoints and the training loop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rtdenoise.model.checkpoint import Checkpoint, load
+from rtdenoise.model.dncnn import CausalDnCNN, ModelConfig
+from rtdenoise.synth import simulate
+from rtdenoise.train import TrainConfig, lr_at, train
+
+ARCHS = [
+    pytest.param(dict(arch="subspace", depth=3, width=8, dilations=[1, 2, 1], rank=4, taps=4), id="subspace"),
+    pytest.param(dict(arch="spectral", depth=3, width=8, dilations=[]), id="spectral"),
+    pytest.param(dict(arch="2d", depth=3, width=4, dilations=[]), id="2d"),
+]
+
+
+def _perturbed(cfg: ModelConfig, seed: int = 0) -> CausalDnCNN:
+    """A model whose last layer is not (near) zero, so outputs depend on the whole trunk."""
+    torch.manual_seed(seed)
+    net = CausalDnCNN(cfg)
+    with torch.no_grad():
+        net.layers[-1].conv.weight.normal_(0, 0.05)
+    return net.eval()
+
+
+def _features(cfg: ModelConfig, frames: np.ndarray) -> torch.Tensor:
+    feat, _ = cfg.frontend(1).features(frames[None])
+    return torch.from_numpy(feat)
+
+
+@pytest.mark.parametrize("kw", ARCHS)
+@pytest.mark.parametrize("lag", [0, 2])
+def test_causal_prefix_outputs_do_not_change_when_more_input_arrives(kw, lag):
+    cfg = ModelConfig(lag=lag, **kw)
+    net = _perturbed(cfg)
+    x = _features(cfg, simulate(40, seed=1, photons=2000)["noisy"])
+    with torch.no_grad():
+        full = net(x)
+        prefix = net(x[:, :25])
+        changed = x.clone()
+        changed[:, 25:] += 3.0
+        after = net(changed)
+    torch.testing.assert_close(prefix, full[:, :25])
+    torch.testing.assert_close(after[:, :25], full[:, :25])
+    assert not torch.allclose(after[:, 25:], full[:, 25:])
+
+
+@pytest.mark.parametrize("kw", ARCHS)
+@pytest.mark.parametrize("chunk", [1, 3, 40])
+def test_step_in_chunks_equals_one_pass(kw, chunk):
+    cfg = ModelConfig(lag=1, **kw)
+    net = _perturbed(cfg)
+    x = _features(cfg, simulate(40, seed=2, photons=800)["noisy"])
+    with torch.no_grad():
+        whole = net(x)
+        state = net.init_state(1)
+        parts = []
+        for i in range(0, 40, chunk):
+            out, state = net.step(x[:, i : i + chunk], state)
+            parts.append(out)
+    torch.testing.assert_close(torch.cat(parts, dim=1), whole, atol=1e-5, rtol=1e-5)
+
+
+def test_untrained_subspace_model_is_the_identity_lag_frames_late():
+    cfg = ModelConfig(lag=2, depth=3, width=8, dilations=[], rank=4, taps=4)
+    net = CausalDnCNN(cfg).eval()
+    x = torch.randn(2, 10, 8)
+    with torch.no_grad():
+        out = net(x)
+    torch.testing.assert_close(out[:, 2:], x[:, :-2, :4])
+
+
+def test_receptive_field_counts_dilations_and_taps():
+    assert ModelConfig(arch="spectral", depth=4, kernel_t=3, dilations=[1, 2, 4, 1]).receptive_field == 17
+    assert ModelConfig(arch="subspace", depth=4, kernel_t=3, dilations=[1, 2, 4, 1], taps=8).receptive_field == 24
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        pytest.param(dict(arch="3d"), "arch", id="arch"),
+        pytest.param(dict(depth=1, dilations=[]), "depth", id="depth"),
+        pytest.param(dict(depth=3, dilations=[1, 2]), "one entry per layer", id="dilations"),
+        pytest.param(dict(lag=-1), "lag", id="lag"),
+        pytest.param(dict(lag=8, taps=8), "taps", id="taps"),
+        pytest.param(dict(rank=0), "rank", id="rank"),
+    ],
+)
+def test_bad_model_configs_raise(kw, match):
+    with pytest.raises(ValueError, match=match):
+        ModelConfig(**kw)
+
+
+def test_state_keys_are_checked():
+    cfg = ModelConfig(depth=3, width=8, dilations=[], rank=4, taps=4)
+    net = CausalDnCNN(cfg)
+    state = net.init_state(1)
+    state.pop("taps.previous")
+    state["bogus"] = torch.zeros(1)
+    with pytest.raises(ValueError, match=r"missing \['taps.previous'\], extra \['bogus'\]"):
+        net.step(torch.zeros(1, 2, 8), state)
+
+
+def test_frontend_is_causal_and_chunk_invariant():
+    cfg = ModelConfig(rank=4, horizon=20, cov_horizon=30)
+    x = simulate(90, seed=3, photons=3000)["noisy"][None].astype(np.float64)
+    whole, st = cfg.frontend(1).features(x)
+    fe = cfg.frontend(1)
+    parts = [fe.features(x[:, i : i + 7])[0] for i in range(0, 90, 7)]
+    np.testing.assert_allclose(np.concatenate(parts, axis=1), whole, rtol=1e-5, atol=1e-5)
+    changed = x.copy()
+    changed[:, 50:] *= 2
+    again, _ = cfg.frontend(1).features(changed)
+    np.testing.assert_array_equal(again[:, :50], whole[:, :50])
+
+
+def test_frontend_reconstructs_counts_from_its_own_target():
+    cfg = ModelConfig(arch="spectral", lag=0)
+    rec = simulate(50, seed=4, photons=2000)
+    fe = cfg.frontend(1)
+    feat, stats = fe.features(rec["noisy"][None])
+    target = fe.target((rec["clean"] + rec["static"])[None], stats)
+    back = fe.reconstruct(target, stats)[0]
+    np.testing.assert_allclose(back, rec["clean"] + rec["static"], rtol=1e-4)
+
+
+def _tiny_ckpt(**kw) -> Checkpoint:
+    cfg = ModelConfig(depth=3, width=8, dilations=[], rank=4, taps=4, **kw)
+    return Checkpoint("tiny", cfg, _perturbed(cfg).state_dict(), wavelengths=list(np.linspace(480, 595, 152)), fs=5.0)
+
+
+def test_checkpoint_roundtrip_describes_itself(tmp_path):
+    ck = _tiny_ckpt(lag=2)
+    ck.provenance = {"seed": 3, "steps": 10}
+    ck.save(tmp_path / "m.pt")
+    raw = torch.load(tmp_path / "m.pt", weights_only=True)  # no pickled objects inside
+    assert raw["format_version"] == 1 and raw["lag"] == 2 and raw["frame_shape"] == [152]
+    back = load(tmp_path / "m.pt")
+    assert back.config == ck.config and back.lag == 2 and back.receptive_field == ck.receptive_field
+    assert back.provenance == {"seed": 3, "steps": 10}
+    for k, v in ck.state_dict.items():
+        torch.testing.assert_close(back.state_dict[k], v)
+    info = back.info()
+    assert "state_dict" not in info and info["parameters"] > 0 and info["normalization"]["kind"]
+
+
+def test_corrupt_missing_and_foreign_checkpoints_raise_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load(tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="not a readable rtdenoise checkpoint"):
+        load(bad)
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match="not an rtdenoise checkpoint"):
+        load(tmp_path / "foreign.pt")
+    d = _tiny_ckpt().to_dict()
+    d["format_version"] = 99
+    torch.save(d, tmp_path / "future.pt")
+    with pytest.raises(ValueError, match="format version 99"):
+        load(tmp_path / "future.pt")
+    d = _tiny_ckpt().to_dict()
+    d["state_dict"].pop("layers.0.conv.weight")
+    torch.save(d, tmp_path / "damaged.pt")
+    with pytest.raises(ValueError, match="damaged"):
+        load(tmp_path / "damaged.pt")
+    with pytest.raises(ValueError, match="no shipped model named 'nonexistent'"):
+        load("nonexistent")
+
+
+def test_lr_schedule_warms_up_then_decays():
+    cfg = TrainConfig(lr=1e-3, warmup=10)
+    lrs = [lr_at(s, 100, cfg) for s in range(100)]
+    assert lrs[0] < lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[-1] == pytest.approx(0.02e-3, rel=0.1)
+
+
+def test_training_reduces_validation_loss_and_resumes(tmp_path):
+    out = tmp_path / "m.pt"
+    model = ModelConfig(depth=3, width=16, dilations=[1, 2, 1], rank=4, taps=4)
+    cfg = TrainConfig(steps=60, batch=4, window=64, val_every=30, val_instances=8, workers=0, lr=3e-3, warmup=5)
+    ck = train(out, model=model, config=cfg, progress=False)
+    pv = ck.provenance
+    assert pv["steps"] == 60 and pv["final_val_loss"] < pv["val_loss_raw"]
+    assert load(out).provenance["steps"] == 60
+    ck2 = train(out, model=model, config=TrainConfig(**{**cfg.to_dict(), "steps": 80}), progress=False, resume=True)
+    assert ck2.provenance["steps"] == 80
+    assert [h["step"] for h in ck2.provenance["history"]][:2] == [30, 60]
+
+
+def test_training_refuses_mismatched_settings(tmp_path):
+    with pytest.raises(ValueError, match="window"):
+        train(tmp_path / "m.pt", model=ModelConfig(lag=3, taps=4), config=TrainConfig(window=3, workers=0), progress=False)
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        train(tmp_path / "m.pt", config=TrainConfig(workers=0), progress=False, resume=True)

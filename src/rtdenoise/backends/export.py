@@ -1,0 +1,328 @@
+"""Export the network's streaming step to ONNX, and read such files back.
+
+What is exported is ``CausalDnCNN.step`` alone, the numpy front end stays on the host for
+every backend. The graph is a pure function of the new features and the past rows:
+
+================================  =========================  ==========================
+tensor                            shape                      meaning
+================================  =========================  ==========================
+input  ``feat``                   (batch, chunk, F) float32  front-end features
+input  ``<state>``                (batch, ...) float32       each state by its dotted
+                                                             name, e.g. ``layers.0.previous``,
+                                                             ``taps.previous``, ``delay.previous``
+output ``out``                    (batch, chunk, C) float32  the network's output, ``lag`` behind
+output ``<state>.out``            same as ``<state>``        the state after the chunk, e.g.
+                                                             ``layers.0.previous.out``
+================================  =========================  ==========================
+
+``batch`` and ``chunk`` are dynamic axes. The states come in the order of
+``CausalDnCNN.state_names()``; a state with no rows at all (a layer with a kernel of 1
+along time, the delay of a ``lag=0`` model) is left out of the graph, since zero-sized
+inputs trouble TensorRT, and the graph makes its zeros itself. Which states are in the
+graph and which are left out is recorded in the metadata (see below).
+
+Weights are initializers named ``net.<key>`` after the checkpoint's ``state_dict`` keys
+(never deduplicated), so :func:`checkpoint_from_onnx` rebuilds the full checkpoint.
+
+Metadata (``ModelProto.metadata_props``, all strings):
+
+- ``rtdenoise.format`` = ``rtdenoise-onnx``, ``rtdenoise.format_version`` = ``1``
+- ``rtdenoise.checkpoint``: JSON of ``Checkpoint.info()`` (name, config, lag,
+  receptive_field, wavelengths, fs, normalization, checkpoint format version, provenance,
+  metrics): enough to rebuild the front end from the ``.onnx`` alone.
+- ``rtdenoise.io``: JSON ``{"inputs": [...], "outputs": [...], "states": [...],
+  "omitted_states": [...], "state_shapes": {name: shape without the batch axis},
+  "n_features": F, "n_outputs": C, "opset": 17}``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ONNX_FORMAT = "rtdenoise-onnx"
+ONNX_FORMAT_VERSION = 1
+DEFAULT_OPSET = 17
+STATE_OUT_SUFFIX = ".out"
+WEIGHT_PREFIX = "net."
+
+
+def state_output_name(state: str) -> str:
+    """The graph output holding the new value of input state ``state``."""
+    return state + STATE_OUT_SUFFIX
+
+
+def _io_spec(net, config) -> dict[str, Any]:
+    """Names and shapes of the exported graph's inputs and outputs, from the model alone."""
+    shapes = net.state_shapes(1)
+    names = net.state_names()
+    states = [n for n in names if 0 not in shapes[n]]
+    omitted = [n for n in names if 0 in shapes[n]]
+    fe = config.frontend(1)
+    return {
+        "inputs": ["feat", *states],
+        "outputs": ["out", *[state_output_name(n) for n in states]],
+        "states": states,
+        "omitted_states": omitted,
+        "state_shapes": {n: list(shapes[n][1:]) for n in names},
+        "n_features": fe.n_features,
+        "n_outputs": fe.n_outputs,
+    }
+
+
+def _step_module(net, spec):
+    """``forward(feat, *states) -> (out, *new_states)`` over the states kept in the graph."""
+    from torch import nn
+
+    class StepGraph(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+            self.states = list(spec["states"])
+            self.omitted = {n: tuple(spec["state_shapes"][n]) for n in spec["omitted_states"]}
+
+        def forward(self, feat, *states):
+            state = dict(zip(self.states, states))
+            b = feat.shape[0]  # traced: the batch stays dynamic
+            for name, tail in self.omitted.items():
+                state[name] = feat.new_zeros((b, *tail))
+            out, new = self.net.step(feat, state)
+            return (out, *[new[n] for n in self.states])
+
+    return StepGraph().eval()
+
+
+def export_onnx(checkpoint, path: str | os.PathLike | None = None, *, opset: int = DEFAULT_OPSET):
+    """Export the streaming step of ``checkpoint``'s network to ONNX.
+
+    Parameters
+    ----------
+    checkpoint : Checkpoint
+        The model to export (its weights, config and metadata).
+    path : str or path-like, optional
+        Where to write the ``.onnx`` (written atomically, parent folders created). None
+        returns the serialized model as ``bytes`` instead.
+    opset : int
+        ONNX opset; 17 is what ONNX Runtime and TensorRT 10 are tested with here.
+
+    Returns
+    -------
+    Path or bytes
+        ``path`` as a :class:`~pathlib.Path`, or the model's bytes when ``path`` is None.
+
+    Examples
+    --------
+    >>> from rtdenoise.model.checkpoint import load
+    >>> export_onnx(load("spectral-lag0"), "engines/spectral-lag0.onnx")  # doctest: +SKIP
+    PosixPath('engines/spectral-lag0.onnx')
+    """
+    import onnx
+    import torch
+
+    from rtdenoise.model.checkpoint import Checkpoint
+
+    if not isinstance(checkpoint, Checkpoint):
+        raise TypeError(f"export_onnx needs a Checkpoint (rtdenoise.model.checkpoint.load), got {type(checkpoint).__name__}")
+    if not 13 <= int(opset) <= 21:
+        raise ValueError(f"opset must be in 13..21, got {opset}")
+    net = checkpoint.model().float().eval()
+    spec = _io_spec(net, checkpoint.config)
+    spec["opset"] = int(opset)
+    wrapper = _step_module(net, spec)
+    batch, chunk = 2, 3  # example sizes; both axes are exported as dynamic
+    shapes = net.state_shapes(batch)
+    example = (torch.zeros(batch, chunk, spec["n_features"]), *[torch.zeros(shapes[n]) for n in spec["states"]])
+    dynamic = {"feat": {0: "batch", 1: "chunk"}, "out": {0: "batch", 1: "chunk"}}
+    for n in spec["states"]:
+        dynamic[n] = dynamic[state_output_name(n)] = {0: "batch"}
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        # The legacy TorchScript exporter: the dynamo one traces the dict-of-states step
+        # less reliably and needs onnxscript; this one is deprecated but complete for convs.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        torch.onnx.export(
+            wrapper,
+            example,
+            buf,
+            dynamo=False,
+            opset_version=int(opset),
+            input_names=spec["inputs"],
+            output_names=spec["outputs"],
+            dynamic_axes=dynamic,
+            # Keeps every weight under its own name (no deduplication of equal tensors),
+            # so the checkpoint can be rebuilt from the file; the inputs are dropped below.
+            keep_initializers_as_inputs=True,
+            do_constant_folding=False,  # runtimes fold at load time; folding would rename weights
+        )
+    model = onnx.load_from_string(buf.getvalue())
+    inits = {i.name for i in model.graph.initializer}
+    keep = [i for i in model.graph.input if i.name not in inits]
+    del model.graph.input[:]
+    model.graph.input.extend(keep)
+    info = checkpoint.info()
+    info.pop("path", None)
+    onnx.helper.set_model_props(
+        model,
+        {
+            "rtdenoise.format": ONNX_FORMAT,
+            "rtdenoise.format_version": str(ONNX_FORMAT_VERSION),
+            "rtdenoise.checkpoint": json.dumps(info, default=str),
+            "rtdenoise.io": json.dumps(spec),
+        },
+    )
+    model.doc_string = f"rtdenoise streaming step of model {checkpoint.name!r} (see rtdenoise.backends.export)"
+    onnx.checker.check_model(model)
+    data = model.SerializeToString()
+    if path is None:
+        return data
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _load_model(source):
+    import onnx
+
+    if isinstance(source, (bytes, bytearray)):
+        return onnx.load_from_string(bytes(source)), "<bytes>"
+    p = Path(source)
+    if not p.exists():
+        raise FileNotFoundError(f"ONNX file {str(p)!r} does not exist")
+    try:
+        return onnx.load(str(p)), str(p)
+    except Exception as e:  # protobuf raises several types for a corrupt file
+        raise ValueError(f"{p} is not a readable ONNX file: {type(e).__name__}: {e}") from e
+
+
+def _metadata(model, where: str) -> dict[str, Any]:
+    props = {p.key: p.value for p in model.metadata_props}
+    if props.get("rtdenoise.format") != ONNX_FORMAT:
+        raise ValueError(f"{where} is an ONNX file but not an rtdenoise export (no {ONNX_FORMAT!r} metadata); export it with `rtdenoise export`")
+    if props.get("rtdenoise.format_version") != str(ONNX_FORMAT_VERSION):
+        raise ValueError(
+            f"{where} has rtdenoise ONNX format version {props.get('rtdenoise.format_version')}, "
+            f"this rtdenoise reads {ONNX_FORMAT_VERSION}; re-export it with `rtdenoise export`"
+        )
+    return {
+        "format": props["rtdenoise.format"],
+        "format_version": int(props["rtdenoise.format_version"]),
+        "checkpoint": json.loads(props["rtdenoise.checkpoint"]),
+        "io": json.loads(props["rtdenoise.io"]),
+    }
+
+
+def read_onnx_metadata(source: str | os.PathLike | bytes) -> dict[str, Any]:
+    """The rtdenoise metadata of an exported ``.onnx`` (a path or the bytes).
+
+    Returns ``{"format", "format_version", "checkpoint": Checkpoint.info() minus path,
+    "io": {"inputs", "outputs", "states", "omitted_states", "state_shapes", ...}}``.
+    Raises ``FileNotFoundError`` or ``ValueError`` (not ONNX, not an rtdenoise export).
+    """
+    model, where = _load_model(source)
+    return _metadata(model, where)
+
+
+def _checkpoint_from_info(info: dict, state_dict: dict, path: str | None):
+    from rtdenoise.model.checkpoint import FORMAT_VERSION, Checkpoint
+    from rtdenoise.model.dncnn import ModelConfig
+
+    if info.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} was exported from checkpoint format version {info.get('format_version')}, "
+            f"this rtdenoise reads {FORMAT_VERSION}; re-export the model"
+        )
+    return Checkpoint(
+        name=info["name"],
+        config=ModelConfig.from_dict(info["config"]),
+        state_dict=state_dict,
+        modality=info.get("modality", "spectral"),
+        wavelengths=list(info.get("wavelengths", [])),
+        fs=float(info.get("fs", 5.0)),
+        provenance=info.get("provenance", {}),
+        metrics=info.get("metrics", {}),
+        path=path,
+    )
+
+
+def checkpoint_from_onnx(source: str | os.PathLike | bytes, *, weights: bool = True):
+    """Rebuild the :class:`Checkpoint` an ``.onnx`` was exported from.
+
+    ``weights=False`` skips the weights (``state_dict`` is empty): enough for the front end
+    and for engines that run the graph itself (ONNX Runtime, TensorRT), not for
+    ``Checkpoint.model()``.
+    """
+    import torch
+    from onnx import numpy_helper
+
+    from rtdenoise.model.dncnn import CausalDnCNN
+
+    model, where = _load_model(source)
+    meta = _metadata(model, where)
+    path = None if where == "<bytes>" else where
+    ckpt = _checkpoint_from_info(meta["checkpoint"], {}, path)
+    if not weights:
+        return ckpt
+    inits = {i.name: i for i in model.graph.initializer}
+    expected = CausalDnCNN(ckpt.config).state_dict()
+    missing = [k for k in expected if WEIGHT_PREFIX + k not in inits]
+    if missing:
+        raise ValueError(f"{where} lacks weights {missing[:4]}{'...' if len(missing) > 4 else ''}; re-export it with `rtdenoise export`")
+    ckpt.state_dict = {
+        k: torch.from_numpy(np.array(numpy_helper.to_array(inits[WEIGHT_PREFIX + k]), copy=True)).to(v.dtype)
+        for k, v in expected.items()
+    }
+    try:
+        ckpt.model()
+    except RuntimeError as e:
+        raise ValueError(f"{where}: its weights do not fit its config: {e}") from e
+    return ckpt
+
+
+def checkpoint_for_file(model, backend: str, kwargs: dict) -> tuple[Any, str, dict]:
+    """For :func:`load_engine`: a ``.onnx`` or TensorRT ``.plan`` path -> (checkpoint, backend, kwargs).
+
+    ``.onnx``: ONNX Runtime runs it as is (``auto`` picks TensorRT on a GPU with TensorRT,
+    else ONNX Runtime); TensorRT builds a plan from it; torch rebuilds the weights.
+    ``.plan``: TensorRT only; the model metadata comes from the plan's ``.json`` sidecar.
+    """
+    p = Path(model)
+    kwargs = dict(kwargs)
+    if p.suffix == ".plan":
+        if backend not in ("auto", "tensorrt"):
+            raise ValueError(f"{p} is a TensorRT plan; load it with backend='tensorrt', not {backend!r}")
+        from rtdenoise.backends.trt_engine import checkpoint_from_plan
+
+        kwargs.setdefault("plan_path", str(p))
+        return checkpoint_from_plan(p), "tensorrt", kwargs
+    if backend == "auto":
+        backend = "onnxruntime"
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                import tensorrt  # noqa: F401
+
+                backend = "tensorrt"
+        except ImportError:
+            pass
+    if backend in ("onnxruntime", "tensorrt"):
+        kwargs.setdefault("onnx_path", str(p))
+        return checkpoint_from_onnx(p, weights=False), backend, kwargs
+    return checkpoint_from_onnx(p, weights=True), backend, kwargs

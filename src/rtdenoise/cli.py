@@ -263,10 +263,200 @@ def cmd_build_engine(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- serve, replay, status
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="run the live service: frames in over ZeroMQ, denoised frames out")
+    p.add_argument("--model", default=None, help="a .pt file or shipped model name (default: the shipped default)")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default="torch")
+    p.add_argument("--sub", default="tcp://127.0.0.1:5555", help="input endpoint (connects; see --bind-sub)")
+    p.add_argument("--bind-sub", action="store_true", help="bind the input instead of connecting to the acquisition")
+    p.add_argument("--pub", default="tcp://127.0.0.1:5556", help="output endpoint (bound); 'tcp://127.0.0.1:*' = a free port")
+    p.add_argument("--control", default="tcp://127.0.0.1:5557", help="control endpoint (bound, JSON status/reset/stop)")
+    p.add_argument("--max-queue", type=int, default=1000, help="frames per stream waiting for the engine; beyond, the oldest are dropped")
+    p.add_argument("--max-streams", type=int, default=64)
+    p.add_argument("--subscribe", action="append", default=None, metavar="PREFIX",
+                   help="take only streams whose name starts with PREFIX (repeatable; default all)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1 suits small models on a busy CPU)")
+    p.add_argument("--json", action="store_true", help="print the final stats as JSON")
+    p.add_argument("--verbose", action="store_true", help="log every rejection (default: first ones and every 1000th)")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    import logging
+
+    from rtdenoise.stream.service import ServiceConfig, format_status, serve
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="rtdenoise serve: %(levelname)s: %(message)s")
+    cfg = ServiceConfig(
+        model=args.model, backend=args.backend, sub=args.sub, bind_sub=args.bind_sub, pub=args.pub,
+        control=args.control, max_queue=args.max_queue, max_streams=args.max_streams,
+        subscribe=tuple(args.subscribe or ("",)), threads=args.threads,
+    )
+
+    def ready(svc) -> None:
+        a = svc.addresses
+        print(
+            f"rtdenoise serve: ready model={svc.engine.name} backend={svc.engine.backend} lag={svc.lag} "
+            f"sub={a['sub']} ({'bind' if args.bind_sub else 'connect'}) pub={a['pub']} control={a['control']}",
+            flush=True,
+        )
+
+    stats = serve(cfg, on_ready=ready)
+    if args.json:
+        _print_json(stats)
+    else:
+        print("rtdenoise serve: stopped\n" + format_status(stats), flush=True)
+    return 0
+
+
+def _add_replay(sub) -> None:
+    p = sub.add_parser("replay", help="publish a recording over ZeroMQ at its frame rate, as if live")
+    p.add_argument("input", help=".npy/.npz/.tif/.h5/.mat, frames × wavelengths")
+    p.add_argument("--pub", default="tcp://127.0.0.1:5555", help="endpoint (bound by default: `serve` connects to it)")
+    p.add_argument("--rate", type=float, required=True, help="frames per second")
+    p.add_argument("--chunk", type=int, default=1, help="frames per message")
+    p.add_argument("--loop", action="store_true", help="start over at the end (seq counts on); stop with Ctrl-C or --duration")
+    p.add_argument("--stream", default="replay", help="stream name")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--bind", dest="bind", action="store_true", default=True, help="bind --pub (default)")
+    g.add_argument("--connect", dest="bind", action="store_false", help="connect to a service run with --bind-sub")
+    p.add_argument("--start-seq", type=int, default=0)
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--key", default=None, help="array name inside .npz/.h5/.mat")
+    p.add_argument("--wait", type=float, default=0.5, help="seconds to let subscribers join before the first frame")
+    p.add_argument("--json", action="store_true", help="print the stats as JSON")
+    p.set_defaults(func=cmd_replay)
+
+
+def cmd_replay(args) -> int:
+    from rtdenoise.stream.replay import replay
+
+    s = replay(
+        args.input, pub=args.pub, stream=args.stream, rate_hz=args.rate, chunk=args.chunk, loop=args.loop,
+        bind=args.bind, start_seq=args.start_seq, duration=args.duration, key=args.key, wait_s=args.wait,
+    )
+    if args.json:
+        _print_json(s)
+    else:
+        print(
+            f"replayed {s['frames']} frames of {args.input} as {s['stream']!r} on {s['address']} in {s['seconds']:.2f} s "
+            f"({s['achieved_hz'] or 0:.1f} Hz, asked {s['rate_hz']:g}; {s['late']} late sends, max {s['max_late_ms']:.1f} ms)"
+            + (" — interrupted" if s["interrupted"] else "")
+        )
+    return 0
+
+
+def _add_status(sub) -> None:
+    p = sub.add_parser("status", help="ask a running service for its per-stream counters and latencies")
+    p.add_argument("--control", default="tcp://127.0.0.1:5557", help="the service's control endpoint")
+    p.add_argument("--json", action="store_true", help="the full reply as JSON")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the reply")
+    p.set_defaults(func=cmd_status)
+
+
+def cmd_status(args) -> int:
+    from rtdenoise.stream.service import control, format_status
+
+    try:
+        reply = control(args.control, "status", timeout=args.timeout)
+    except TimeoutError as e:
+        print(f"rtdenoise status: error: {e}", file=sys.stderr)
+        return 2
+    if not reply.get("ok"):
+        print(f"rtdenoise status: error: the service answered: {reply.get('error')}", file=sys.stderr)
+        return 2
+    if args.json:
+        _print_json(reply)
+    else:
+        print(format_status(reply))
+    return 0
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="simulated spectrometer + live service + subscriber over loopback, with a report")
+    p.add_argument("--seconds", type=float, default=30.0, help="how long to publish (default 30)")
+    p.add_argument("--rate", type=float, default=50.0,
+                   help="frames/s published (default 50: a 5 Hz recording replayed 10x faster than real time)")
+    p.add_argument("--model", default=None, help="a .pt file or shipped model name (default: the shipped default)")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default="torch")
+    p.add_argument("--photons", type=float, default=2000.0, help="counts at the emission peak")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write the report here")
+    p.add_argument("--plot", default="demo.png", help="write the figure here (default demo.png; '' for none)")
+    p.add_argument("--quiet", action="store_true", help="no live progress")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    from rtdenoise.demo import main as demo_main
+
+    return demo_main(args)
+
+
+# ----------------------------------------------------------------------------- bench
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="measure a running service from outside")
+    what = p.add_subparsers(dest="what", metavar="WHAT")
+    what.required = True
+    q = what.add_parser("latency", help="open-loop paced frames in, latency from each frame's due time out")
+    q.add_argument("--pub", default="tcp://127.0.0.1:5555", help="where to publish frames (the service's --sub)")
+    q.add_argument("--sub", default="tcp://127.0.0.1:5556", help="where the service publishes (its --pub)")
+    q.add_argument("--connect", action="store_true", help="connect --pub (for a service run with --bind-sub); default: bind it")
+    q.add_argument("--rate", type=float, default=100.0, help="frames/s per stream")
+    q.add_argument("--seconds", type=float, default=10.0)
+    q.add_argument("--streams", type=int, default=1, help="concurrent streams (bench0, bench1, ...)")
+    q.add_argument("--input", default=None, help="a recording to publish (default: synthetic 152-bin spectra)")
+    q.add_argument("--lag", type=int, default=0, help="the service model's lag, so latency counts from the right frame")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_bench_latency)
+
+
+def cmd_bench_latency(args) -> int:
+    import numpy as np
+
+    from rtdenoise.bench import paced_load
+
+    if args.streams < 1:
+        raise ValueError(f"--streams must be >= 1, got {args.streams}")
+    n = max(1, int(args.rate * args.seconds))
+    if args.input:
+        from rtdenoise.io import load_frames
+
+        base = load_frames(args.input)
+    else:
+        from rtdenoise.synth import simulate
+
+        base = simulate(min(n, 3000), seed=0, photons=2000)["noisy"]
+    frames = np.tile(base, (-(-n // len(base)),) + (1,) * (base.ndim - 1))[:n]
+    res = paced_load(args.pub, args.sub, {f"bench{i}": frames for i in range(args.streams)}, rate=args.rate,
+                     bind_pub=not args.connect, lag=args.lag)
+    summary = {"frames_in": res.frames_in, "frames_out": res.frames_out, "frames_lost": res.frames_lost,
+               "late_sends": res.late_sends, "latency_ms": res.latency_summary()}
+    if args.json:
+        _print_json(summary)
+        return 0
+    lat = summary["latency_ms"]
+    print(f"{args.streams} stream(s) at {args.rate:g} frames/s for {args.seconds:g} s: in {res.frames_in}, "
+          f"out {res.frames_out}, lost {res.frames_lost}")
+    print("latency ms  " + "  ".join(f"{k} {lat[k]:.3f}" for k in ("p50", "p90", "p99", "p999", "max")))
+    print("stages p50  " + "  ".join(f"{k} {v:.3f}" for k, v in lat["stages_p50"].items()))
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 
 # Verbs owned by other parts register here: (module, function adding the parser).
-_VERBS = [_add_simulate, _add_train, _add_info, _add_denoise, _add_export, _add_build_engine]
+_VERBS = [_add_simulate, _add_train, _add_info, _add_denoise, _add_demo, _add_bench, _add_export, _add_build_engine]
+_VERBS += [_add_serve, _add_replay, _add_status]  # stream verbs, defined above main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -286,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
+    except (ValueError, TypeError, FileNotFoundError, ImportError, TimeoutError) as e:
         print(f"rtdenoise {args.verb}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

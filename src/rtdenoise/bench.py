@@ -1,0 +1,182 @@
+"""Measure a live service from outside: open-loop paced publishing, latency per frame.
+
+Frames are published on a fixed schedule (frame i of every stream is due at
+``t0 + i / rate``) whatever happens downstream, and each output's latency is measured
+from the moment its frame was *due*, not from when it was actually sent: a stall
+anywhere (publisher, network, queue, engine, subscriber) shows up in the numbers rather
+than slowing the load (no coordinated omission). Used by ``rtdenoise demo``,
+``rtdenoise bench latency`` and ``benchmarks/bench_latency.py``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class LoadResult:
+    """Outputs and latencies of one paced run; latencies in ms, NaN where no output came."""
+
+    streams: list[str]
+    rate: float
+    frames_in: int  # frames published, all streams
+    outputs: dict[str, np.ndarray]  # per stream (T, *shape), NaN where nothing arrived
+    e2e_ms: dict[str, np.ndarray]  # due time of the frame that released the output → arrival
+    stage_ms: dict[str, dict[str, np.ndarray]]  # "in", "service", "out" per stream
+    late_sends: int = 0  # sends more than one period behind schedule (publisher overloaded)
+    lag: int = 0
+    headers: dict[str, list[dict]] = field(default_factory=dict)
+
+    @property
+    def frames_out(self) -> int:
+        return int(sum((~np.isnan(o.reshape(len(o), -1)[:, 0])).sum() for o in self.outputs.values()))
+
+    @property
+    def frames_lost(self) -> int:
+        """Frames that should have come out but did not (the last ``lag`` are still in flight)."""
+        return self.frames_in - self.frames_out - self.lag * len(self.streams)
+
+    def latency_summary(self) -> dict:
+        e = np.concatenate([v[~np.isnan(v)] for v in self.e2e_ms.values()])
+        out = percentiles(e)
+        out["stages_p50"] = {
+            k: float(np.nanmedian(np.concatenate([s[k] for s in self.stage_ms.values()]))) for k in ("in", "service", "out")
+        }
+        out["stages_p99"] = {
+            k: float(np.nanpercentile(np.concatenate([s[k] for s in self.stage_ms.values()]), 99)) for k in ("in", "service", "out")
+        }
+        return out
+
+
+def percentiles(e: np.ndarray) -> dict:
+    if len(e) == 0:
+        return {k: float("nan") for k in ("p50", "p90", "p99", "p999", "max")}
+    return {
+        "p50": float(np.percentile(e, 50)),
+        "p90": float(np.percentile(e, 90)),
+        "p99": float(np.percentile(e, 99)),
+        "p999": float(np.percentile(e, 99.9)),
+        "max": float(e.max()),
+    }
+
+
+def paced_load(
+    pub_address: str,
+    sub_address: str,
+    recordings: dict[str, np.ndarray],
+    *,
+    rate: float,
+    bind_pub: bool = False,
+    lag: int = 0,
+    fs: float | None = None,
+    connect_timeout: float = 10.0,
+    drain_s: float = 2.0,
+    progress=None,
+) -> LoadResult:
+    """Publish ``recordings`` (stream name -> (T, W) frames) at ``rate`` frames/s per stream.
+
+    ``pub_address`` is where frames go (the service's input; bind with ``bind_pub``),
+    ``sub_address`` where denoised frames come from (the service's output). ``lag`` is
+    the service model's lookahead: the output for frame s leaves with frame s + lag, so
+    its latency is measured from that frame's due time. ``progress(received, outputs,
+    e2e_ms)`` is called after each output message.
+
+    Before the load starts, probe frames on the stream ``<first stream>.probe`` go round
+    until one comes back denoised, so no connection is still being set up when the first
+    frame is due (ZeroMQ's slow joiner); a service that never answers raises
+    ``TimeoutError`` after ``connect_timeout`` seconds.
+    """
+    import zmq
+
+    from rtdenoise.stream import wire
+    from rtdenoise.stream.client import Subscriber
+
+    if rate <= 0:
+        raise ValueError(f"rate must be > 0 frames/s, got {rate}")
+    names = list(recordings)
+    n = min(len(r) for r in recordings.values())
+    period_ns = 1e9 / rate
+    outputs = {s: np.full(recordings[s].shape, np.nan, dtype=np.float32) for s in names}
+    e2e = {s: np.full(n, np.nan) for s in names}
+    stages = {s: {k: np.full(n, np.nan) for k in ("in", "service", "out")} for s in names}
+    late = [0]
+    sent = [0]
+    # One PUB socket carries every stream, as one acquisition program would.
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 100_000)
+    probe = f"{names[0]}.probe"
+    with Subscriber(sub_address, streams=names + [probe]) as sub:
+        try:
+            pub.bind(pub_address) if bind_pub else pub.connect(pub_address)
+            _round_trip(pub, sub, probe, recordings[names[0]][:1], connect_timeout, pub_address, sub_address)
+            t0 = time.time_ns() + 20_000_000
+
+            def publish() -> None:
+                for i in range(n):
+                    due = t0 + int(i * period_ns)
+                    wait = (due - time.time_ns()) / 1e9
+                    if wait > 0:
+                        time.sleep(wait)
+                    elif -wait * 1e9 > period_ns:
+                        late[0] += 1
+                    for s in names:
+                        pub.send_multipart(wire.encode_frames(s, recordings[s][i : i + 1], seq=i, t_ns=due, fs=fs))
+                        sent[0] += 1
+
+            th = threading.Thread(target=publish, name="rtdenoise-paced-publisher", daemon=True)
+            th.start()
+            expected = (n - lag) * len(names)
+            got, quiet_until = 0, None
+            while got < expected:
+                try:
+                    header, frames = sub.recv(timeout=0.1)
+                except TimeoutError:
+                    if not th.is_alive():
+                        quiet_until = quiet_until or time.monotonic() + drain_s
+                        if time.monotonic() > quiet_until:
+                            break
+                    continue
+                t_arr = time.time_ns()
+                s, seq, k = header["stream"], header["seq"], header["n"]
+                if s not in outputs or seq + k > n:  # a late probe answer
+                    continue
+                outputs[s][seq : seq + k] = frames
+                for j in range(k):
+                    due = t0 + int((seq + j + lag) * period_ns)
+                    e2e[s][seq + j] = (t_arr - due) / 1e6
+                due0 = t0 + int((seq + lag) * period_ns)
+                stages[s]["in"][seq] = (header["t_recv_ns"] - due0) / 1e6
+                stages[s]["service"][seq] = (header["t_pub_ns"] - header["t_recv_ns"]) / 1e6
+                stages[s]["out"][seq] = (t_arr - header["t_pub_ns"]) / 1e6
+                got += k
+                if progress is not None:
+                    progress(got, outputs, e2e)
+            th.join(5.0)
+        finally:
+            pub.close(linger=0)
+    return LoadResult(names, rate, sent[0], outputs, e2e, stages, late[0], lag)
+
+
+def _round_trip(pub, sub, probe: str, frame: np.ndarray, timeout: float, pub_address: str, sub_address: str) -> None:
+    from rtdenoise.stream import wire
+
+    deadline = time.monotonic() + timeout
+    seq = 0
+    while time.monotonic() < deadline:
+        pub.send_multipart(wire.encode_frames(probe, frame, seq=seq, t_ns=time.time_ns()))
+        seq += 1
+        try:
+            while True:
+                header, _ = sub.recv(timeout=0.05)
+                if header["stream"] == probe:
+                    return
+        except TimeoutError:
+            continue
+    raise TimeoutError(
+        f"no denoised probe frame came back within {timeout:g} s: is the service running, taking frames "
+        f"from {pub_address} and publishing on {sub_address}?"
+    )

@@ -416,6 +416,7 @@ def _add_bench(sub) -> None:
     q.add_argument("--streams", type=int, default=1, help="concurrent streams (bench0, bench1, ...)")
     q.add_argument("--input", default=None, help="a recording to publish (default: synthetic 152-bin spectra)")
     q.add_argument("--lag", type=int, default=0, help="the service model's lag, so latency counts from the right frame")
+    q.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the service to answer a probe frame")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_bench_latency)
 
@@ -438,7 +439,7 @@ def cmd_bench_latency(args) -> int:
         base = simulate(min(n, 3000), seed=0, photons=2000)["noisy"]
     frames = np.tile(base, (-(-n // len(base)),) + (1,) * (base.ndim - 1))[:n]
     res = paced_load(args.pub, args.sub, {f"bench{i}": frames for i in range(args.streams)}, rate=args.rate,
-                     bind_pub=not args.connect, lag=args.lag)
+                     bind_pub=not args.connect, lag=args.lag, connect_timeout=args.timeout)
     summary = {"frames_in": res.frames_in, "frames_out": res.frames_out, "frames_lost": res.frames_lost,
                "late_sends": res.late_sends, "latency_ms": res.latency_summary()}
     if args.json:

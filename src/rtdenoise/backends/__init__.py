@@ -42,6 +42,7 @@ def load_engine(model=None, *, backend: str = "torch", **kwargs) -> Engine:
         return OrtEngine(ckpt, **kwargs)
     from rtdenoise.backends.trt_engine import TrtEngine
 
+    kwargs.pop("threads", None)  # a CPU setting; the GPU engine has none
     return TrtEngine(ckpt, **kwargs)
 
 

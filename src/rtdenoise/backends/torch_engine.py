@@ -16,12 +16,22 @@ from rtdenoise.model.checkpoint import Checkpoint
 
 
 class TorchEngine(Engine):
-    """Steps the network with PyTorch; per-layer states are tensors updated in place."""
+    """Steps the network with PyTorch; per-layer states are tensors updated in place.
+
+    ``threads`` sets torch's (process-wide) intra-op thread count when given: a small
+    model stepped a frame at a time is many times slower with several threads contending
+    on a busy CPU than with one. None leaves torch's setting alone.
+    """
 
     backend = "torch"
 
-    def __init__(self, checkpoint: Checkpoint, *, device: str | None = None, cuda_graph: bool = True):
+    def __init__(self, checkpoint: Checkpoint, *, device: str | None = None, cuda_graph: bool = True,
+                 threads: int | None = 1):
         super().__init__(checkpoint)
+        if threads is not None:
+            if int(threads) < 1:
+                raise ValueError(f"threads must be >= 1, got {threads}")
+            torch.set_num_threads(int(threads))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.net = checkpoint.model().to(self.device)
         self.cuda_graph = bool(cuda_graph) and self.device.type == "cuda"

@@ -20,6 +20,18 @@ not thread-safe)::
   engine on each run of contiguous messages as one chunk, so a backlog is worked off in
   big, cheap steps, and publishes one ``denoised/<stream>`` message per run.
 - The **control thread** answers JSON requests on a REP socket (see :func:`control`).
+- The receive thread also reads libzmq's **socket monitors** of all three sockets and
+  counts connection events per socket (``connections`` in status): accepted and
+  closed connections, failed handshakes (a refused CURVE key, a plaintext client
+  against a CURVE service). A connecting input whose connection libzmq drops for a
+  protocol error (e.g. a message part over ``ZMQ_MAXMSGSIZE``) is connected again:
+  libzmq itself would never retry it.
+
+Security: by default every socket binds to loopback. With ``curve_keys`` (a directory
+made by ``rtdenoise keys``, see :mod:`rtdenoise.security`) the service is the CURVE
+server on all three sockets, whichever side binds: traffic is encrypted and only
+clients whose public key is in ``curve_keys/authorized/`` get in. Binding anything but
+loopback without it warns.
 
 Sequence numbers, per stream, as the engine sees them: the expected next ``seq`` is the
 previous ``seq + n``. A jump forward is a gap, a jump back (or a repeat) a restarted
@@ -67,6 +79,7 @@ import collections
 import dataclasses
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -78,7 +91,7 @@ import numpy as np
 import zmq
 
 from rtdenoise.stream import wire
-from rtdenoise.stream.client import COPY_THRESHOLD
+from rtdenoise.stream.client import COPY_THRESHOLD, _curve_client
 
 __all__ = ["ServiceConfig", "Service", "serve", "control", "format_status", "SERVICE_REASONS"]
 
@@ -97,6 +110,15 @@ SERVICE_REASONS = (
 _WAIT_S = 0.05  # how often idle threads look at the stop flag
 _JOIN_S = 5.0
 _CONTROL_LINGER_MS = 200  # lets the reply to "stop" leave before the REP socket closes
+_MAX_STEP = 1024  # most frames per engine step (a backlog or a huge message is stepped in pieces, as offline)
+_DRAIN_MAX = 1000  # messages read per wake-up before looking at the monitors and the stop flag again
+_SMALL_MSG_BYTES = 64 * 1024  # ZMQ_MAXMSGSIZE of the PUB (inbound subscriptions) and the control REP
+# libzmq socket events counted in status["connections"], by socket.
+_EVENTS = {
+    "EVENT_ACCEPTED": "accepted", "EVENT_CONNECTED": "connected", "EVENT_DISCONNECTED": "disconnected",
+    "EVENT_HANDSHAKE_SUCCEEDED": "handshake_ok", "EVENT_HANDSHAKE_FAILED_AUTH": "auth_refused",
+    "EVENT_HANDSHAKE_FAILED_NO_DETAIL": "handshake_failed", "EVENT_HANDSHAKE_FAILED_PROTOCOL": "handshake_failed",
+}
 
 
 @dataclass
@@ -120,7 +142,8 @@ class ServiceConfig:
     max_payload_bytes: int = wire.MAX_PAYLOAD_BYTES  # passed to wire.decode and ZMQ_MAXMSGSIZE
     rcvhwm: int = 10_000  # messages libzmq buffers before the receive thread reads them
     latency_window: int = 1000  # recent messages the latency percentiles cover
-    threads: int | None = None  # torch intra-op threads (process-wide); 1 suits small models on busy CPUs
+    threads: int | None = None  # engine threads (None: the engine's default, 1 on the CPU backends)
+    curve_keys: Any = None  # directory with server.key_secret and authorized/*.key: CURVE on every socket
 
     def validate(self) -> None:
         for name in ("max_queue", "max_streams", "max_header_bytes", "max_payload_bytes", "rcvhwm",
@@ -139,6 +162,8 @@ class ServiceConfig:
         self.subscribe = tuple(self.subscribe)
         if not self.subscribe or not all(isinstance(s, str) for s in self.subscribe):
             raise ValueError(f"subscribe must be stream-name prefixes ('' = all), got {self.subscribe!r}")
+        if self.curve_keys is not None and not isinstance(self.curve_keys, (str, os.PathLike)):
+            raise TypeError(f"curve_keys must be a directory path (made by `rtdenoise keys DIR`), got {self.curve_keys!r}")
 
 
 def _is_loopback(address: str) -> bool:
@@ -257,14 +282,12 @@ class Service:
         config = dataclasses.replace(config or ServiceConfig(), **overrides)
         config.validate()
         self.config = config
-        if config.threads is not None and (engine is None or getattr(engine, "backend", "") == "torch"):
-            import torch
-
-            torch.set_num_threads(config.threads)
         if engine is None:
             from rtdenoise.backends import load_engine
 
-            engine = load_engine(config.model, backend=config.backend)
+            # Engines take `threads` (torch: process-wide intra-op; ORT: the session's).
+            kw = {} if config.threads is None else {"threads": config.threads}
+            engine = load_engine(config.model, backend=config.backend, **kw)
         self.engine = engine
         self.lag = int(engine.lag)
         self._ctx = context or zmq.Context.instance()

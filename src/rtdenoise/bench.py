@@ -76,6 +76,7 @@ def paced_load(
     connect_timeout: float = 10.0,
     drain_s: float = 2.0,
     progress=None,
+    curve_keys=None,
 ) -> LoadResult:
     """Publish ``recordings`` (stream name -> (T, W) frames) at ``rate`` frames/s per stream.
 
@@ -89,12 +90,17 @@ def paced_load(
     until one comes back denoised, so no connection is still being set up when the first
     frame is due (ZeroMQ's slow joiner); a service that never answers raises
     ``TimeoutError`` after ``connect_timeout`` seconds.
+
+    ``curve_keys``: ``(client_secret_key_file, server_public_key_file)`` for a service run
+    with CURVE; both sockets are then its CURVE clients.
     """
     import zmq
 
+    from rtdenoise import security
     from rtdenoise.stream import wire
     from rtdenoise.stream.client import Subscriber
 
+    keys = security.client_keys(curve_keys)
     if rate <= 0:
         raise ValueError(f"rate must be > 0 frames/s, got {rate}")
     names = list(recordings)
@@ -108,8 +114,9 @@ def paced_load(
     # One PUB socket carries every stream, as one acquisition program would.
     pub = zmq.Context.instance().socket(zmq.PUB)
     pub.setsockopt(zmq.SNDHWM, 100_000)
+    security.apply_client(pub, keys)
     probe = f"{names[0]}.probe"
-    with Subscriber(sub_address, streams=names + [probe]) as sub:
+    with Subscriber(sub_address, streams=names + [probe], curve_keys=keys) as sub:
         try:
             pub.bind(pub_address) if bind_pub else pub.connect(pub_address)
             _round_trip(pub, sub, probe, recordings[names[0]][:1], connect_timeout, pub_address, sub_address)

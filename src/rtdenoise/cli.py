@@ -275,7 +275,13 @@ def _add_serve(sub) -> None:
     p.add_argument("--pub", default="tcp://127.0.0.1:5556", help="output endpoint (bound); 'tcp://127.0.0.1:*' = a free port")
     p.add_argument("--control", default="tcp://127.0.0.1:5557", help="control endpoint (bound, JSON status/reset/stop)")
     p.add_argument("--max-queue", type=int, default=1000, help="frames per stream waiting for the engine; beyond, the oldest are dropped")
-    p.add_argument("--max-streams", type=int, default=64)
+    p.add_argument("--max-streams", type=int, default=64, help="streams held at once; messages of more are rejected")
+    p.add_argument("--max-header-bytes", type=int, default=64 * 1024, help="larger headers are rejected (too_large)")
+    p.add_argument("--max-payload-bytes", type=int, default=256 * 1024 * 1024,
+                   help="larger payloads are rejected; a part over this (ZMQ_MAXMSGSIZE) closes its connection")
+    p.add_argument("--curve-keys", default=None, metavar="DIR",
+                   help="CURVE encryption + authentication on every socket: DIR holds server.key_secret and "
+                        "authorized/*.key (make them with `rtdenoise keys DIR`)")
     p.add_argument("--subscribe", action="append", default=None, metavar="PREFIX",
                    help="take only streams whose name starts with PREFIX (repeatable; default all)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1 suits small models on a busy CPU)")
@@ -294,7 +300,8 @@ def cmd_serve(args) -> int:
     cfg = ServiceConfig(
         model=args.model, backend=args.backend, sub=args.sub, bind_sub=args.bind_sub, pub=args.pub,
         control=args.control, max_queue=args.max_queue, max_streams=args.max_streams,
-        subscribe=tuple(args.subscribe or ("",)), threads=args.threads,
+        subscribe=tuple(args.subscribe or ("",)), threads=args.threads, curve_keys=args.curve_keys,
+        max_header_bytes=args.max_header_bytes, max_payload_bytes=args.max_payload_bytes,
     )
 
     def ready(svc) -> None:
@@ -329,6 +336,7 @@ def _add_replay(sub) -> None:
     p.add_argument("--key", default=None, help="array name inside .npz/.h5/.mat")
     p.add_argument("--wait", type=float, default=0.5, help="seconds to let subscribers join before the first frame")
     p.add_argument("--json", action="store_true", help="print the stats as JSON")
+    _add_client_keys(p)
     p.set_defaults(func=cmd_replay)
 
 
@@ -338,6 +346,7 @@ def cmd_replay(args) -> int:
     s = replay(
         args.input, pub=args.pub, stream=args.stream, rate_hz=args.rate, chunk=args.chunk, loop=args.loop,
         bind=args.bind, start_seq=args.start_seq, duration=args.duration, key=args.key, wait_s=args.wait,
+        curve_keys=_client_keys(args),
     )
     if args.json:
         _print_json(s)
@@ -355,6 +364,7 @@ def _add_status(sub) -> None:
     p.add_argument("--control", default="tcp://127.0.0.1:5557", help="the service's control endpoint")
     p.add_argument("--json", action="store_true", help="the full reply as JSON")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the reply")
+    _add_client_keys(p)
     p.set_defaults(func=cmd_status)
 
 
@@ -362,7 +372,7 @@ def cmd_status(args) -> int:
     from rtdenoise.stream.service import control, format_status
 
     try:
-        reply = control(args.control, "status", timeout=args.timeout)
+        reply = control(args.control, "status", timeout=args.timeout, curve_keys=_client_keys(args))
     except TimeoutError as e:
         print(f"rtdenoise status: error: {e}", file=sys.stderr)
         return 2
@@ -373,6 +383,61 @@ def cmd_status(args) -> int:
         _print_json(reply)
     else:
         print(format_status(reply))
+    return 0
+
+
+# ----------------------------------------------------------------------------- keys (CURVE)
+
+
+def _add_client_keys(p) -> None:
+    p.add_argument("--client-key", default=None, metavar="FILE",
+                   help="this client's secret key (NAME.key_secret) for a service run with --curve-keys")
+    p.add_argument("--server-key", default=None, metavar="FILE",
+                   help="the service's public key (server.key); give with --client-key")
+
+
+def _client_keys(args):
+    if (args.client_key is None) != (args.server_key is None):
+        raise ValueError("--client-key and --server-key go together (this client's NAME.key_secret and the "
+                         "service's server.key)")
+    return None if args.client_key is None else (args.client_key, args.server_key)
+
+
+def _add_keys(sub) -> None:
+    p = sub.add_parser("keys", help="make a CURVE key pair for the service (default) or a client (--name)")
+    p.add_argument("dir", help="directory to write NAME.key (public) and NAME.key_secret into (created if missing)")
+    p.add_argument("--name", default="server",
+                   help="'server' (default: the service's pair, plus an empty DIR/authorized/) or a client's name")
+    p.add_argument("--authorize", default=None, metavar="SERVER_DIR",
+                   help="also copy the new public key into SERVER_DIR/authorized/ (a client's key)")
+    p.add_argument("--force", action="store_true", help="replace an existing pair")
+    p.set_defaults(func=cmd_keys)
+
+
+def cmd_keys(args) -> int:
+    import shutil
+
+    from rtdenoise.security import AUTHORIZED, SERVER_NAME, create_keys
+
+    if args.authorize and args.name == SERVER_NAME:
+        raise ValueError("--authorize copies a client's key; give the client a --name")
+    if args.authorize and not (Path(args.authorize) / AUTHORIZED).is_dir():
+        raise FileNotFoundError(f"{Path(args.authorize) / AUTHORIZED} does not exist; "
+                                f"make the service's keys first: rtdenoise keys {args.authorize}")
+    public, secret = create_keys(args.dir, args.name, force=args.force)
+    print(f"wrote {public} (public) and {secret} (secret, mode 600)")
+    if args.name == SERVER_NAME:
+        print(f"serve with: rtdenoise serve --curve-keys {args.dir}  (allowed clients' NAME.key go in "
+              f"{Path(args.dir) / AUTHORIZED}/)")
+        print(f"clients need {public}: e.g. rtdenoise status --client-key CLIENT.key_secret --server-key {public}")
+    else:
+        if args.authorize:
+            dst = Path(args.authorize) / AUTHORIZED / public.name
+            shutil.copyfile(public, dst)
+            print(f"authorized: copied {public.name} to {dst}")
+        else:
+            print(f"copy {public} into the service's DIR/{AUTHORIZED}/ to let this client in")
+        print(f"this client uses: --client-key {secret} --server-key <service DIR>/server.key")
     return 0
 
 
@@ -418,6 +483,7 @@ def _add_bench(sub) -> None:
     q.add_argument("--lag", type=int, default=0, help="the service model's lag, so latency counts from the right frame")
     q.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the service to answer a probe frame")
     q.add_argument("--json", action="store_true")
+    _add_client_keys(q)
     q.set_defaults(func=cmd_bench_latency)
 
 
@@ -439,7 +505,8 @@ def cmd_bench_latency(args) -> int:
         base = simulate(min(n, 3000), seed=0, photons=2000)["noisy"]
     frames = np.tile(base, (-(-n // len(base)),) + (1,) * (base.ndim - 1))[:n]
     res = paced_load(args.pub, args.sub, {f"bench{i}": frames for i in range(args.streams)}, rate=args.rate,
-                     bind_pub=not args.connect, lag=args.lag, connect_timeout=args.timeout)
+                     bind_pub=not args.connect, lag=args.lag, connect_timeout=args.timeout,
+                     curve_keys=_client_keys(args))
     summary = {"frames_in": res.frames_in, "frames_out": res.frames_out, "frames_lost": res.frames_lost,
                "late_sends": res.late_sends, "latency_ms": res.latency_summary()}
     if args.json:
@@ -457,7 +524,7 @@ def cmd_bench_latency(args) -> int:
 
 # Verbs owned by other parts register here: (module, function adding the parser).
 _VERBS = [_add_simulate, _add_train, _add_info, _add_denoise, _add_demo, _add_bench, _add_export, _add_build_engine]
-_VERBS += [_add_serve, _add_replay, _add_status]  # stream verbs, defined above main
+_VERBS += [_add_serve, _add_replay, _add_status, _add_keys]  # stream verbs, defined above main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -477,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, ImportError, TimeoutError) as e:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError, TimeoutError) as e:
         print(f"rtdenoise {args.verb}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

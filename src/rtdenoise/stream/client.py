@@ -9,6 +9,11 @@ PUB/SUB drops what is published before a subscriber has connected (ZeroMQ's "slo
 joiner"): a publisher that must not lose its first frames waits a moment after
 connecting, or checks downstream that ``seq`` starts where it expects.
 
+Against a service run with CURVE (``rtdenoise serve --curve-keys DIR``) pass
+``curve_keys=(client_secret_key_file, server_public_key_file)``: the client is then a
+CURVE client (encrypted, and admitted only if its public key is in the service's
+``authorized/``), whichever side binds. See :mod:`rtdenoise.security`.
+
 Examples
 --------
 >>> import numpy as np
@@ -35,6 +40,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import zmq
 
+from rtdenoise import security
 from rtdenoise.stream import wire
 
 __all__ = ["Publisher", "Subscriber", "COPY_THRESHOLD"]
@@ -76,6 +82,8 @@ class Publisher:
         Default ``zmq.Context.instance()``.
     linger : int
         ms to keep unsent messages at :meth:`close` (0: drop them).
+    curve_keys : (str, str), optional
+        ``(client_secret_key_file, server_public_key_file)`` to talk to a CURVE service.
 
     Attributes
     ----------
@@ -87,7 +95,7 @@ class Publisher:
 
     def __init__(self, address: str, *, stream: str, bind: bool = False, fs: float | None = None,
                  shape: tuple[int, ...] | None = None, context: zmq.Context | None = None,
-                 linger: int = 0):
+                 linger: int = 0, curve_keys=None):
         wire.validate_stream_name(stream)
         if fs is not None and not (isinstance(fs, (int, float)) and math.isfinite(fs) and fs > 0):
             raise ValueError(f"fs must be a finite frame rate > 0 in Hz, got {fs!r}")
@@ -97,8 +105,10 @@ class Publisher:
         self._dtype: np.dtype | None = None
         self.next_seq = 0
         self.linger = linger
+        keys = security.client_keys(curve_keys)  # bad key files fail before any socket exists
         self._socket = (context or zmq.Context.instance()).socket(zmq.PUB)
         try:
+            security.apply_client(self._socket, keys)
             self.address = _bind_or_connect(self._socket, address, bind)
         except Exception:
             self._socket.close(linger=0)
@@ -200,6 +210,8 @@ class Subscriber:
         malformed message. True: skip it. Either way it is counted in ``rejected``.
     max_header_bytes, max_payload_bytes : int
         Size limits passed to :func:`~rtdenoise.stream.wire.decode`.
+    curve_keys : (str, str), optional
+        ``(client_secret_key_file, server_public_key_file)`` to talk to a CURVE service.
 
     Attributes
     ----------
@@ -213,7 +225,7 @@ class Subscriber:
                  kind: str = wire.DENOISED, bind: bool = False, context: zmq.Context | None = None,
                  rcvhwm: int = 1000, linger: int = 0, drop_invalid: bool = False,
                  max_header_bytes: int = wire.MAX_HEADER_BYTES,
-                 max_payload_bytes: int = wire.MAX_PAYLOAD_BYTES):
+                 max_payload_bytes: int = wire.MAX_PAYLOAD_BYTES, curve_keys=None):
         if kind not in wire.KINDS:
             raise ValueError(f"kind must be one of {wire.KINDS}, got {kind!r}")
         if isinstance(streams, str):
@@ -226,8 +238,10 @@ class Subscriber:
         self.drop_invalid = drop_invalid
         self.rejected: collections.Counter = collections.Counter()
         self._limits = dict(max_header_bytes=max_header_bytes, max_payload_bytes=max_payload_bytes)
+        keys = security.client_keys(curve_keys)
         self._socket = (context or zmq.Context.instance()).socket(zmq.SUB)
         try:
+            security.apply_client(self._socket, keys)
             self._socket.setsockopt(zmq.RCVHWM, rcvhwm)
             for topic in [wire.topic_for(kind)] if self.streams is None else \
                     [wire.topic_for(kind, s) for s in sorted(self.streams)]:

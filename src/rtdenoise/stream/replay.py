@@ -41,7 +41,7 @@ def _frames_for_wire(frames: np.ndarray, name: str) -> np.ndarray:
 def replay(source: Any, *, pub: str, stream: str = "replay", rate_hz: float, chunk: int = 1,
            loop: bool = False, bind: bool = True, start_seq: int = 0, duration: float | None = None,
            key: str | None = None, wait_s: float = 0.5, meta: dict | None = None,
-           stop: threading.Event | None = None, context=None) -> dict:
+           stop: threading.Event | None = None, context=None, curve_keys=None) -> dict:
     """Publish a recording on ``frames/<stream>`` paced at ``rate_hz`` frames per second.
 
     Parameters
@@ -76,6 +76,8 @@ def replay(source: Any, *, pub: str, stream: str = "replay", rate_hz: float, chu
         Passed through in every header.
     stop : threading.Event, optional
         Set it to stop early. Ctrl-C also stops early; the stats say ``interrupted``.
+    curve_keys : (str, str), optional
+        ``(client_secret_key_file, server_public_key_file)`` for a service run with CURVE.
 
     Returns
     -------
@@ -112,7 +114,7 @@ def replay(source: Any, *, pub: str, stream: str = "replay", rate_hz: float, chu
     t0 = t_last = None
     # linger: let the last messages leave after the loop; bounded so close never hangs.
     with Publisher(pub, stream=stream, bind=bind, fs=float(rate_hz), shape=frames.shape[1:],
-                   context=context, linger=1000) as p:
+                   context=context, linger=1000, curve_keys=curve_keys) as p:
         address = p.address
         if wait_s > 0:
             time.sleep(wait_s)

@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -91,7 +92,7 @@ import numpy as np
 import zmq
 
 from rtdenoise.stream import wire
-from rtdenoise.stream.client import COPY_THRESHOLD, _curve_client
+from rtdenoise.stream.client import COPY_THRESHOLD
 
 __all__ = ["ServiceConfig", "Service", "serve", "control", "format_status", "SERVICE_REASONS"]
 
@@ -119,6 +120,8 @@ _EVENTS = {
     "EVENT_HANDSHAKE_SUCCEEDED": "handshake_ok", "EVENT_HANDSHAKE_FAILED_AUTH": "auth_refused",
     "EVENT_HANDSHAKE_FAILED_NO_DETAIL": "handshake_failed", "EVENT_HANDSHAKE_FAILED_PROTOCOL": "handshake_failed",
 }
+_EVENT_NAMES = {getattr(zmq, k): v for k, v in _EVENTS.items()}
+_MONITOR_IDS = itertools.count()
 
 
 @dataclass
@@ -261,7 +264,8 @@ class Service:
     engine : Engine, optional
         An engine already loaded (``config.model``/``backend`` are then ignored).
     context : zmq.Context, optional
-        Default ``zmq.Context.instance()``.
+        Default ``zmq.Context.instance()``; with ``curve_keys`` a new context of the
+        service's own (its CURVE authenticator is one per context).
     **overrides
         Any :class:`ServiceConfig` field, e.g. ``model="tiny.pt", bind_sub=True``.
 
@@ -282,6 +286,11 @@ class Service:
         config = dataclasses.replace(config or ServiceConfig(), **overrides)
         config.validate()
         self.config = config
+        self._curve = None
+        if config.curve_keys is not None:  # missing or bad keys fail here, before the model loads
+            from rtdenoise import security
+
+            self._curve = security.load_server_keys(config.curve_keys)
         if engine is None:
             from rtdenoise.backends import load_engine
 
@@ -290,7 +299,9 @@ class Service:
             engine = load_engine(config.model, backend=config.backend, **kw)
         self.engine = engine
         self.lag = int(engine.lag)
-        self._ctx = context or zmq.Context.instance()
+        self._own_ctx = context is None and self._curve is not None
+        self._ctx = context or (zmq.Context() if self._own_ctx else zmq.Context.instance())
+        self._auth = None  # the CURVE ZAP handler
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
         self._stop = threading.Event()
@@ -305,10 +316,13 @@ class Service:
         self._t_stop: float | None = None
         self.addresses: dict[str, str] = {}
         self._sub = self._pub = self._rep = None
+        self._monitors: dict[str, zmq.Socket] = {}  # socket name -> its monitor (read by the receive thread)
+        self._connections = {name: collections.Counter() for name in ("sub", "pub", "control")}
         try:
             self._open_sockets()
         except Exception:
             self._close_sockets()
+            self._end_security()
             raise
 
     # ------------------------------------------------------------------ sockets
@@ -316,22 +330,55 @@ class Service:
         c = self.config
         for name, bind in (("sub", c.bind_sub), ("pub", True), ("control", True)):
             addr = getattr(c, name)
-            if bind and not _is_loopback(addr):
+            if bind and not _is_loopback(addr) and self._curve is None:
                 msg = (f"rtdenoise service: {name} binds to {addr}, reachable from other machines "
                        "without authentication (anyone there can publish frames, read outputs, or stop "
-                       "the service); bind to tcp://127.0.0.1 unless this network is trusted")
+                       "the service); bind to tcp://127.0.0.1 unless this network is trusted, or turn on "
+                       "CURVE encryption and authentication: make keys with `rtdenoise keys DIR`, copy "
+                       "each client's NAME.key into DIR/authorized/, and serve with --curve-keys DIR "
+                       "(ServiceConfig.curve_keys)")
                 warnings.warn(msg, RuntimeWarning, stacklevel=4)
-        self._sub = self._ctx.socket(zmq.SUB)
+        if self._curve is not None:
+            from rtdenoise import security
+
+            # Before any bind: without a ZAP handler libzmq would admit every CURVE client.
+            self._auth = security.start_authenticator(self._ctx, self._curve)
+        self._sub = self._socket(zmq.SUB, "sub")
         self._sub.setsockopt(zmq.RCVHWM, c.rcvhwm)
         # libzmq drops (and disconnects) any part above this before it reaches us.
         self._sub.setsockopt(zmq.MAXMSGSIZE, max(c.max_header_bytes, c.max_payload_bytes))
         for prefix in c.subscribe:
             self._sub.setsockopt(zmq.SUBSCRIBE, wire.topic_for(wire.FRAMES) + prefix.encode())
         self.addresses["sub"] = self._attach(self._sub, "sub", c.sub, c.bind_sub)
-        self._pub = self._ctx.socket(zmq.PUB)
+        self._pub = self._socket(zmq.PUB, "pub")
+        self._pub.setsockopt(zmq.MAXMSGSIZE, _SMALL_MSG_BYTES)  # what comes in on a PUB: subscriptions
         self.addresses["pub"] = self._attach(self._pub, "pub", c.pub, True)
-        self._rep = self._ctx.socket(zmq.REP)
+        self._rep = self._socket(zmq.REP, "control")
+        self._rep.setsockopt(zmq.MAXMSGSIZE, _SMALL_MSG_BYTES)
         self.addresses["control"] = self._attach(self._rep, "control", c.control, True)
+
+    def _socket(self, kind: int, name: str) -> zmq.Socket:
+        """A new socket with the CURVE server role (when on) and a monitor, before it binds."""
+        sock = self._ctx.socket(kind)
+        if self._curve is not None:
+            from rtdenoise import security
+
+            security.apply_server(sock, self._curve)
+        events = 0
+        for ev in _EVENTS:
+            events |= getattr(zmq, ev)
+        # libzmq sends monitor events *blocking*, from its I/O thread: a monitor nobody reads
+        # (closed, or with a full pipe) would freeze every socket of the context. So the reader
+        # has no high-water mark, lives until the monitored socket has stopped its monitor (see
+        # _close), and the address is unique (pyzmq's default reuses file descriptor numbers).
+        addr = f"inproc://rtdenoise-monitor-{next(_MONITOR_IDS)}-{name}"
+        sock.monitor(addr, events)
+        mon = self._ctx.socket(zmq.PAIR)
+        mon.rcvhwm = 0
+        mon.linger = 0
+        mon.connect(addr)
+        self._monitors[name] = mon
+        return sock
 
     @staticmethod
     def _attach(sock: zmq.Socket, name: str, addr: str, bind: bool) -> str:
@@ -346,12 +393,32 @@ class Service:
             hint = "; is another service running there? pick another port" if e.errno == zmq.EADDRINUSE else ""
             raise ValueError(f"cannot {verb} the {name} socket to {addr!r}: {e}{hint}") from None
 
+    @staticmethod
+    def _close(sock: zmq.Socket | None, linger: int = 0) -> None:
+        """Stop a socket's monitor, then close it (the monitor's reader stays open until stop())."""
+        if sock is None or sock.closed:
+            return
+        try:
+            sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        sock.close(linger=linger)
+
     def _close_sockets(self) -> None:
-        for s in (self._sub, self._pub):
-            if s is not None and not s.closed:
-                s.close(linger=0)
-        if self._rep is not None and not self._rep.closed:
-            self._rep.close(linger=_CONTROL_LINGER_MS)
+        self._close(self._sub)
+        self._close(self._pub)
+        self._close(self._rep, _CONTROL_LINGER_MS)
+        for mon in self._monitors.values():  # only now: nothing can send them events any more
+            if not mon.closed:
+                mon.close(linger=0)
+
+    def _end_security(self) -> None:
+        """Stop the ZAP handler and end the service's own context (after the sockets closed)."""
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._own_ctx and not self._ctx.closed:
+            self._ctx.term()
 
     @property
     def sub_address(self) -> str:
@@ -411,6 +478,7 @@ class Service:
                 log.warning("rtdenoise service: thread %s did not stop within %s s", t.name, _JOIN_S)
         if not any(t.is_alive() for t in self._threads):
             self._close_sockets()  # threads close their own; this catches a service never started
+            self._end_security()
         if self._t_stop is None:
             self._t_stop = time.monotonic()
         return self.stats()
@@ -440,11 +508,19 @@ class Service:
     def _receive_loop(self) -> None:
         sock = self._sub
         limits = dict(max_header_bytes=self.config.max_header_bytes, max_payload_bytes=self.config.max_payload_bytes)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        for mon in self._monitors.values():
+            poller.register(mon, zmq.POLLIN)
         try:
             while not self._stop.is_set():
-                if not sock.poll(int(_WAIT_S * 1000), zmq.POLLIN):
+                ready = dict(poller.poll(int(_WAIT_S * 1000)))
+                for name, mon in self._monitors.items():
+                    if mon in ready:
+                        self._read_monitor(name, mon)
+                if sock not in ready:
                     continue
-                while True:  # drain everything available, then poll again
+                for _ in range(_DRAIN_MAX):  # drain what is there (bounded: a flood never blinds the loop)
                     try:
                         parts = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
                     except zmq.Again:
@@ -464,7 +540,49 @@ class Service:
                             self._reject("internal_error", f"{type(e).__name__}: {e}", name=header.get("stream"))
                         log.exception("rtdenoise service: receiving stream %r", header.get("stream"))
         finally:
-            sock.close(linger=0)
+            self._close(sock)
+
+    def _read_monitor(self, name: str, mon: zmq.Socket) -> None:
+        """Count one socket's connection events; connect the input again when libzmq gave up on it."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        while True:
+            try:
+                event = recv_monitor_message(mon, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            kind = _EVENT_NAMES.get(event["event"])
+            if kind is None:
+                continue
+            with self._lock:
+                self._connections[name][kind] += 1
+                k = self._log_counts[f"{name}.{kind}"] = self._log_counts[f"{name}.{kind}"] + 1
+            quiet = not (k <= 10 or k % 1000 == 0)
+            if kind == "auth_refused" and not quiet:
+                log.warning("rtdenoise service: refused a client on %s (#%d): its CURVE public key is not in %s",
+                            name, k, self._curve.authorized_dir if self._curve else "authorized/")
+            elif kind == "handshake_failed" and not quiet:
+                log.warning("rtdenoise service: a client on %s failed the handshake (#%d)%s", name, k,
+                            ": a plaintext client, or a CURVE client with the wrong server key"
+                            if self._curve else ": a CURVE client against this plaintext service?")
+            elif kind == "disconnected" and name == "sub":
+                if not quiet:
+                    log.warning(
+                        "rtdenoise service: an input connection closed (#%d): its publisher closed it, it failed "
+                        "the handshake, or it sent a message part over %d bytes (max_header_bytes/max_payload_bytes, "
+                        "ZMQ_MAXMSGSIZE), which libzmq refuses by dropping the connection; frames lost with it show "
+                        "as a seq gap", k, max(self.config.max_header_bytes, self.config.max_payload_bytes))
+                if not self.config.bind_sub:
+                    # libzmq never retries a connection it closed for a protocol error; retry it here
+                    # (harmless after an ordinary disconnect, which it would have retried itself).
+                    addr = self.addresses["sub"]
+                    try:
+                        self._sub.disconnect(addr)
+                    except zmq.ZMQError:
+                        pass
+                    self._sub.connect(addr)
+                    with self._lock:
+                        self._connections[name]["reconnect"] += 1
 
     def _admit(self, header: dict, frames: np.ndarray, t_recv: int) -> None:
         """Check a decoded message against its stream and queue it (receive thread)."""
@@ -539,7 +657,7 @@ class Service:
                             self._reject("internal_error", f"{type(e).__name__}: {e}", st)
                         log.exception("rtdenoise service: processing stream %r", st.name)
         finally:
-            self._pub.close(linger=0)
+            self._close(self._pub)
 
     def _process(self, st: _Stream, items, reset: bool, t_deq: int) -> None:
         if st.state is None:
@@ -590,7 +708,11 @@ class Service:
         seen = int(st.state.seen[0])
         t0 = time.perf_counter_ns()
         try:
-            y = self.engine.step(x, st.state)
+            if n <= _MAX_STEP:
+                y = self.engine.step(x, st.state)
+            else:  # bounded memory whatever the backlog or the message size: check all, then step in pieces
+                self.engine.check_frames(x)
+                y = np.concatenate([self.engine.step(x[i:i + _MAX_STEP], st.state) for i in range(0, n, _MAX_STEP)])
         except (ValueError, TypeError) as e:  # the engine refused the chunk before touching state
             with self._lock:
                 st.discarded += n
@@ -663,7 +785,7 @@ class Service:
                 if stop_after:
                     self._stop.set()
         finally:
-            sock.close(linger=_CONTROL_LINGER_MS)
+            self._close(sock, _CONTROL_LINGER_MS)
 
     def _handle(self, parts: list[bytes]) -> tuple[dict, bool]:
         if len(parts) != 1:
@@ -714,11 +836,18 @@ class Service:
         Latencies are ms over the last ``latency_window`` messages: ``latency_ms`` is
         ``t_pub − t_recv`` per input message (service clock), ``stages_ms`` splits it into
         ``queue`` (waiting for the engine), ``engine`` (one step) and ``publish``.
+
+        ``connections`` counts libzmq's connection events per socket (``accepted``,
+        ``connected``, ``disconnected``, ``handshake_ok``, ``auth_refused``: a CURVE key not
+        authorized, ``handshake_failed``: e.g. a plaintext client against CURVE,
+        ``reconnect``: the input connected again after libzmq dropped it).
+        ``security`` says whether CURVE is on and how many client keys are authorized.
         """
         with self._lock:
             streams = {name: st.snapshot() for name, st in self._streams.items()}
             rejected = dict(self._rejected)
             messages_in = self._messages_in
+            connections = {name: dict(c) for name, c in self._connections.items()}
         for s in streams.values():
             s["latency_ms"] = _percentiles(s["latency_ms"])
             s["stages_ms"] = {k: _percentiles(v) for k, v in s["stages_ms"].items()}
@@ -729,8 +858,12 @@ class Service:
             "frame_shape": list(self.engine.frame_shape),
             "uptime_s": round(end - self._t_start, 3) if self._t_start is not None else 0.0,
             "addresses": dict(self.addresses), "max_queue": self.config.max_queue,
-            "max_streams": self.config.max_streams, "messages_in": messages_in,
+            "max_streams": self.config.max_streams, "max_header_bytes": self.config.max_header_bytes,
+            "max_payload_bytes": self.config.max_payload_bytes, "messages_in": messages_in,
             "rejected": sum(rejected.values()), "rejected_by_reason": rejected,
+            "connections": connections,
+            "security": {"curve": self._curve is not None,
+                         "authorized_keys": self._curve.n_authorized if self._curve else 0},
             "n_streams": len(streams), "streams": streams,
             "running": bool(self._threads) and not self._stop.is_set(),
         }
@@ -773,7 +906,7 @@ def serve(config: ServiceConfig | None = None, *, on_ready: Callable[[Service], 
 
 
 def control(address: str, command: str = "status", *, stream: str | None = None, timeout: float = 5.0,
-            context: zmq.Context | None = None) -> dict:
+            context: zmq.Context | None = None, curve_keys=None) -> dict:
     """Send one control request and return the decoded JSON reply.
 
     The control protocol: a REQ socket sends one UTF-8 JSON object
@@ -781,23 +914,33 @@ def control(address: str, command: str = "status", *, stream: str | None = None,
     (plain text ``"status"``, ``"reset rig1"``, ``"stop"`` works too) and gets one JSON
     object back: ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
 
+    ``curve_keys``: ``(client_secret_key_file, server_public_key_file)`` for a service
+    run with CURVE (see :mod:`rtdenoise.security`); None for plaintext.
+
     Raises
     ------
     TimeoutError
-        No reply within ``timeout`` seconds (no service at ``address``?).
+        No reply within ``timeout`` seconds (no service at ``address``, or a CURVE
+        service that refused this client's key?).
     """
     if not isinstance(address, str) or "://" not in address:
         raise ValueError(f"address must be a ZeroMQ endpoint like 'tcp://127.0.0.1:5557', got {address!r}")
     req: dict = {"cmd": command}
     if stream is not None:
         req["stream"] = stream
+    from rtdenoise import security
+
+    keys = security.client_keys(curve_keys)
     sock = (context or zmq.Context.instance()).socket(zmq.REQ)
     try:
+        security.apply_client(sock, keys)
         sock.connect(address)
         sock.send(json.dumps(req).encode())
         if not sock.poll(max(0, int(timeout * 1000)), zmq.POLLIN):
+            hint = ("; with CURVE: is this client's key in the service's authorized/, and the server key right?"
+                    if keys else "; if the service runs with --curve-keys, pass --client-key and --server-key")
             raise TimeoutError(f"no reply from the rtdenoise control socket {address} within {timeout} s; "
-                               "is `rtdenoise serve` running there?")
+                               f"is `rtdenoise serve` running there?{hint}")
         return json.loads(sock.recv().decode())
     finally:
         sock.close(linger=0)
@@ -816,6 +959,14 @@ def format_status(stats: dict) -> str:
     ]
     if stats["rejected_by_reason"]:
         lines.append("rejected: " + ", ".join(f"{k}={v}" for k, v in sorted(stats["rejected_by_reason"].items())))
+    sec = stats.get("security")
+    if sec is not None:
+        lines.append("security: " + (f"CURVE, {sec['authorized_keys']} authorized client key(s)" if sec["curve"]
+                                     else "none (plaintext)"))
+    conns = [f"{name} " + " ".join(f"{k}={v}" for k, v in sorted(c.items()))
+             for name, c in (stats.get("connections") or {}).items() if c]
+    if conns:
+        lines.append("connections: " + "; ".join(conns))
     cols = ("stream", "in", "out", "gaps", "missing", "restarts", "dropped", "rejected", "queue", "warm",
             "p50 ms", "p99 ms", "max ms")
     rows = [cols]

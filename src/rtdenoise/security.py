@@ -1,0 +1,261 @@
+"""CURVE keys for the live service: make them, load them, put them on sockets.
+
+ZeroMQ's CURVE mechanism (CurveZMQ: Curve25519 keys, every message encrypted and
+authenticated) has a **server** side that owns a long-term key pair, and **clients**
+that know the server's public key in advance and prove their own key pair. Which side
+binds and which connects does not matter to CURVE, so rtdenoise fixes the roles by
+*who is who*, not by the direction of the connection:
+
+- the **service is the CURVE server on all three of its sockets** (input SUB, output
+  PUB, control REP), whether its input binds (``--bind-sub``) or connects to an
+  acquisition PUB that binds;
+- everything talking to it is a **CURVE client**: the acquisition's publisher,
+  consumers' subscribers, ``rtdenoise status``/``replay``/``bench``.
+
+The service admits a client only when the client's public key is in its
+``authorized/`` folder (checked by a ZAP handler, :class:`zmq.auth.thread.ThreadAuthenticator`);
+a client with another key, or a plaintext client, fails the handshake and never sends
+or receives a message. The service counts those refusals (``connections`` in status).
+
+Files, as :func:`zmq.auth.create_certificates` writes them (text "certificates"):
+
+- ``NAME.key``: the public key; safe to copy anywhere.
+- ``NAME.key_secret``: the public and the secret key; keep it on its own machine
+  (written with mode 0600).
+
+A key directory for the service (``rtdenoise keys DIR``)::
+
+    DIR/server.key           give to every client (they need the server's public key)
+    DIR/server.key_secret    stays with the service
+    DIR/authorized/          the public keys (NAME.key) of the clients allowed in
+
+and a client (``rtdenoise keys CLIENTDIR --name rig1``) holds ``rig1.key_secret``
+and sends its ``rig1.key`` to the service's ``authorized/``.
+
+Examples
+--------
+>>> import tempfile, pathlib
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> pub, sec = create_keys(d)                       # the service's pair + authorized/
+>>> cpub, csec = create_keys(d / "client", name="rig1")
+>>> _ = (d / "authorized" / "rig1.key").write_bytes(cpub.read_bytes())
+>>> load_server_keys(d).n_authorized
+1
+>>> client_keys((csec, pub)).server_public == load_server_keys(d).public
+True
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "SERVER_NAME",
+    "AUTHORIZED",
+    "ServerKeys",
+    "ClientKeys",
+    "create_keys",
+    "load_server_keys",
+    "client_keys",
+    "apply_server",
+    "apply_client",
+    "start_authenticator",
+]
+
+SERVER_NAME = "server"  # the service's key pair: server.key, server.key_secret
+AUTHORIZED = "authorized"  # sub-folder of allowed clients' public keys (*.key)
+
+_HOW = "make one with `rtdenoise keys DIR` (the service's pair) and `rtdenoise keys DIR --name NAME` (a client's)"
+
+
+def _curve_available() -> None:
+    import zmq
+
+    if not zmq.has("curve"):
+        raise ImportError(
+            f"this libzmq ({zmq.zmq_version()}) was built without CURVE; install a pyzmq wheel "
+            "(pip install --force-reinstall pyzmq), which bundles libzmq with libsodium"
+        )
+
+
+def create_keys(directory: str | os.PathLike, name: str = SERVER_NAME, *, force: bool = False) -> tuple[Path, Path]:
+    """Write a new CURVE key pair ``NAME.key`` (public) and ``NAME.key_secret`` into ``directory``.
+
+    Parameters
+    ----------
+    directory : path
+        Created if missing. For the server's pair (``name="server"``) an empty
+        ``authorized/`` folder is created beside it, for the clients' public keys.
+    name : str
+        File stem: ``"server"`` for the service, anything else (e.g. the rig or the
+        consumer) for a client.
+    force : bool
+        Overwrite an existing pair; by default refuse (a new key locks out every peer
+        that knew the old one).
+
+    Returns
+    -------
+    (public_path, secret_path)
+    """
+    import zmq.auth
+
+    _curve_available()
+    if not isinstance(name, str) or not name or os.sep in name or name.startswith(".") or \
+            (os.altsep and os.altsep in name):
+        raise ValueError(f"name must be a plain file stem like 'server' or 'rig1', got {name!r}")
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    public, secret = d / f"{name}.key", d / f"{name}.key_secret"
+    if not force and (public.exists() or secret.exists()):
+        raise FileExistsError(
+            f"{secret if secret.exists() else public} already exists; pass --force (force=True) to replace the "
+            "pair (every peer holding the old public key must then get the new one)"
+        )
+    old = os.umask(0o077)  # the secret file is never readable by others, not even for a moment
+    try:
+        pub_s, sec_s = zmq.auth.create_certificates(d, name)
+    finally:
+        os.umask(old)
+    os.chmod(sec_s, 0o600)
+    os.chmod(pub_s, 0o644)
+    if name == SERVER_NAME:
+        (d / AUTHORIZED).mkdir(exist_ok=True)
+    return Path(pub_s), Path(sec_s)
+
+
+@dataclass(frozen=True)
+class ServerKeys:
+    """The service's key pair and the folder of allowed clients' public keys."""
+
+    public: bytes  # z85, 40 bytes
+    secret: bytes
+    directory: Path
+    authorized_dir: Path
+    n_authorized: int
+
+
+@dataclass(frozen=True)
+class ClientKeys:
+    """A client's key pair and the public key of the service it talks to."""
+
+    public: bytes
+    secret: bytes
+    server_public: bytes
+
+
+def _load(path: Path, what: str, *, secret: bool) -> tuple[bytes, bytes | None]:
+    import zmq.auth
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist; {_HOW}")
+    try:
+        pub, sec = zmq.auth.load_certificate(path)
+    except ValueError as e:
+        raise ValueError(f"{what} {path} is not a ZeroMQ certificate ({e}); {_HOW}") from None
+    if len(pub) != 40:
+        raise ValueError(f"{what} {path}: the public key is not a 40-character z85 key")
+    if secret and (sec is None or len(sec) != 40):
+        raise ValueError(
+            f"{what} {path} holds no secret key; pass the NAME.key_secret file, not the public NAME.key"
+        )
+    return pub, sec
+
+
+def load_server_keys(directory: str | os.PathLike) -> ServerKeys:
+    """Load ``DIR/server.key_secret`` and check ``DIR/authorized/`` holds at least one client key.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such directory or no ``server.key_secret`` in it.
+    ValueError
+        A file that is not a certificate, or no client key in ``authorized/`` (nobody
+        could connect: the service refuses to start rather than run deaf).
+    """
+    _curve_available()
+    d = Path(directory)
+    if not d.is_dir():
+        raise FileNotFoundError(f"CURVE key directory {d} does not exist; {_HOW}")
+    sec_path = d / f"{SERVER_NAME}.key_secret"
+    pub, sec = _load(sec_path, "the service's secret key", secret=True)
+    mode = sec_path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        warnings.warn(f"{sec_path} is readable by other users (mode {stat.S_IMODE(mode):o}); chmod 600 it",
+                      RuntimeWarning, stacklevel=3)
+    auth = d / AUTHORIZED
+    if not auth.is_dir():
+        raise FileNotFoundError(
+            f"{auth} does not exist; create it and copy there the NAME.key of every client allowed in "
+            "(`rtdenoise keys CLIENTDIR --name NAME` makes one)"
+        )
+    keys = sorted(auth.glob("*.key"))
+    for k in keys:
+        _load(k, "the authorized client key", secret=False)
+    if not keys:
+        raise ValueError(
+            f"no client public keys (*.key) in {auth}: no client could connect. Make a client pair with "
+            f"`rtdenoise keys CLIENTDIR --name NAME` and copy CLIENTDIR/NAME.key into {auth}/"
+        )
+    return ServerKeys(pub, sec, d, auth, len(keys))
+
+
+def client_keys(spec: Any) -> ClientKeys | None:
+    """A client's keys from ``(client_secret_path, server_public_path)``, or None for plaintext.
+
+    ``spec`` may also be a :class:`ClientKeys` already loaded.
+    """
+    if spec is None or isinstance(spec, ClientKeys):
+        return spec
+    if isinstance(spec, (str, os.PathLike)) or not hasattr(spec, "__len__") or len(spec) != 2:
+        raise TypeError(
+            "curve_keys must be (client_secret_key_file, server_public_key_file), e.g. "
+            f"('keys/rig1.key_secret', 'keys/server.key'), got {spec!r}"
+        )
+    _curve_available()
+    mine, server = (Path(p) for p in spec)
+    pub, sec = _load(mine, "the client's secret key", secret=True)
+    spub, _ = _load(server, "the service's public key", secret=False)
+    return ClientKeys(pub, sec, spub)
+
+
+def apply_server(sock, keys: ServerKeys) -> None:
+    """Make ``sock`` the CURVE server side with the service's keys (before bind/connect)."""
+    sock.curve_secretkey = keys.secret
+    sock.curve_publickey = keys.public
+    sock.curve_server = True
+
+
+def apply_client(sock, keys: ClientKeys | None) -> None:
+    """Make ``sock`` a CURVE client of the service (before bind/connect); None: plaintext."""
+    if keys is None:
+        return
+    sock.curve_secretkey = keys.secret
+    sock.curve_publickey = keys.public
+    sock.curve_serverkey = keys.server_public
+
+
+def start_authenticator(context, keys: ServerKeys):
+    """Start the ZAP handler that admits only the keys in ``keys.authorized_dir``.
+
+    One per :class:`zmq.Context` (it binds ``inproc://zeromq.zap.01``); it must run
+    before the server sockets bind, or libzmq admits every client. Returns the
+    :class:`~zmq.auth.thread.ThreadAuthenticator`; call ``.stop()`` after closing the sockets.
+    """
+    import zmq
+    from zmq.auth.thread import ThreadAuthenticator
+
+    auth = ThreadAuthenticator(context)
+    try:
+        auth.start()
+    except zmq.ZMQError as e:
+        raise RuntimeError(
+            f"cannot start the CURVE authenticator on this ZeroMQ context ({e}); another one already runs "
+            "there: give the service its own context (the default when curve_keys is set)"
+        ) from None
+    auth.configure_curve(domain="*", location=str(keys.authorized_dir))
+    return auth

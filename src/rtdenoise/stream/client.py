@@ -84,6 +84,12 @@ class Publisher:
         ms to keep unsent messages at :meth:`close` (0: drop them).
     curve_keys : (str, str), optional
         ``(client_secret_key_file, server_public_key_file)`` to talk to a CURVE service.
+    immediate : bool
+        True (default): while the connection is down (the service restarting, say),
+        frames are dropped (``ZMQ_IMMEDIATE``); the service sees the jump in ``seq``.
+        False: libzmq queues them (up to its high-water mark, 1000 messages) and
+        delivers them late, in a burst, once the connection is back; a live system
+        would then act on stale frames. Only matters when connecting.
 
     Attributes
     ----------
@@ -95,7 +101,7 @@ class Publisher:
 
     def __init__(self, address: str, *, stream: str, bind: bool = False, fs: float | None = None,
                  shape: tuple[int, ...] | None = None, context: zmq.Context | None = None,
-                 linger: int = 0, curve_keys=None):
+                 linger: int = 0, curve_keys=None, immediate: bool = True):
         wire.validate_stream_name(stream)
         if fs is not None and not (isinstance(fs, (int, float)) and math.isfinite(fs) and fs > 0):
             raise ValueError(f"fs must be a finite frame rate > 0 in Hz, got {fs!r}")
@@ -109,6 +115,7 @@ class Publisher:
         self._socket = (context or zmq.Context.instance()).socket(zmq.PUB)
         try:
             security.apply_client(self._socket, keys)
+            self._socket.setsockopt(zmq.IMMEDIATE, int(bool(immediate)))
             self.address = _bind_or_connect(self._socket, address, bind)
         except Exception:
             self._socket.close(linger=0)

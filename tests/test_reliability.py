@@ -211,11 +211,12 @@ def bad_message(draw, good: str, next_seq: int):
 @pytest.fixture(scope="module")
 def fuzz_rig(ck):
     """A running service, one PUB feeding it, a Subscriber on its output and the admission model."""
-    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control=ANY, **FUZZ_LIMITS) as svc:
+    # Every example makes a new good stream: room for all of them (max_streams itself is tested below).
+    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control=ANY, max_streams=10_000, **FUZZ_LIMITS) as svc:
         pub = zmq.Context.instance().socket(zmq.PUB)
         pub.connect(svc.sub_address)
         sub = Subscriber(svc.pub_address)
-        model = AdmissionModel()
+        model = AdmissionModel(max_streams=svc.config.max_streams)
         k = [0]
 
         def probe():
@@ -270,7 +271,11 @@ def test_fuzz_running_service_good_stream_bit_exact_and_every_rejection_counted(
         # Lockstep: each good chunk is stepped on its own, exactly as offline with chunk=`chunk`.
         deadline = time.monotonic() + 10
         while True:
-            h, f = sub.recv(timeout=max(0.01, deadline - time.monotonic()))
+            try:
+                h, f = sub.recv(timeout=max(0.01, deadline - time.monotonic()))
+            except TimeoutError:
+                raise AssertionError(f"no output for {good} seq {seq}; service errors {svc._errors!r}; "
+                                     f"status {json.dumps(svc.stats()['streams'].get(good))}") from None
             if h["stream"] == good:
                 assert (h["seq"], h["n"], h["gap"]) == (seq, chunk, 0)
                 outs.append((h, np.array(f)))

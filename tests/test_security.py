@@ -210,6 +210,16 @@ def test_curve_with_the_service_input_connecting_to_a_binding_acquisition(ck, ke
     np.testing.assert_allclose(np.concatenate([f for _, f in got]), denoise(x, model=ck), rtol=1e-5, atol=1e-3)
 
 
+def test_cli_serve_refuses_to_start_with_missing_keys(tmp_path, capsys):
+    from rtdenoise.cli import main
+
+    rc = main(["serve", "--curve-keys", str(tmp_path / "nope"), "--bind-sub", "--sub", ANY, "--pub", ANY,
+               "--control", ANY])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "rtdenoise serve: error:" in err and "rtdenoise keys" in err
+
+
 def test_cli_status_with_and_without_client_keys(ck, keys, capsys):
     from rtdenoise.cli import main
 

@@ -301,3 +301,9 @@ def test_no_pickle_anywhere_and_every_torch_load_is_weights_only():
                     assert isinstance(kw.get("allow_pickle"), ast.Constant) and kw["allow_pickle"].value is False, \
                         f"{path}:{node.lineno}: np.load without allow_pickle=False"
     assert pickle  # (imported here only to build the hostile checkpoint above)
+
+
+def test_security_docstring_example_runs():
+    import doctest
+
+    assert doctest.testmod(security).failed == 0

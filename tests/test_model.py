@@ -118,27 +118,6 @@ def test_frontend_is_causal_and_chunk_invariant():
     np.testing.assert_array_equal(again[:, :50], whole[:, :50])
 
 
-def test_frontend_keeps_known_spectra_in_the_subspace_and_stays_chunk_invariant():
-    from rtdenoise.synth.spectral import hemoglobin_extinction
-
-    rec = simulate(60, seed=5, photons=3000)
-    prior = [list(e) for e in hemoglobin_extinction(rec["wavelengths"])]
-    cfg = ModelConfig(rank=5, prior_spectra=prior)
-    x = rec["noisy"][None]
-    feat, stats = cfg.frontend(1).features(x)
-    u = stats["u"][0, -1]  # (W, r) at the last frame
-    np.testing.assert_allclose(u.T @ u, np.eye(5), atol=1e-4)
-    w = stats["b"][0, -1] / stats["s"][0, -1]
-    for e in hemoglobin_extinction(rec["wavelengths"]):
-        d = w * e
-        np.testing.assert_allclose(u @ (u.T @ d), d, rtol=1e-3, atol=1e-3 * np.abs(d).max())
-    fe = cfg.frontend(1)
-    parts = [fe.features(x[:, i : i + 7])[0] for i in range(0, 60, 7)]
-    np.testing.assert_allclose(np.concatenate(parts, axis=1), feat, rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="prior spectra"):
-        ModelConfig(rank=2, prior_spectra=prior).frontend(1)
-
-
 def test_frontend_reconstructs_counts_from_its_own_target():
     cfg = ModelConfig(arch="spectral", lag=0)
     rec = simulate(50, seed=4, photons=2000)

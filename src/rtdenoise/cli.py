@@ -76,8 +76,6 @@ def _add_train(sub) -> None:
     p.add_argument("--rank", type=int, default=m.rank)
     p.add_argument("--taps", type=int, default=m.taps)
     p.add_argument("--dilations", default=None, help="comma-separated, one per layer (default: the model's)")
-    p.add_argument("--prior", choices=["hemoglobin", "none"], default="hemoglobin",
-                   help="known spectra always kept in the subspace (default: oxy- and deoxy-hemoglobin)")
     p.add_argument("--steps", type=int, default=t.steps)
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget")
     p.add_argument("--batch", type=int, default=t.batch)
@@ -103,10 +101,6 @@ def cmd_train(args) -> int:
         kw["dilations"] = [int(d) for d in args.dilations.split(",")]
     elif args.depth != ModelConfig().depth:
         kw["dilations"] = []
-    if args.prior == "hemoglobin" and args.arch == "subspace":
-        from rtdenoise.synth.spectral import hemoglobin_extinction
-
-        kw["prior_spectra"] = [list(map(float, e)) for e in hemoglobin_extinction(signal.wavelengths())]
     model = ModelConfig(
         arch=args.arch, lag=args.lag, depth=args.depth, width=args.width, rank=args.rank, taps=args.taps,
         n_bins=signal.n_bins, **kw,

@@ -35,7 +35,6 @@ class TrainConfig:
     minutes: float | None = None  # wall-clock budget; stops at whichever comes first
     batch: int = 16  # instances per step (per rank)
     window: int = 256  # frames per instance: 51 s at 5 Hz, several receptive fields
-    warmup_frames: int = 0  # frames through the front end before the window: trains on settled statistics
     lr: float = 2e-3  # peak AdamW learning rate
     warmup: int = 200  # linear warm-up steps: avoids the early plateau large steps cause
     weight_decay: float = 1e-4
@@ -58,17 +57,11 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-def normalize_batch(
-    noisy: np.ndarray, target: np.ndarray, mcfg: ModelConfig, *, skip: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Front end over a batch from a cold start: (features, target in the network's units).
-
-    The first ``skip`` frames only warm the front end's statistics and are left out.
-    """
+def normalize_batch(noisy: np.ndarray, target: np.ndarray, mcfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Front end over a batch from a cold start: (features, target in the network's units)."""
     fe = mcfg.frontend(batch=noisy.shape[0])
     feat, stats = fe.features(noisy)
-    tn = fe.target(target, stats)
-    return torch.from_numpy(feat[:, skip:].copy()), torch.from_numpy(tn[:, skip:].copy())
+    return torch.from_numpy(feat), torch.from_numpy(fe.target(target, stats))
 
 
 def lagged_loss(out: torch.Tensor, tn: torch.Tensor, lag: int) -> torch.Tensor:
@@ -86,15 +79,15 @@ def identity_loss(feat: torch.Tensor, tn: torch.Tensor, lag: int) -> torch.Tenso
 class _Batches(torch.utils.data.IterableDataset):
     """Endless normalized training batches, made in a worker process beside the optimizer."""
 
-    def __init__(self, ds: SpectralDataset, mcfg: ModelConfig, batch: int, seed: list[int], skip: int):
+    def __init__(self, ds: SpectralDataset, mcfg: ModelConfig, batch: int, seed: list[int]):
         super().__init__()
-        self.ds, self.mcfg, self.batch, self.seed, self.skip = ds, mcfg, batch, seed, skip
+        self.ds, self.mcfg, self.batch, self.seed = ds, mcfg, batch, seed
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng(self.seed + [info.id if info else 0])
         while True:
-            yield normalize_batch(*self.ds.batch(rng, self.batch), self.mcfg, skip=self.skip)
+            yield normalize_batch(*self.ds.batch(rng, self.batch), self.mcfg)
 
 
 def _dist() -> tuple[int, int]:
@@ -156,13 +149,12 @@ def train(
     if world > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(net)
 
-    ds = SpectralDataset(signal, noise, window=cfg.window + cfg.warmup_frames, seed=cfg.seed)
+    ds = SpectralDataset(signal, noise, window=cfg.window, seed=cfg.seed)
     val_rng = np.random.default_rng([cfg.seed, 10**6])  # held out: never drawn in training
-    skip = cfg.warmup_frames
-    val = [normalize_batch(*ds.batch(val_rng, 8), model_cfg, skip=skip) for _ in range(math.ceil(cfg.val_instances / 8))]
+    val = [normalize_batch(*ds.batch(val_rng, 8), model_cfg) for _ in range(math.ceil(cfg.val_instances / 8))]
     # Each (rank, resume point) draws its own stream of instances.
     batches = torch.utils.data.DataLoader(
-        _Batches(ds, model_cfg, cfg.batch, [cfg.seed, rank, step], skip),
+        _Batches(ds, model_cfg, cfg.batch, [cfg.seed, rank, step]),
         batch_size=None,
         num_workers=cfg.workers,
         prefetch_factor=4 if cfg.workers else None,

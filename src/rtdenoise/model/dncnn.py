@@ -42,7 +42,6 @@ class ModelConfig:
     rank: int = 8  # "subspace" only: tracked spectral dimensions (the signal needs ~3; spare ones let it shrink noise)
     cov_horizon: int = 1000  # "subspace" only: frames of the running covariance (200 s at 5 Hz; longer = a better-estimated subspace)
     taps: int = 8  # "subspace" only: frames in each predicted filter; must exceed lag
-    prior_spectra: list[list[float]] = field(default_factory=list)  # "subspace" only: known spectra (per bin) always in the subspace
     depth: int = 8  # conv layers in all, first and last included
     width: int = 64  # hidden channels
     kernel_t: int = 3  # taps along time
@@ -81,7 +80,6 @@ class ModelConfig:
             floor=self.floor,
             rank=self.frontend_rank,
             cov_horizon=self.cov_horizon,
-            prior=self.prior_spectra if self.arch == "subspace" else None,
             lag=self.lag,
             batch=batch,
         )

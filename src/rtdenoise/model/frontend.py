@@ -68,7 +68,6 @@ class FrontEnd:
         floor: float,
         rank: int = 0,
         cov_horizon: int = 300,
-        prior: np.ndarray | None = None,
         lag: int = 0,
         batch: int = 1,
     ):
@@ -78,12 +77,6 @@ class FrontEnd:
             raise ValueError(f"rank must be in 0..{n_bins}, got {rank}")
         self.n_bins, self.horizon, self.floor = n_bins, horizon, float(floor)
         self.rank, self.cov_horizon, self.lag, self.batch = rank, cov_horizon, lag, batch
-        # Known spectra (P, W) always kept in the subspace, e.g. hemoglobin absorption.
-        self.prior = None if prior is None or len(prior) == 0 else np.asarray(prior, dtype=np.float64)
-        n_prior = 0 if self.prior is None else self.prior.shape[0]
-        if self.prior is not None and (self.prior.shape[1] != n_bins or not n_prior < rank):
-            raise ValueError(f"prior spectra must be (P, {n_bins}) with P < rank ({rank}), got {self.prior.shape}")
-        self.n_prior = n_prior
         self.n_features = 2 * rank if rank else n_bins
         self.n_outputs = rank if rank else n_bins
         self.mean = np.zeros((batch, n_bins))
@@ -94,7 +87,7 @@ class FrontEnd:
         if rank:
             # float32: the subspace only steers the projection, and it halves the per-frame cost.
             self.cov = np.zeros((batch, n_bins, n_bins), dtype=np.float32)
-            self.basis = self._initial(batch)  # (B, W, r - P): the data-driven directions
+            self.basis = np.repeat(_initial_basis(n_bins, rank)[None], batch, axis=0).astype(np.float32)  # (B, W, r)
             self.hist_u = np.zeros((batch, lag, n_bins, rank))
 
     def reset(self, index: int | None = None) -> None:
@@ -106,22 +99,8 @@ class FrontEnd:
         self.hist_s[sl] = 1.0
         if self.rank:
             self.cov[sl] = 0.0
-            self.basis[sl] = self._initial(1)[0]
+            self.basis[sl] = _initial_basis(self.n_bins, self.rank)
             self.hist_u[sl] = 0.0
-
-    def _initial(self, batch: int) -> np.ndarray:
-        u = _initial_basis(self.n_bins, self.rank - self.n_prior)
-        return np.repeat(u[None], batch, axis=0).astype(np.float32)
-
-    def _prior_basis(self, b: np.ndarray, s: np.ndarray) -> np.ndarray:
-        """Orthonormal (B, W, P) span of the known spectra in noise units at one frame.
-
-        A log-space change c·ε(λ) of the signal moves the normalized frame by about
-        c·ε(λ)·F0(λ)/s(λ); F0 is the light level, estimated by the baseline b.
-        """
-        d = (np.maximum(b, 0.0) / s)[:, :, None] * self.prior.T[None]  # (B, W, P)
-        q, rr = np.linalg.qr(d.astype(np.float32))
-        return q * np.where(np.diagonal(rr, axis1=1, axis2=2) < 0, -1.0, 1.0).astype(np.float32)[:, None, :]
 
     def features(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Advance by a chunk ``x`` (B, n, W) of counts.
@@ -155,25 +134,14 @@ class FrontEnd:
             v = xn32[:, i]  # (B, W)
             self.cov *= 1.0 - a
             self.cov += a * v[:, :, None] * v[:, None, :]
-            m = self.cov @ self.basis
-            if self.n_prior:  # the data directions are found outside the known spectra's span
-                qp = self._prior_basis(b[:, i], s[:, i])
-                m -= qp @ (qp.transpose(0, 2, 1) @ m)
-            q, rr = np.linalg.qr(m)  # one subspace-iteration step
-            d = np.diagonal(rr, axis1=1, axis2=2)  # (B, r - P): ≈ eigenvalues, up to sign
+            q, rr = np.linalg.qr(self.cov @ self.basis)  # one subspace-iteration step
+            d = np.diagonal(rr, axis1=1, axis2=2)  # (B, r): ≈ eigenvalues, up to sign
             self.basis = q * np.where(d < 0, -1.0, 1.0).astype(np.float32)[:, None, :]  # keep U continuous
-            if self.n_prior:
-                u = np.concatenate([qp, self.basis], axis=2)
-                # Rayleigh quotients of the known directions: how much they carry.
-                lam[:, i, : self.n_prior] = np.einsum("bwp,bwp->bp", qp, self.cov @ qp)
-                lam[:, i, self.n_prior :] = np.abs(d)
-            else:
-                u = self.basis
-                lam[:, i] = np.abs(d)
-            u_all[:, i] = u
-            z[:, i] = (v[:, None, :] @ u)[:, 0]
+            lam[:, i] = np.abs(d)
+            u_all[:, i] = self.basis
+            z[:, i] = (v[:, None, :] @ self.basis)[:, 0]
         stats["u"] = u_all
-        feat = np.concatenate([z, np.log(np.abs(lam) + 1e-3)], axis=2)
+        feat = np.concatenate([z, np.log(lam + 1e-3)], axis=2)
         return feat.astype(np.float32), stats
 
     def target(self, clean: np.ndarray, stats: dict[str, np.ndarray]) -> np.ndarray:

@@ -1,0 +1,46 @@
+"""The main job: `rtdenoise demo` for a few seconds with the shipped default model."""
+
+from __future__ import annotations
+
+import json
+
+from rtdenoise.cli import main
+
+
+def test_demo_runs_and_reports_sanely(tmp_path, capsys):
+    report_path, plot_path = tmp_path / "demo.json", tmp_path / "demo.png"
+    rc = main(["demo", "--seconds", "3", "--rate", "50", "--json", str(report_path), "--plot", str(plot_path), "--quiet"])
+    out = capsys.readouterr().out
+    r = json.loads(report_path.read_text())
+    assert rc == 0, out
+    assert r["frames_in"] == 150 and r["frames_lost"] == 0 and r["frames_out"] == 150 - r["lag"]
+    lat = r["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"] <= lat["max"] < 1000
+    assert r["snr_db"]["denoised"] > r["snr_db"]["raw"] + 5  # the shipped model really denoises
+    assert r["service"]["frames_in"] == 150 and r["service"]["gaps"] == 0
+    assert plot_path.stat().st_size > 10_000
+    assert "lost 0" in out and "SNR" in out
+
+
+def test_bench_latency_measures_a_running_service_from_outside(tiny_checkpoint, capsys):
+    from rtdenoise.stream import Service
+
+    ck = tiny_checkpoint("subspace", lag=2)
+    with Service(model=ck, sub="tcp://127.0.0.1:*", bind_sub=True, pub="tcp://127.0.0.1:*",
+                 control="tcp://127.0.0.1:*", threads=1) as svc:
+        rc = main(["bench", "latency", "--pub", svc.addresses["sub"], "--connect", "--sub", svc.addresses["pub"],
+                   "--rate", "100", "--seconds", "1", "--streams", "2", "--lag", "2", "--json"])
+        status = svc.stats()
+    r = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert r["frames_in"] == 200 and r["frames_lost"] == 0 and r["frames_out"] == 200 - 2 * 2
+    assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["max"]
+    assert set(r["latency_ms"]["stages_p50"]) == {"in", "service", "out"}
+    assert status["streams"]["bench0"]["frames_in"] == 100 and status["streams"]["bench1"]["gaps"] == 0
+
+
+def test_bench_latency_says_when_nothing_answers(capsys):
+    rc = main(["bench", "latency", "--pub", "tcp://127.0.0.1:*", "--sub", "tcp://127.0.0.1:1", "--rate", "10",
+               "--seconds", "1", "--timeout", "1"])
+    assert rc == 2
+    assert "no denoised probe frame came back" in capsys.readouterr().err

@@ -133,7 +133,7 @@ def main(argv=None) -> int:
                       noise=DetectorNoise(DetectorConfig(read_noise=(8.0, 8.0))))
     raw_trace = sensor_trace(steady["noisy"], steady)
     d = np.diff(raw_trace)
-    thr = 3.5 * 1.4826 * float(np.median(np.abs(d - np.median(d))))  # low enough that raw noise crosses it
+    thr = 3.0 * 1.4826 * float(np.median(np.abs(d - np.median(d))))  # low enough that raw noise crosses it
     pure = {"threshold": thr, "raw": int(len(ev.detect_events(raw_trace, fs=5.0, threshold=thr)))}
     for ck in ckpts:
         out = denoise(steady["noisy"], model=ck)

@@ -113,3 +113,17 @@ def test_denoise_bad_inputs_leave_no_output(tmp_path, model_path, capsys):
     assert main(["denoise", str(tmp_path / "missing.npy"), str(dst), "--model", str(model_path)]) == 2
     assert not dst.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.pt", "nan.npy", "narrow.npy", "tiny.pt"]
+
+
+def test_auto_backend_on_a_cpu_is_the_fastest_measured_for_the_model(monkeypatch):
+    import torch
+
+    from rtdenoise.backends import load_engine
+    from rtdenoise.model.checkpoint import load
+
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU, auto picks TensorRT or CUDA torch")
+    measured = load(None).metrics["fastest_cpu_backend"]  # written by benchmarks/model_cards.py
+    assert load_engine(None, backend="auto").backend == measured
+    monkeypatch.setenv("RTDENOISE_CPU_BACKEND", "torch")
+    assert load_engine(None, backend="auto").backend == "torch"

@@ -269,7 +269,8 @@ def cmd_build_engine(args) -> int:
 def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="run the live service: frames in over ZeroMQ, denoised frames out")
     p.add_argument("--model", default=None, help="a .pt file or shipped model name (default: the shipped default)")
-    p.add_argument("--backend", choices=BACKEND_CHOICES, default="torch")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+                   help="auto: TensorRT on a GPU, else CUDA torch, else the fastest CPU backend measured for the model")
     p.add_argument("--sub", default="tcp://127.0.0.1:5555", help="input endpoint (connects; see --bind-sub)")
     p.add_argument("--bind-sub", action="store_true", help="bind the input instead of connecting to the acquisition")
     p.add_argument("--pub", default="tcp://127.0.0.1:5556", help="output endpoint (bound); 'tcp://127.0.0.1:*' = a free port")
@@ -450,7 +451,8 @@ def _add_demo(sub) -> None:
     p.add_argument("--rate", type=float, default=50.0,
                    help="frames/s published (default 50: a 5 Hz recording replayed 10x faster than real time)")
     p.add_argument("--model", default=None, help="a .pt file or shipped model name (default: the shipped default)")
-    p.add_argument("--backend", choices=BACKEND_CHOICES, default="torch")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+                   help="auto: TensorRT on a GPU, else CUDA torch, else the fastest CPU backend measured for the model")
     p.add_argument("--photons", type=float, default=2000.0, help="counts at the emission peak")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the report here")

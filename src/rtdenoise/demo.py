@@ -23,7 +23,7 @@ def run_demo(
     seconds: float = 30.0,
     rate: float = 50.0,
     model=None,
-    backend: str = "torch",
+    backend: str = "auto",
     photons: float = 2000.0,
     seed: int = 0,
     json_path: str | None = None,

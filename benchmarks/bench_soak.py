@@ -623,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
                      progress=lambda s: print(s, flush=True))
         finally:
             code = svc.stop()
-    r.update(command="python benchmarks/bench_soak.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    r.update(command=" ".join(["python benchmarks/bench_soak.py", *(argv if argv is not None else sys.argv[1:])]),
              machine=machine(), date=time.strftime("%Y-%m-%d %H:%M"), model=args.model or "tiny random (depth 3, width 8)",
              load=" ".join(f"{x:.2f}" for x in os.getloadavg()), service_exit_code=code)
     out = Path(args.out)

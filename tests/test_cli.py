@@ -90,8 +90,9 @@ def test_denoise_chunked_equals_whole(tmp_path, model_path):
 
     frames = simulate(50, seed=2, photons=900)["noisy"].astype(np.uint16)
     np.save(tmp_path / "in.npy", frames)
-    main(["denoise", str(tmp_path / "in.npy"), str(tmp_path / "a.npy"), "--model", str(model_path), "--quiet"])
-    main(["denoise", str(tmp_path / "in.npy"), str(tmp_path / "b.npy"), "--model", str(model_path), "--chunk", "1", "--quiet"])
+    assert main(["denoise", str(tmp_path / "in.npy"), str(tmp_path / "a.npy"), "--model", str(model_path), "--quiet"]) == 0
+    assert main(["denoise", str(tmp_path / "in.npy"), str(tmp_path / "b.npy"), "--model", str(model_path),
+                 "--chunk", "1", "--quiet"]) == 0
     np.testing.assert_allclose(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"), rtol=1e-5, atol=1e-3)
 
 

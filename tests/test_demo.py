@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from rtdenoise.cli import main
 
 
@@ -44,3 +46,17 @@ def test_bench_latency_says_when_nothing_answers(capsys):
                "--seconds", "1", "--timeout", "1"])
     assert rc == 2
     assert "no denoised probe frame came back" in capsys.readouterr().err
+
+
+def test_bench_latency_with_a_bad_endpoint_is_a_clear_error(capsys):
+    rc = main(["bench", "latency", "--pub", "tcp://not-an-address:x", "--sub", "tcp://127.0.0.1:1", "--seconds", "1",
+               "--timeout", "1"])
+    assert rc == 2
+    assert "rtdenoise bench: error:" in capsys.readouterr().err
+
+
+def test_service_refuses_a_header_limit_its_outputs_could_not_meet():
+    from rtdenoise.stream import ServiceConfig, wire
+
+    with pytest.raises(ValueError, match="max_header_bytes must be <="):
+        ServiceConfig(max_header_bytes=wire.MAX_HEADER_BYTES).validate()

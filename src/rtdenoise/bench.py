@@ -126,6 +126,8 @@ def paced_load(
                 for i in range(n):
                     due = t0 + int(i * period_ns)
                     wait = (due - time.time_ns()) / 1e9
+                    # Sleep, never spin: a spinning thread holds the GIL and starves the
+                    # receiving loop. Oversleeping shows up in the `in` stage, not hidden.
                     if wait > 0:
                         time.sleep(wait)
                     elif -wait * 1e9 > period_ns:

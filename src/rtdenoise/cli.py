@@ -176,7 +176,7 @@ def _add_denoise(sub) -> None:
     p.add_argument("output", help="where to write the denoised frames (same formats)")
     p.add_argument("--model", default=None, help="a .pt file or shipped model name (default: the shipped default)")
     p.add_argument("--backend", choices=BACKEND_CHOICES, default="torch")
-    p.add_argument("--chunk", type=int, default=None, help="frames per streaming step (what the service does); default: whole-sequence path")
+    p.add_argument("--chunk", type=int, default=None, help="frames per engine step (1 = frame by frame, as the live service); any value gives the same frames (default 1024)")
     p.add_argument("--key", default=None, help="array name inside .npz/.h5/.mat (default: noisy, frames or data)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_denoise)
@@ -277,7 +277,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--control", default="tcp://127.0.0.1:5557", help="control endpoint (bound, JSON status/reset/stop)")
     p.add_argument("--max-queue", type=int, default=1000, help="frames per stream waiting for the engine; beyond, the oldest are dropped")
     p.add_argument("--max-streams", type=int, default=64, help="streams held at once; messages of more are rejected")
-    p.add_argument("--max-header-bytes", type=int, default=64 * 1024, help="larger headers are rejected (too_large)")
+    p.add_argument("--max-header-bytes", type=int, default=63 * 1024, help="larger headers are rejected (too_large); at most 63 KiB")
     p.add_argument("--max-payload-bytes", type=int, default=256 * 1024 * 1024,
                    help="larger payloads are rejected; a part over this (ZMQ_MAXMSGSIZE) closes its connection")
     p.add_argument("--curve-keys", default=None, metavar="DIR",
@@ -285,7 +285,7 @@ def _add_serve(sub) -> None:
                         "authorized/*.key (make them with `rtdenoise keys DIR`)")
     p.add_argument("--subscribe", action="append", default=None, metavar="PREFIX",
                    help="take only streams whose name starts with PREFIX (repeatable; default all)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1 suits small models on a busy CPU)")
+    p.add_argument("--threads", type=int, default=None, help="the engine's CPU threads (default 1: lowest latency for one frame)")
     p.add_argument("--json", action="store_true", help="print the final stats as JSON")
     p.add_argument("--verbose", action="store_true", help="log every rejection (default: first ones and every 1000th)")
     p.set_defaults(func=cmd_serve)
@@ -547,6 +547,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError, TimeoutError) as e:
+        print(f"rtdenoise {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if not type(e).__module__.startswith("zmq"):  # ZMQError: an endpoint in use, a bad address
+            raise
         print(f"rtdenoise {args.verb}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

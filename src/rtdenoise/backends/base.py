@@ -130,7 +130,7 @@ class Engine:
         """
         x = self.check_frames(frames)[0]
         t = x.shape[0]
-        step = chunk or 1024
+        step = 1024 if chunk is None else chunk
         if step < 1:
             raise ValueError(f"chunk must be >= 1 frame, got {step}")
         state = self.new_state(1)

@@ -88,7 +88,7 @@ class FrontEnd:
             # float32: the subspace only steers the projection, and it halves the per-frame cost.
             self.cov = np.zeros((batch, n_bins, n_bins), dtype=np.float32)
             self.basis = np.repeat(_initial_basis(n_bins, rank)[None], batch, axis=0).astype(np.float32)  # (B, W, r)
-            self.hist_u = np.zeros((batch, lag, n_bins, rank))
+            self.hist_u = np.zeros((batch, lag, n_bins, rank), dtype=np.float32)
 
     def reset(self, index: int | None = None) -> None:
         """Forget the past of stream ``index`` (all streams if None)."""
@@ -136,7 +136,7 @@ class FrontEnd:
             self.cov += a * v[:, :, None] * v[:, None, :]
             q, rr = np.linalg.qr(self.cov @ self.basis)  # one subspace-iteration step
             d = np.diagonal(rr, axis1=1, axis2=2)  # (B, r): ≈ eigenvalues, up to sign
-            self.basis = q * np.where(d < 0, -1.0, 1.0).astype(np.float32)[:, None, :]  # keep U continuous
+            np.multiply(q, np.where(d < 0, -1.0, 1.0).astype(np.float32)[:, None, :], out=self.basis)  # keep U continuous
             lam[:, i] = np.abs(d)
             u_all[:, i] = self.basis
             z[:, i] = (v[:, None, :] @ self.basis)[:, 0]

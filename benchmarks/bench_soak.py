@@ -35,7 +35,6 @@ import argparse
 import collections
 import json
 import os
-import platform
 import re
 import signal
 import socket
@@ -50,6 +49,9 @@ import numpy as np
 import zmq
 
 from rtdenoise.stream import Subscriber, control, wire
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_quality import machine  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -530,18 +532,6 @@ def _report(st0, st, rss, warmup_s, seconds, rate, fast, slow, sent, injected, l
 
 
 # ----------------------------------------------------------------------------- report
-
-
-def machine() -> str:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
 
 
 def markdown(r: dict) -> str:

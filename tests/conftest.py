@@ -49,6 +49,12 @@ def tiny_checkpoint():
 
 
 @pytest.fixture(scope="session")
+def ck(tiny_checkpoint):
+    """The tiny spectral lag-0 model most service tests run."""
+    return tiny_checkpoint("spectral", 0)
+
+
+@pytest.fixture(scope="session")
 def noisy_frames():
     """Synthetic noisy recordings, cached: ``noisy_frames(n, seed=0) -> (n, 152) float32`` counts."""
     from rtdenoise.synth import simulate

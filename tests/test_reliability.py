@@ -56,21 +56,6 @@ def _load_bench_soak():
 bench_soak = _load_bench_soak()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def ck(tiny_checkpoint):
-    return tiny_checkpoint("spectral", 0)
-
-
 def _frames_of(msgs):
     return np.concatenate([f for _, f in msgs])
 

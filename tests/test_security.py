@@ -31,21 +31,6 @@ ANY = "tcp://127.0.0.1:*"
 SRC = Path(__file__).resolve().parents[1] / "src" / "rtdenoise"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def ck(tiny_checkpoint):
-    return tiny_checkpoint("spectral", 0)
-
-
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
     """A service key directory with alice authorized; mallory has a pair the service never saw."""

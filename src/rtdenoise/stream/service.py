@@ -1,7 +1,7 @@
 """The live service: receive frames, denoise each stream causally, publish, answer control.
 
-Three stages on three threads; a ZeroMQ socket is used by one thread at a time (sockets
-are not thread-safe)::
+Three stages, each on its own thread and owning exactly one ZeroMQ socket (sockets are
+not thread-safe)::
 
     [SUB] receive thread ──▶ per-stream bounded queue ──▶ engine thread ──▶ [PUB]
             decode + validate       (frames waiting)        step + publish
@@ -19,11 +19,6 @@ are not thread-safe)::
 - The **engine thread** takes *all* pending messages of a stream at once and steps the
   engine on each run of contiguous messages as one chunk, so a backlog is worked off in
   big, cheap steps, and publishes one ``denoised/<stream>`` message per run.
-- **Fast path**: when the engine is idle and at most ``_INLINE_MAX_FRAMES`` frames are
-  pending, the receive thread steps and publishes them itself right after draining,
-  under the same engine lock that hands the engine states and the PUB socket to one
-  thread at a time. A frame then costs one thread wake-up instead of two (about 0.5 ms
-  less at instrument rates on this 2-core VM); a backlog still goes to the engine thread.
 - The **control thread** answers JSON requests on a REP socket (see :func:`control`).
 - The receive thread also reads libzmq's **socket monitors** of all three sockets and
   counts connection events per socket (``connections`` in status): accepted and
@@ -120,7 +115,6 @@ _MAX_STEP = 1024  # most frames per engine step (a backlog or a huge message is 
 # An output header repeats the input's keys and adds ~100 bytes (t_recv_ns, model, ...): an
 # input header must leave that room under the wire's limit, or its outputs could not be sent.
 _MAX_INPUT_HEADER = wire.MAX_HEADER_BYTES - 1024
-_INLINE_MAX_FRAMES = 16  # pending frames the receive thread steps itself (more: the engine thread's)
 _DRAIN_MAX = 1000  # messages read per wake-up before looking at the monitors and the stop flag again
 _SMALL_MSG_BYTES = 64 * 1024  # ZMQ_MAXMSGSIZE of the PUB (inbound subscriptions) and the control REP
 # libzmq socket events counted in status["connections"], by socket.
@@ -316,7 +310,6 @@ class Service:
         self._auth = None  # the CURVE ZAP handler
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
-        self._engine_lock = threading.Lock()  # engine states and the PUB socket: one thread at a time
         self._stop = threading.Event()
         self._streams: dict[str, _Stream] = {}
         self._ready: dict[str, None] = {}  # insertion-ordered set of streams with work
@@ -554,7 +547,6 @@ class Service:
                         with self._lock:
                             self._reject("internal_error", f"{type(e).__name__}: {e}", name=header.get("stream"))
                         log.exception("rtdenoise service: receiving stream %r", header.get("stream"))
-                self._work_inline()
         finally:
             self._close(sock)
 
@@ -658,20 +650,12 @@ class Service:
                 with self._cv:
                     if not self._ready:
                         self._cv.wait(_WAIT_S)
-                with self._engine_lock:
-                    self._work()
+                self._work()
         finally:
-            with self._engine_lock:
-                self._close(self._pub)
+            self._close(self._pub)
 
     def _work(self) -> None:
-        """Step and publish every stream with pending frames. Caller holds ``_engine_lock``.
-
-        The lock makes the engine states and the PUB socket one thread's at a time (a
-        ZeroMQ socket may change threads behind a full memory barrier, which the lock is).
-        """
-        if self._pub is None or self._pub.closed:  # shutting down
-            return
+        """Step and publish every stream with pending frames (engine thread)."""
         with self._cv:
             work = []
             for name in self._ready:
@@ -687,24 +671,6 @@ class Service:
                 with self._lock:
                     self._reject("internal_error", f"{type(e).__name__}: {e}", st)
                 log.exception("rtdenoise service: processing stream %r", st.name)
-
-    def _work_inline(self) -> None:
-        """Receive thread, after a drain: do a small amount of pending work itself.
-
-        Handing one frame to the engine thread costs a thread wake-up (~0.5 ms on an idle
-        virtual CPU), most of the service's latency at instrument rates. When the engine is
-        idle and little is pending, the receive thread steps it directly; a backlog still
-        goes to the engine thread, so receiving never waits behind a big step.
-        """
-        with self._lock:
-            pending = sum(self._streams[n].queued for n in self._ready)
-        if not pending or pending > _INLINE_MAX_FRAMES or self._stop.is_set():
-            return
-        if self._engine_lock.acquire(blocking=False):
-            try:
-                self._work()
-            finally:
-                self._engine_lock.release()
 
     def _process(self, st: _Stream, items, reset: bool, t_deq: int) -> None:
         if st.state is None:

@@ -575,7 +575,9 @@ class Service:
                             if self._curve else ": a CURVE client against this plaintext service?")
             elif kind == "disconnected" and name == "sub":
                 if not quiet:
-                    log.warning(
+                    # Info, not warning: a publisher that closes is the usual cause; the count is
+                    # in status (connections.sub.disconnected) either way.
+                    log.info(
                         "rtdenoise service: an input connection closed (#%d): its publisher closed it, it failed "
                         "the handshake, or it sent a message part over %d bytes (max_header_bytes/max_payload_bytes, "
                         "ZMQ_MAXMSGSIZE), which libzmq refuses by dropping the connection; frames lost with it show "

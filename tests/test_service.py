@@ -529,3 +529,11 @@ def test_cli_replay(tmp_path, rec, capsys):
     assert rc == [0]
     assert (h["stream"], h["n"], f.shape) == ("c", 4, (4, 152))
     assert "replayed 8 frames" in capsys.readouterr().out
+
+
+def test_reset_with_a_stream_that_is_not_a_name_is_an_error_reply(ckpt):
+    with Service(model=ckpt(), sub=ANY, bind_sub=True, pub=ANY, control=ANY) as svc:
+        reply = control(svc.control_address, "reset", stream=["rig1"])
+        assert reply["ok"] is False and "stream name" in reply["error"]
+        assert control(svc.control_address, "status")["ok"] is True  # still serving
+        assert svc.stats()["rejected_by_reason"].get("internal_error", 0) == 0

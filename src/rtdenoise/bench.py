@@ -113,17 +113,21 @@ def paced_load(
     sent = [0]
     # One PUB socket carries every stream, as one acquisition program would.
     pub = zmq.Context.instance().socket(zmq.PUB)
-    pub.setsockopt(zmq.SNDHWM, 100_000)
-    security.apply_client(pub, keys)
+    quit_ = threading.Event()  # stops the publisher thread if receiving fails
+    th = None
     probe = f"{names[0]}.probe"
-    with Subscriber(sub_address, streams=names + [probe], curve_keys=keys) as sub:
-        try:
+    try:
+        pub.setsockopt(zmq.SNDHWM, 100_000)
+        security.apply_client(pub, keys)
+        with Subscriber(sub_address, streams=names + [probe], curve_keys=keys) as sub:
             pub.bind(pub_address) if bind_pub else pub.connect(pub_address)
             _round_trip(pub, sub, probe, recordings[names[0]][:1], connect_timeout, pub_address, sub_address)
             t0 = time.time_ns() + 20_000_000
 
             def publish() -> None:
                 for i in range(n):
+                    if quit_.is_set():
+                        return
                     due = t0 + int(i * period_ns)
                     wait = (due - time.time_ns()) / 1e9
                     # Sleep, never spin: a spinning thread holds the GIL and starves the
@@ -164,9 +168,11 @@ def paced_load(
                 got += k
                 if progress is not None:
                     progress(got, outputs, e2e)
-            th.join(5.0)
-        finally:
-            pub.close(linger=0)
+    finally:
+        quit_.set()
+        if th is not None:
+            th.join(5.0)  # before closing: the thread sends on this socket
+        pub.close(linger=0)
     return LoadResult(names, rate, sent[0], outputs, e2e, stages, late[0], lag)
 
 

@@ -205,6 +205,7 @@ def train(
     # The loss of the identity (no denoising) on the same instances: the yardstick.
     raw_val = float(np.mean([identity_loss(x, t, model_cfg.lag).item() for x, t in val]))
     t0 = time.perf_counter()
+    step0 = step  # where this run started (after a resume, not 0)
     deadline = t0 + cfg.minutes * 60 if cfg.minutes else None
     total = cfg.steps
     bar = tqdm(total=total, initial=step, disable=not progress or rank != 0, unit="step", dynamic_ncols=True)
@@ -216,7 +217,8 @@ def train(
         if deadline and time.perf_counter() > deadline:
             break
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, total if not deadline else _eta_steps(step, t0, deadline, total), cfg)
+            horizon = total if not deadline else step0 + _eta_steps(step - step0, t0, deadline, total - step0)
+            g["lr"] = lr_at(step, horizon, cfg)
         x, t = next(batch_iter)
         loss = lagged_loss(ddp(x), t, model_cfg.lag)
         opt.zero_grad(set_to_none=True)
@@ -246,7 +248,7 @@ def train(
 
 
 def _eta_steps(step: int, t0: float, deadline: float, cap: int) -> int:
-    """With a time budget, the schedule's horizon is the steps the budget will allow."""
+    """With a time budget, the steps this run's budget will allow (``step``: done so far in it)."""
     elapsed = time.perf_counter() - t0
     if step < 20 or elapsed <= 0:
         return cap

@@ -825,7 +825,10 @@ class Service:
         if cmd == "status":
             return {"ok": True, **self.stats()}, False
         if cmd == "reset":
-            return self._request_reset(req.get("stream")), False
+            stream = req.get("stream")
+            if stream is not None and not isinstance(stream, str):
+                return {"ok": False, "error": f"reset takes a stream name (a string), got {stream!r}"}, False
+            return self._request_reset(stream), False
         if cmd == "stop":
             return {"ok": True, "stopping": True}, True
         return {"ok": False, "error": f"unknown command {cmd!r}; commands: status, reset [stream], stop"}, False

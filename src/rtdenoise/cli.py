@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -115,6 +116,8 @@ def cmd_train(args) -> int:
         command="rtdenoise " + " ".join(sys.argv[1:]),
     )
     pv = ckpt.provenance
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 writes and reports
+        return 0
     print(
         f"wrote {args.out}: {pv['steps']} steps, {pv['instances']} instances, val loss {pv['final_val_loss']:.4f} "
         f"(identity {pv['val_loss_raw']:.4f}), {pv['wall_time_s'] / 60:.1f} min"

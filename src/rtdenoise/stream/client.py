@@ -61,7 +61,29 @@ def _bind_or_connect(sock: zmq.Socket, address: str, bind: bool) -> str:
     return address
 
 
-class Publisher:
+class _SocketClient:
+    """What both clients share: one socket, closed with a linger, usable with ``with``."""
+
+    _socket: zmq.Socket
+    linger: int
+
+    @property
+    def closed(self) -> bool:
+        return self._socket.closed
+
+    def close(self, linger: int | None = None) -> None:
+        """Close the socket; ``linger`` (ms) defaults to the constructor's."""
+        if not self._socket.closed:
+            self._socket.close(linger=self.linger if linger is None else linger)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Publisher(_SocketClient):
     """Publish one stream's frames as ``frames/<stream>`` messages.
 
     Parameters
@@ -172,26 +194,11 @@ class Publisher:
         self.next_seq = int(seq) + arr.shape[0]
         return int(seq)
 
-    @property
-    def closed(self) -> bool:
-        return self._socket.closed
-
-    def close(self, linger: int | None = None) -> None:
-        """Close the socket; ``linger`` (ms) defaults to the constructor's."""
-        if not self._socket.closed:
-            self._socket.close(linger=self.linger if linger is None else linger)
-
-    def __enter__(self) -> Publisher:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"Publisher({self.address!r}, stream={self.stream!r}, next_seq={self.next_seq})"
 
 
-class Subscriber:
+class Subscriber(_SocketClient):
     """Receive ``denoised/`` (or ``frames/``) messages, decoded and validated.
 
     Parameters
@@ -306,21 +313,6 @@ class Subscriber:
         """``for header, frames in sub:`` — blocks for each message, ends when closed."""
         while not self._socket.closed:
             yield self.recv()
-
-    @property
-    def closed(self) -> bool:
-        return self._socket.closed
-
-    def close(self, linger: int | None = None) -> None:
-        """Close the socket; ``linger`` (ms) defaults to the constructor's."""
-        if not self._socket.closed:
-            self._socket.close(linger=self.linger if linger is None else linger)
-
-    def __enter__(self) -> Subscriber:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         streams = None if self.streams is None else sorted(self.streams)

@@ -18,13 +18,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-import numpy as np  # noqa: E402
 from bench_quality import machine, recordings  # noqa: E402
 
 from rtdenoise import eval as ev  # noqa: E402
 from rtdenoise.denoise import denoise  # noqa: E402
 from rtdenoise.model.checkpoint import load  # noqa: E402
-from rtdenoise.model.dncnn import ModelConfig  # noqa: E402
+from rtdenoise.model.config import ModelConfig  # noqa: E402
 from rtdenoise.train import TrainConfig, train  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_quality import machine, recordings  # noqa: E402
 
 from rtdenoise import eval as ev  # noqa: E402
-from rtdenoise.model.dncnn import ModelConfig  # noqa: E402
+from rtdenoise.model.config import ModelConfig  # noqa: E402
 
 
 def main() -> int:

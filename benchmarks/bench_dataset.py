@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_quality import machine  # noqa: E402
 
-from rtdenoise.model.dncnn import CausalDnCNN, ModelConfig  # noqa: E402
+from rtdenoise.model.config import ModelConfig  # noqa: E402
 from rtdenoise.synth.dataset import SpectralDataset  # noqa: E402
 from rtdenoise.train import TrainConfig, lagged_loss, normalize_batch  # noqa: E402
 
@@ -49,7 +49,7 @@ def main() -> int:
         normalize_batch(*ds.batch(rng, b), mc)
         return b
 
-    net = CausalDnCNN(mc)
+    net = mc.build()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     x, t = normalize_batch(*ds.batch(rng, b), mc)
 

@@ -53,7 +53,7 @@ WINDOW_101 = 101
 def get_model(name: str):
     """(Checkpoint, note): the shipped model, or a fresh default-config stand-in and why."""
     from rtdenoise.model.checkpoint import Checkpoint, load
-    from rtdenoise.model.dncnn import CausalDnCNN, ModelConfig
+    from rtdenoise.model.config import ModelConfig
 
     try:
         return load(name), ""
@@ -67,7 +67,7 @@ def get_model(name: str):
         import torch
 
         torch.manual_seed(0)
-        ckpt = Checkpoint(f"{name} (fresh, untrained)", cfg, CausalDnCNN(cfg).state_dict(), fs=5.0)
+        ckpt = Checkpoint(f"{name} (fresh, untrained)", cfg, cfg.build().state_dict(), fs=5.0)
         return ckpt, note
 
 

@@ -80,11 +80,11 @@ def tiny_model(path: str | os.PathLike, seed: int = 0) -> Path:
     import torch
 
     from rtdenoise.model.checkpoint import Checkpoint
-    from rtdenoise.model.dncnn import CausalDnCNN, ModelConfig
+    from rtdenoise.model.config import ModelConfig
 
     cfg = ModelConfig(arch="spectral", lag=0, depth=3, width=8, dilations=[])
     torch.manual_seed(seed)
-    net = CausalDnCNN(cfg)
+    net = cfg.build()
     Checkpoint("soak-tiny", cfg, net.state_dict(), wavelengths=np.linspace(500, 700, cfg.n_bins).tolist(),
                fs=5.0).save(path)
     return Path(path)

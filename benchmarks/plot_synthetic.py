@@ -66,7 +66,6 @@ def main(out: str = str(Path(__file__).parent / "results" / "synthetic_instance.
     ax.hist(noise.ravel(), bins=80, color="0.5")
     ax.set_title("noise histogram (counts)", fontsize=9, loc="left")
     ax = fig.add_subplot(gs[3, :])
-    traces = ev.unmix(clean - rec["static"], spectra)
     noisy_tr = ev.unmix(rec["noisy"] - rec["static"], spectra)
     for k, (name, truth) in enumerate([("sensor a(t)", rec["activity"]), ("HbO₂ h₁(t)", rec["hbo2"]), ("Hb h₂(t)", rec["hb"])]):
         off = -0.4 * k

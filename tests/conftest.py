@@ -17,7 +17,7 @@ def tiny_checkpoint():
     are cached per arguments for the whole session; treat them as read-only.
     """
     from rtdenoise.model.checkpoint import Checkpoint
-    from rtdenoise.model.dncnn import CausalDnCNN, ModelConfig
+    from rtdenoise.model.config import ModelConfig
 
     cache: dict = {}
 
@@ -33,7 +33,7 @@ def tiny_checkpoint():
             kw.setdefault("taps", max(4, lag + 1))
         cfg = ModelConfig(arch=arch, lag=lag, **kw)
         torch.manual_seed(seed)
-        net = CausalDnCNN(cfg)
+        net = cfg.build()
         with torch.no_grad():
             last = net.layers[-1].conv
             last.weight.normal_(0.0, 0.3 / np.sqrt(last.weight[0].numel()))

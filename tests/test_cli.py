@@ -11,13 +11,13 @@ from rtdenoise.cli import main
 from rtdenoise.denoise import denoise
 from rtdenoise.io import load_arrays, load_frames
 from rtdenoise.model.checkpoint import Checkpoint
-from rtdenoise.model.dncnn import CausalDnCNN, ModelConfig
+from rtdenoise.model.config import ModelConfig
 
 
 @pytest.fixture
 def model_path(tmp_path):
     cfg = ModelConfig(depth=3, width=8, dilations=[], rank=4, taps=4, lag=1)
-    net = CausalDnCNN(cfg)
+    net = cfg.build()
     ck = Checkpoint("tiny-lag1", cfg, net.state_dict(), wavelengths=list(np.linspace(480, 595, 152)), fs=5.0)
     path = tmp_path / "tiny.pt"
     ck.save(path)

@@ -177,6 +177,53 @@ def test_batched_streams_equal_single(engine, noisy_frames, backend, arch, lag):
         np.testing.assert_allclose(together[i], alone[i], rtol=0, atol=1e-5 * scale)
 
 
+# ----------------------------------------------------------------------------- flush
+
+
+@pytest.mark.parametrize("arch,lag", [pytest.param("spectral", 0, id="spectral-lag0"), pytest.param("subspace", 3, id="subspace-lag3")])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_flush_gives_what_is_owed_then_a_fresh_stream(engine, noisy_frames, backend, arch, lag):
+    eng = engine(backend, arch, lag)
+    x, y = noisy_frames(30, seed=6), noisy_frames(20, seed=7)
+    whole = eng.run(x)
+    state = eng.new_state(1)
+    stepped = _stream(eng, x, 4, state)
+    owed = eng.flush(state)
+    assert owed.shape == (lag, 152) and owed.dtype == np.float32
+    tol = 1e-5 * float(whole.std())
+    np.testing.assert_allclose(np.concatenate([stepped[lag:], owed]), whole, rtol=0, atol=tol)
+    assert state.seen[0] == 0 and state.last is None
+    np.testing.assert_allclose(_stream(eng, y, 4, state), _stream(eng, y, 4), rtol=0, atol=tol)  # as new
+    assert eng.flush(eng.new_state(1)).shape == (0, 152)  # nothing stepped, nothing owed
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_flush_of_a_stream_shorter_than_the_lag_owes_only_its_frames(engine, noisy_frames, backend):
+    eng = engine(backend, "subspace", 3)
+    x = noisy_frames(2, seed=8)
+    state = eng.new_state(1)
+    eng.step(x, state)
+    owed = eng.flush(state)
+    assert owed.shape == (2, 152)
+    np.testing.assert_allclose(owed, eng.run(x), rtol=0, atol=1e-5 * float(owed.std()))
+    assert eng.run(x[:1]).shape == (1, 152)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_flush_with_last_frames_equals_step_then_flush(engine, noisy_frames, backend):
+    eng = engine(backend, "subspace", 2)
+    x = noisy_frames(20, seed=9)
+    a, b = eng.new_state(1), eng.new_state(1)
+    eng.step(x[:15], a)
+    eng.step(x[:15], b)
+    together = eng.flush(a, x[15:])
+    apart = np.concatenate([eng.step(x[15:], b), eng.flush(b)])
+    assert together.shape == (7, 152)
+    np.testing.assert_allclose(together, apart, rtol=0, atol=1e-5 * float(apart.std()))
+    with pytest.raises(ValueError, match="NaN"):
+        eng.flush(eng.new_state(1), np.full((2, 152), np.nan))
+
+
 # ----------------------------------------------------------------------------- bad input
 
 W = 152

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from rtdenoise.model.checkpoint import Checkpoint, load
-from rtdenoise.model.dncnn import CausalDnCNN, ModelConfig
+from rtdenoise.model.config import ModelConfig
+from rtdenoise.model.streaming import CausalModel
 from rtdenoise.synth import simulate
 from rtdenoise.train import TrainConfig, lr_at, train
 
@@ -18,18 +19,17 @@ ARCHS = [
 ]
 
 
-def _perturbed(cfg: ModelConfig, seed: int = 0) -> CausalDnCNN:
+def _perturbed(cfg: ModelConfig, seed: int = 0) -> CausalModel:
     """A model whose last layer is not (near) zero, so outputs depend on the whole trunk."""
     torch.manual_seed(seed)
-    net = CausalDnCNN(cfg)
+    net = cfg.build()
     with torch.no_grad():
         net.layers[-1].conv.weight.normal_(0, 0.05)
     return net.eval()
 
 
 def _features(cfg: ModelConfig, frames: np.ndarray) -> torch.Tensor:
-    feat, _ = cfg.frontend(1).features(frames[None])
-    return torch.from_numpy(feat)
+    return torch.from_numpy(cfg.frontend(1).normalize(frames[None]).features)
 
 
 @pytest.mark.parametrize("kw", ARCHS)
@@ -67,7 +67,7 @@ def test_step_in_chunks_equals_one_pass(kw, chunk):
 
 def test_untrained_subspace_model_is_the_identity_lag_frames_late():
     cfg = ModelConfig(lag=2, depth=3, width=8, dilations=[], rank=4, taps=4)
-    net = CausalDnCNN(cfg).eval()
+    net = cfg.build().eval()
     x = torch.randn(2, 10, 8)
     with torch.no_grad():
         out = net(x)
@@ -95,26 +95,42 @@ def test_bad_model_configs_raise(kw, match):
         ModelConfig(**kw)
 
 
+@pytest.mark.parametrize("kw, names", [
+    pytest.param(dict(arch="subspace"), ["layers.0.previous", "layers.1.previous", "layers.2.previous", "taps.previous"],
+                 id="subspace"),
+    pytest.param(dict(arch="spectral"), ["layers.0.previous", "layers.1.previous", "layers.2.previous", "delay.previous"],
+                 id="spectral"),
+    pytest.param(dict(arch="2d"), ["layers.0.previous", "layers.1.previous", "layers.2.previous", "delay.previous"],
+                 id="2d"),
+])
+def test_state_names_come_from_the_module_tree(kw, names):
+    net = ModelConfig(depth=3, width=8, dilations=[], rank=4, taps=4, **kw).build()
+    assert net.state_names() == names
+    assert list(net.init_state(2)) == names
+    assert type(net).arch == kw["arch"]
+
+
 def test_state_keys_are_checked():
     cfg = ModelConfig(depth=3, width=8, dilations=[], rank=4, taps=4)
-    net = CausalDnCNN(cfg)
+    net = cfg.build()
     state = net.init_state(1)
+    net.check_state(state)
     state.pop("taps.previous")
     state["bogus"] = torch.zeros(1)
     with pytest.raises(ValueError, match=r"missing \['taps.previous'\], extra \['bogus'\]"):
-        net.step(torch.zeros(1, 2, 8), state)
+        net.check_state(state)
 
 
 def test_frontend_is_causal_and_chunk_invariant():
     cfg = ModelConfig(rank=4, horizon=20, cov_horizon=30)
     x = simulate(90, seed=3, photons=3000)["noisy"][None].astype(np.float64)
-    whole, st = cfg.frontend(1).features(x)
+    whole = cfg.frontend(1).normalize(x).features
     fe = cfg.frontend(1)
-    parts = [fe.features(x[:, i : i + 7])[0] for i in range(0, 90, 7)]
+    parts = [fe.normalize(x[:, i : i + 7]).features for i in range(0, 90, 7)]
     np.testing.assert_allclose(np.concatenate(parts, axis=1), whole, rtol=1e-5, atol=1e-5)
     changed = x.copy()
     changed[:, 50:] *= 2
-    again, _ = cfg.frontend(1).features(changed)
+    again = cfg.frontend(1).normalize(changed).features
     np.testing.assert_array_equal(again[:, :50], whole[:, :50])
 
 
@@ -122,10 +138,29 @@ def test_frontend_reconstructs_counts_from_its_own_target():
     cfg = ModelConfig(arch="spectral", lag=0)
     rec = simulate(50, seed=4, photons=2000)
     fe = cfg.frontend(1)
-    feat, stats = fe.features(rec["noisy"][None])
-    target = fe.target((rec["clean"] + rec["static"])[None], stats)
-    back = fe.reconstruct(target, stats)[0]
+    norm = fe.normalize(rec["noisy"][None])
+    target = fe.target((rec["clean"] + rec["static"])[None], norm)
+    back = fe.to_counts(target, norm)[0]
     np.testing.assert_allclose(back, rec["clean"] + rec["static"], rtol=1e-4)
+
+
+@pytest.mark.parametrize("rank", [0, 3], ids=["no-subspace", "subspace"])
+def test_frontend_maps_outputs_back_with_the_statistics_lag_frames_earlier(rank):
+    # A lag-k model's output row t belongs to frame t - k, so it is mapped back with that
+    # frame's statistics: a perfect lag-k output gives each frame back k rows late,
+    # whatever the chunking.
+    lag = 3
+    cfg = ModelConfig(arch="subspace" if rank else "spectral", lag=lag, rank=max(rank, 1), taps=4)
+    rec = simulate(40, seed=5, photons=2000)
+    ref = (rec["clean"] + rec["static"])[None].astype(np.float64)
+    now = ModelConfig(**(cfg.to_dict() | {"lag": 0})).frontend(1)  # the same statistics, not delayed
+    norm_now = now.normalize(rec["noisy"][None])
+    target = now.target(ref, norm_now)
+    late = np.concatenate([np.zeros_like(target[:, :lag]), target[:, :-lag]], axis=1)
+    fe = cfg.frontend(1)
+    back = np.concatenate([fe.to_counts(late[:, i : i + 7], fe.normalize(rec["noisy"][None, i : i + 7]))
+                           for i in range(0, 40, 7)], axis=1)
+    np.testing.assert_allclose(back[:, lag:], now.to_counts(target, norm_now)[:, :-lag], rtol=1e-6)
 
 
 def _tiny_ckpt(**kw) -> Checkpoint:

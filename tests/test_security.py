@@ -23,7 +23,7 @@ import zmq
 
 from rtdenoise import security
 from rtdenoise.denoise import denoise
-from rtdenoise.stream import Publisher, Service, Subscriber, control, replay, wire
+from rtdenoise.stream import Publisher, Service, Subscriber, control, replay
 
 pytestmark = pytest.mark.timeout(60)
 

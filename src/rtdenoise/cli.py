@@ -64,7 +64,7 @@ def cmd_simulate(args) -> int:
 
 
 def _add_train(sub) -> None:
-    from rtdenoise.model.dncnn import ModelConfig
+    from rtdenoise.model.config import ModelConfig
     from rtdenoise.train import TrainConfig
 
     m, t = ModelConfig(), TrainConfig()
@@ -92,7 +92,7 @@ def _add_train(sub) -> None:
 
 
 def cmd_train(args) -> int:
-    from rtdenoise.model.dncnn import ModelConfig
+    from rtdenoise.model.config import ModelConfig
     from rtdenoise.synth import SpectralConfig, noise_from_args
     from rtdenoise.train import TrainConfig, train
 
@@ -152,8 +152,8 @@ def cmd_info(args) -> int:
         f"frame rate     {info['fs']:g} Hz",
         f"lag            {info['lag']} frames ({info['lag'] / info['fs']:.2f} s)",
         f"receptive field {info['receptive_field']} frames ({info['receptive_field'] / info['fs']:.1f} s)",
-        f"architecture   " + ", ".join(f"{k}={v}" for k, v in info["config"].items()),
-        f"normalization  " + ", ".join(f"{k}={v}" for k, v in info["normalization"].items()),
+        "architecture   " + ", ".join(f"{k}={v}" for k, v in info["config"].items()),
+        "normalization  " + ", ".join(f"{k}={v}" for k, v in info["normalization"].items()),
         f"parameters     {info['parameters']:,}",
     ]
     if pv:

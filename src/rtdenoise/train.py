@@ -13,15 +13,16 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rtdenoise.io import atomic_path
 from rtdenoise.model.checkpoint import Checkpoint
-from rtdenoise.model.dncnn import CausalDnCNN, ModelConfig
+from rtdenoise.model.config import ModelConfig
 from rtdenoise.synth.dataset import SpectralDataset
 from rtdenoise.synth.noise import DetectorNoise, RecordedNoise
 from rtdenoise.synth.spectral import SpectralConfig
@@ -60,8 +61,8 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 def normalize_batch(noisy: np.ndarray, target: np.ndarray, mcfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Front end over a batch from a cold start: (features, target in the network's units)."""
     fe = mcfg.frontend(batch=noisy.shape[0])
-    feat, stats = fe.features(noisy)
-    return torch.from_numpy(feat), torch.from_numpy(fe.target(target, stats))
+    norm = fe.normalize(noisy)
+    return torch.from_numpy(norm.features), torch.from_numpy(fe.target(target, norm))
 
 
 def lagged_loss(out: torch.Tensor, tn: torch.Tensor, lag: int) -> torch.Tensor:
@@ -135,7 +136,7 @@ def train(
     rank, world = _dist()
 
     torch.manual_seed(cfg.seed)
-    net = CausalDnCNN(model_cfg)
+    net = model_cfg.build()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, wall_before, history = 0, 0.0, []
     if resume:
@@ -194,12 +195,11 @@ def train(
         )
         if rank == 0:
             ckpt.save(out)
-            tmp = state_path.with_name(state_path.name + ".tmp")
-            torch.save(
-                {"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step, "wall_s": wall, "history": history},
-                tmp,
-            )
-            os.replace(tmp, state_path)
+            with atomic_path(state_path) as tmp:
+                torch.save(
+                    {"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step, "wall_s": wall, "history": history},
+                    tmp,
+                )
         return ckpt
 
     # The loss of the identity (no denoising) on the same instances: the yardstick.

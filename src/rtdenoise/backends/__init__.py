@@ -1,12 +1,18 @@
-"""Engines: one model behind torch, ONNX Runtime or TensorRT, picked by ``backend``."""
+"""Engines: one model behind torch, ONNX Runtime or TensorRT, picked by ``backend``.
+
+Imports point one way: ``base`` (the interface) <- ``torch_engine``, ``ort_engine``,
+``trt_engine`` <- this module's :func:`load_engine`; ``export`` (ONNX files) is used by the
+ONNX Runtime and TensorRT engines and imports none of them.
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-from rtdenoise.backends.base import BACKENDS, Engine, StreamState
+from rtdenoise.backends.base import BACKENDS, Engine, StreamState, auto_backend
 
-__all__ = ["BACKENDS", "Engine", "StreamState", "load_engine"]
+__all__ = ["BACKENDS", "Engine", "StreamState", "auto_backend", "load_engine"]
 
 
 def load_engine(model=None, *, backend: str = "torch", **kwargs) -> Engine:
@@ -15,9 +21,9 @@ def load_engine(model=None, *, backend: str = "torch", **kwargs) -> Engine:
     A ``.onnx`` from ``rtdenoise export`` runs on onnxruntime (or tensorrt, or torch, which
     rebuilds the weights from it); a ``.plan`` from ``rtdenoise build-engine`` on tensorrt.
 
-    ``backend``: ``torch``, ``onnxruntime``, ``tensorrt`` or ``auto`` (TensorRT on a GPU
-    with TensorRT, else CUDA torch, else the fastest CPU backend measured for the model).
-    Bad names and paths fail here, not at the first frame.
+    ``backend``: ``torch``, ``onnxruntime``, ``tensorrt`` or ``auto`` (see
+    :func:`~rtdenoise.backends.base.auto_backend`). Bad names and paths fail here, not at
+    the first frame.
     """
     from rtdenoise.model.checkpoint import Checkpoint, load
 
@@ -25,13 +31,11 @@ def load_engine(model=None, *, backend: str = "torch", **kwargs) -> Engine:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     if isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith((".onnx", ".plan")):
         # An exported graph or a TensorRT plan carries the model's metadata itself.
-        from rtdenoise.backends.export import checkpoint_for_file
-
-        ckpt, backend, kwargs = checkpoint_for_file(model, backend, kwargs)
+        ckpt, backend, kwargs = _checkpoint_for_file(Path(model), backend, dict(kwargs))
     else:
         ckpt = model if isinstance(model, Checkpoint) else load(model)
-    if backend == "auto":
-        backend = _auto_backend(ckpt)
+        if backend == "auto":
+            backend = auto_backend(ckpt)
     if backend == "torch":
         from rtdenoise.backends.torch_engine import TorchEngine
 
@@ -46,14 +50,24 @@ def load_engine(model=None, *, backend: str = "torch", **kwargs) -> Engine:
     return TrtEngine(ckpt, **kwargs)
 
 
-def _auto_backend(ckpt) -> str:
-    import torch
+def _checkpoint_for_file(p: Path, backend: str, kwargs: dict):
+    """A ``.onnx`` or TensorRT ``.plan`` path -> (checkpoint, backend, engine kwargs).
 
-    if torch.cuda.is_available():
-        try:
-            import tensorrt  # noqa: F401
+    ``.onnx``: ONNX Runtime or TensorRT run it as is; torch rebuilds the weights from it.
+    ``.plan``: TensorRT only; the model metadata comes from the plan's ``.json`` sidecar.
+    """
+    from rtdenoise.backends.export import checkpoint_from_onnx
 
-            return "tensorrt"
-        except ImportError:
-            return "torch"
-    return os.environ.get("RTDENOISE_CPU_BACKEND") or ckpt.metrics.get("fastest_cpu_backend", "torch")
+    if p.suffix == ".plan":
+        if backend not in ("auto", "tensorrt"):
+            raise ValueError(f"{p} is a TensorRT plan; load it with backend='tensorrt', not {backend!r}")
+        from rtdenoise.backends.trt_engine import checkpoint_from_plan
+
+        kwargs.setdefault("plan_path", str(p))
+        return checkpoint_from_plan(p), "tensorrt", kwargs
+    if backend == "auto":
+        backend = auto_backend(None, exported=True)
+    if backend in ("onnxruntime", "tensorrt"):
+        kwargs.setdefault("onnx_path", str(p))
+        return checkpoint_from_onnx(p, weights=False), backend, kwargs
+    return checkpoint_from_onnx(p, weights=True), backend, kwargs

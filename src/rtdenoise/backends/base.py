@@ -1,36 +1,74 @@
 """The engine interface: one model behind torch, ONNX Runtime or TensorRT.
 
 An engine owns the network; a :class:`StreamState` owns everything one set of streams has
-seen (the front end's running statistics and the network's per-layer past rows). A step
-takes a chunk of ``n >= 1`` new frames per stream and returns ``n`` denoised frames, ``lag``
-frames behind: the first ``lag`` outputs of a fresh stream belong to frames before it
-started and are for the caller to drop.
+seen (the front end's running statistics, the network's per-layer past rows, the last
+frame). A step takes a chunk of ``n >= 1`` new frames per stream and returns ``n``
+denoised frames, ``lag`` frames behind: the first ``lag`` outputs of a fresh stream belong
+to frames before it started and are for the caller to drop. :meth:`Engine.flush` ends a
+stream (end of file, a gap, a restarted acquisition): it returns the outputs still owed
+for its last ``lag`` frames and resets it.
 
 Subclasses implement ``_new_net_state(batch)`` and ``_net_step(feat, net_state)``; the
-front end runs on the host in numpy for every backend, so all of them share it.
+front end runs on the host in numpy for every backend, so all of them share it. This
+module imports neither torch nor a runtime: ``BACKENDS`` is cheap to import.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rtdenoise.model.checkpoint import Checkpoint
-from rtdenoise.model.frontend import FrontEnd
+if TYPE_CHECKING:
+    from rtdenoise.model.checkpoint import Checkpoint
+    from rtdenoise.model.frontend import FrontEnd
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+MAX_CHUNK_SHAPES = 8  # per-chunk-length buffers an engine keeps per state (chunk lengths are usually few)
+
+
+def auto_backend(checkpoint: Checkpoint, *, exported: bool = False) -> str:
+    """The backend ``auto`` stands for: TensorRT on a GPU with TensorRT, else CUDA torch
+    (ONNX Runtime for an exported ``.onnx``), else the fastest CPU backend measured for the
+    model (``RTDENOISE_CPU_BACKEND`` overrides it)."""
+    import torch
+
+    if torch.cuda.is_available():
+        try:
+            import tensorrt  # noqa: F401
+
+            return "tensorrt"
+        except ImportError:
+            pass
+        if not exported:
+            return "torch"
+    if exported:
+        return "onnxruntime"  # an exported graph runs as it is
+    return os.environ.get("RTDENOISE_CPU_BACKEND") or checkpoint.metrics.get("fastest_cpu_backend", "torch")
+
+
+class PerChunk(dict):
+    """Buffers keyed by chunk length, made on first use; forgets all past ``MAX_CHUNK_SHAPES``."""
+
+    def get_or_make(self, n: int, make):
+        if n not in self:
+            if len(self) >= MAX_CHUNK_SHAPES:
+                self.clear()
+            self[n] = make()
+        return self[n]
 
 
 @dataclass
 class StreamState:
-    """The past of ``batch`` streams: front-end statistics and network rows."""
+    """The past of ``batch`` streams: front-end statistics, network rows, the last frame."""
 
     frontend: FrontEnd
     net: Any  # backend-specific: named tensors/arrays, allocated once, updated in place
     batch: int
     seen: np.ndarray = field(default=None)  # frames stepped per stream since the last reset
+    last: np.ndarray | None = None  # (batch, *frame) the last frame stepped: what a flush repeats
 
     def __post_init__(self):
         if self.seen is None:
@@ -59,7 +97,20 @@ class Engine:
         raise NotImplementedError
 
     def _reset_net(self, net_state: Any, index: int | None) -> None:
-        raise NotImplementedError
+        """Zero the rows of stream ``index`` (all if None), in place: addresses never move.
+
+        Works for a mapping of numpy arrays or torch tensors; other states override it."""
+        sl = slice(None) if index is None else index
+        for v in net_state.values():
+            v[sl] = 0
+
+    def _check_exported(self, meta: dict, source) -> None:
+        """An exported graph or plan must come from this engine's model config."""
+        if meta["checkpoint"]["config"] != self.config.to_dict():
+            raise ValueError(
+                f"{source or 'the exported graph'} was made from a model with another config than {self.name!r}; "
+                "export or build it again from this checkpoint (`rtdenoise export`, `rtdenoise build-engine`)"
+            )
 
     # -- public API ----------------------------------------------------------------------
     def new_state(self, batch: int = 1) -> StreamState:
@@ -72,10 +123,13 @@ class Engine:
         """Forget the past of stream ``index`` of ``state`` (every stream if None)."""
         state.frontend.reset(index)
         self._reset_net(state.net, index)
-        state.seen[slice(None) if index is None else index] = 0
+        sl = slice(None) if index is None else index
+        state.seen[sl] = 0
+        if index is None:
+            state.last = None
 
     def check_frames(self, frames: np.ndarray, *, batch: int | None = None) -> np.ndarray:
-        """Validate a chunk and return it as (B, n, W); raise ValueError/TypeError with the fix."""
+        """Validate a chunk and return it as (B, n, *frame); raise ValueError/TypeError with the fix."""
         a = np.asarray(frames)
         if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
             raise TypeError(f"frames must be integer or float counts, got dtype {a.dtype}")
@@ -103,51 +157,95 @@ class Engine:
                 )
         return a
 
-    def step(self, frames: np.ndarray, state: StreamState) -> np.ndarray:
+    def step(self, frames: np.ndarray, state: StreamState, *, checked: bool = False) -> np.ndarray:
         """Advance by a chunk and return the denoised frames ``lag`` behind, float32.
 
-        ``frames``: (n, W) for a single-stream state, or (B, n, W). Returns the same shape.
-        A bad chunk raises before any state changes.
+        ``frames``: (n, *frame) for a single-stream state, or (B, n, *frame). Returns the
+        same shape. A bad chunk raises before any state changes. ``checked=True`` skips the
+        validation for a caller that has already passed the chunk through
+        :meth:`check_frames` (the service does, as each message arrives).
         """
         single = np.ndim(frames) == len(self.frame_shape) + 1
-        x = self.check_frames(frames, batch=state.batch)
-        feat, stats = state.frontend.features(x)
-        out = self._net_step(feat, state.net)
-        y = state.frontend.reconstruct(out, stats).astype(np.float32)
+        if checked:
+            x = np.asarray(frames)
+            x = x[None] if single else x
+        else:
+            x = self.check_frames(frames, batch=state.batch)
+        norm = state.frontend.normalize(x)
+        out = self._net_step(norm.features, state.net)
+        y = state.frontend.to_counts(out, norm).astype(np.float32)
         state.seen += x.shape[1]
+        state.last = x[:, -1].copy()
         return y[0] if single else y
+
+    def flush(self, state: StreamState, frames: np.ndarray | None = None, *, chunk: int | None = None):
+        """End the streams of ``state``: step their last ``frames`` (if given), return every
+        output still owed, and reset them.
+
+        A lag-``k`` model owes the outputs of each stream's last ``k`` frames (fewer if it
+        saw fewer); they are computed as an offline pass ends a recording, by stepping the
+        last frame ``k`` more times (its future never arrives). ``frames`` and that padding
+        are stepped as one sequence, ``chunk`` frames per step (None: one step).
+
+        Returns ``(m, *frame)`` float32 for a single-stream state, ``(B, m, *frame)``
+        otherwise: the outputs of ``frames`` followed by the owed ones, less any that belong
+        to frames before the stream started. With ``lag = 0`` and no ``frames``, ``m = 0``.
+        """
+        if frames is None:
+            return self._end(state, None, chunk)
+        single = np.ndim(frames) == len(self.frame_shape) + 1
+        y = self._end(state, self.check_frames(frames, batch=state.batch), chunk)
+        return y[0] if single else y
+
+    def _end(self, state: StreamState, x: np.ndarray | None, chunk: int | None):
+        """:meth:`flush` of checked frames ``x`` (B, n, *frame) or None."""
+        n = 0 if x is None else x.shape[1]
+        if state.last is None and n == 0:  # nothing stepped since the reset: nothing owed
+            y = np.empty((state.batch, 0, *self.frame_shape), dtype=np.float32)
+        else:
+            last = x[:, -1] if n else state.last
+            seq = np.repeat(last[:, None], self.lag, axis=1)  # (B, lag, *frame)
+            if n:
+                seq = np.concatenate([x, seq], axis=1)
+            if seq.shape[1]:
+                step = chunk or seq.shape[1]
+                y = np.concatenate([self.step(seq[:, i : i + step], state, checked=True)
+                                    for i in range(0, seq.shape[1], step)], axis=1)
+            else:
+                y = np.empty((state.batch, 0, *self.frame_shape), dtype=np.float32)
+        # Rows for frames before the start: the first lag - seen of them (the same for every
+        # stream of a state stepped together).
+        seen = int(state.seen.min()) - y.shape[1]
+        y = y[:, max(0, self.lag - seen):]
+        self.reset(state)
+        return y[0] if state.batch == 1 and x is None else y
 
     def warm(self, state: StreamState) -> np.ndarray:
         """Per stream: has it seen a full receptive field (plus the lag) since its reset?"""
         return state.seen >= self.receptive_field + self.lag
 
     def run(self, frames: np.ndarray, *, chunk: int | None = None, progress: bool = False) -> np.ndarray:
-        """Denoise a whole recording (T, W): as many output frames as input frames.
+        """Denoise a whole recording (T, *frame): as many output frames as input frames.
 
-        Steps through it ``chunk`` frames at a time (default 1024: bounded memory), then
-        flushes the lag by repeating the last frame, so the last ``lag`` frames get outputs
-        too. The result does not depend on ``chunk``.
+        Steps through it ``chunk`` frames at a time (default 1024: bounded memory); the last
+        piece goes through :meth:`flush` with the lag, so the last ``lag`` frames get
+        outputs too. The result does not depend on ``chunk``.
         """
-        x = self.check_frames(frames)[0]
-        t = x.shape[0]
+        x = self.check_frames(frames)
+        t = x.shape[1]
         step = 1024 if chunk is None else chunk
         if step < 1:
             raise ValueError(f"chunk must be >= 1 frame, got {step}")
         state = self.new_state(1)
         out = np.empty((t + self.lag, *self.frame_shape), dtype=np.float32)
-        padded_end = t + self.lag
+        last = ((t - 1) // step) * step  # where the last piece starts: it ends the stream
         from tqdm import tqdm
 
         with tqdm(total=t, disable=not progress, unit="frame", dynamic_ncols=True) as bar:
-            pos = 0
-            while pos < padded_end:
-                n = min(step, padded_end - pos)
-                if pos + n <= t:
-                    piece = x[pos : pos + n]
-                else:  # the flush: repeat the last frame past the end
-                    real = x[pos:t]
-                    piece = np.concatenate([real, np.repeat(x[t - 1 : t], n - len(real), axis=0)])
-                out[pos : pos + n] = self.step(piece, state)
-                bar.update(min(n, max(0, t - pos)))
-                pos += n
+            for pos in range(0, last, step):
+                out[pos : pos + step] = self.step(x[0, pos : pos + step], state, checked=True)
+                bar.update(step)
+            tail = self._end(state, x[:, last:], step)[0]
+            out[t + self.lag - len(tail) :] = tail
+            bar.update(t - last)
         return out[self.lag :]

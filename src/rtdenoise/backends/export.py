@@ -1,6 +1,6 @@
 """Export the network's streaming step to ONNX, and read such files back.
 
-What is exported is ``CausalDnCNN.step`` alone, the numpy front end stays on the host for
+What is exported is the model family's ``step`` alone, the numpy front end stays on the host for
 every backend. The graph is a pure function of the new features and the past rows:
 
 ================================  =========================  ==========================
@@ -16,7 +16,7 @@ output ``<state>.out``            same as ``<state>``        the state after the
 ================================  =========================  ==========================
 
 ``batch`` and ``chunk`` are dynamic axes. The states come in the order of
-``CausalDnCNN.state_names()``; a state with no rows at all (a layer with a kernel of 1
+``CausalModel.state_names()``; a state with no rows at all (a layer with a kernel of 1
 along time, the delay of a ``lag=0`` model) is left out of the graph, since zero-sized
 inputs trouble TensorRT, and the graph makes its zeros itself. Which states are in the
 graph and which are left out is recorded in the metadata (see below).
@@ -40,7 +40,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -184,16 +183,12 @@ def export_onnx(checkpoint, path: str | os.PathLike | None = None, *, opset: int
     data = model.SerializeToString()
     if path is None:
         return data
+    from rtdenoise.io import atomic_path
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
     return path
 
 
@@ -239,28 +234,6 @@ def read_onnx_metadata(source: str | os.PathLike | bytes) -> dict[str, Any]:
     return _metadata(model, where)
 
 
-def _checkpoint_from_info(info: dict, state_dict: dict, path: str | None):
-    from rtdenoise.model.checkpoint import FORMAT_VERSION, Checkpoint
-    from rtdenoise.model.dncnn import ModelConfig
-
-    if info.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{path} was exported from checkpoint format version {info.get('format_version')}, "
-            f"this rtdenoise reads {FORMAT_VERSION}; re-export the model"
-        )
-    return Checkpoint(
-        name=info["name"],
-        config=ModelConfig.from_dict(info["config"]),
-        state_dict=state_dict,
-        modality=info.get("modality", "spectral"),
-        wavelengths=list(info.get("wavelengths", [])),
-        fs=float(info.get("fs", 5.0)),
-        provenance=info.get("provenance", {}),
-        metrics=info.get("metrics", {}),
-        path=path,
-    )
-
-
 def checkpoint_from_onnx(source: str | os.PathLike | bytes, *, weights: bool = True):
     """Rebuild the :class:`Checkpoint` an ``.onnx`` was exported from.
 
@@ -271,16 +244,16 @@ def checkpoint_from_onnx(source: str | os.PathLike | bytes, *, weights: bool = T
     import torch
     from onnx import numpy_helper
 
-    from rtdenoise.model.dncnn import CausalDnCNN
+    from rtdenoise.model.checkpoint import checkpoint_from_info
 
     model, where = _load_model(source)
     meta = _metadata(model, where)
     path = None if where == "<bytes>" else where
-    ckpt = _checkpoint_from_info(meta["checkpoint"], {}, path)
+    ckpt = checkpoint_from_info(meta["checkpoint"], {}, path)
     if not weights:
         return ckpt
     inits = {i.name: i for i in model.graph.initializer}
-    expected = CausalDnCNN(ckpt.config).state_dict()
+    expected = ckpt.config.build().state_dict()
     missing = [k for k in expected if WEIGHT_PREFIX + k not in inits]
     if missing:
         raise ValueError(f"{where} lacks weights {missing[:4]}{'...' if len(missing) > 4 else ''}; re-export it with `rtdenoise export`")
@@ -293,36 +266,3 @@ def checkpoint_from_onnx(source: str | os.PathLike | bytes, *, weights: bool = T
     except RuntimeError as e:
         raise ValueError(f"{where}: its weights do not fit its config: {e}") from e
     return ckpt
-
-
-def checkpoint_for_file(model, backend: str, kwargs: dict) -> tuple[Any, str, dict]:
-    """For :func:`load_engine`: a ``.onnx`` or TensorRT ``.plan`` path -> (checkpoint, backend, kwargs).
-
-    ``.onnx``: ONNX Runtime runs it as is (``auto`` picks TensorRT on a GPU with TensorRT,
-    else ONNX Runtime); TensorRT builds a plan from it; torch rebuilds the weights.
-    ``.plan``: TensorRT only; the model metadata comes from the plan's ``.json`` sidecar.
-    """
-    p = Path(model)
-    kwargs = dict(kwargs)
-    if p.suffix == ".plan":
-        if backend not in ("auto", "tensorrt"):
-            raise ValueError(f"{p} is a TensorRT plan; load it with backend='tensorrt', not {backend!r}")
-        from rtdenoise.backends.trt_engine import checkpoint_from_plan
-
-        kwargs.setdefault("plan_path", str(p))
-        return checkpoint_from_plan(p), "tensorrt", kwargs
-    if backend == "auto":
-        backend = "onnxruntime"
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                import tensorrt  # noqa: F401
-
-                backend = "tensorrt"
-        except ImportError:
-            pass
-    if backend in ("onnxruntime", "tensorrt"):
-        kwargs.setdefault("onnx_path", str(p))
-        return checkpoint_from_onnx(p, weights=False), backend, kwargs
-    return checkpoint_from_onnx(p, weights=True), backend, kwargs

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from rtdenoise.backends.base import Engine
+from rtdenoise.backends.base import Engine, PerChunk
 from rtdenoise.model.checkpoint import Checkpoint
 
 
@@ -71,11 +71,7 @@ class OrtEngine(Engine):
                 raise FileNotFoundError(f"ONNX file {str(onnx_path)!r} does not exist; write it with `rtdenoise export`")
             source = str(onnx_path)
         meta = read_onnx_metadata(source)
-        if meta["checkpoint"]["config"] != checkpoint.config.to_dict():
-            raise ValueError(
-                f"{onnx_path} was exported from a model with another config than {checkpoint.name!r}; "
-                "re-export it from this checkpoint with `rtdenoise export`"
-            )
+        self._check_exported(meta, onnx_path)
         self.onnx_path = None if onnx_path is None else str(onnx_path)
         self.io = meta["io"]
         self.states = list(self.io["states"])  # in the graph, in this order
@@ -106,17 +102,10 @@ class OrtEngine(Engine):
         names = self.states + self.omitted_states
         return _OrtState({n: np.zeros((batch, *shapes[n]), dtype=np.float32) for n in names})
 
-    def _reset_net(self, net_state: dict[str, np.ndarray], index: int | None) -> None:
-        for v in net_state.values():  # in place: bindings keep pointing at the same arrays
-            if index is None:
-                v.fill(0.0)
-            else:
-                v[index] = 0.0
-
     def _net_step(self, feat: np.ndarray, net_state: dict[str, np.ndarray]) -> np.ndarray:
         bsz, n = feat.shape[:2]
         if self.io_binding and isinstance(net_state, _OrtState):
-            bound = net_state.bindings.get(n) or self._bind(net_state, bsz, n)
+            bound = net_state.bindings.get_or_make(n, lambda: self._bind(net_state, bsz, n))
             np.copyto(bound.feat, feat)
             self.session.run_with_iobinding(bound.binding)
             out, new = bound.out.copy(), bound.new
@@ -134,8 +123,6 @@ class OrtEngine(Engine):
         # buffer, the state arrays themselves, and scratch outputs (a state can't be its own
         # output: ORT may read an input after writing an output). Saves ~25% of a 1-frame
         # step against session.run, which allocates and converts every call.
-        if len(net_state.bindings) >= 8:  # chunk lengths are usually few; don't grow without bound
-            net_state.bindings.clear()
         feat = np.zeros((bsz, n, self.io["n_features"]), dtype=np.float32)
         out = np.zeros((bsz, n, self.n_outputs), dtype=np.float32)
         new = [np.zeros_like(net_state[k]) for k in self.states]
@@ -145,8 +132,7 @@ class OrtEngine(Engine):
             b.bind_cpu_input(k, net_state[k])
         for name, arr in zip(self.io["outputs"], [out, *new]):
             b.bind_output(name, "cpu", 0, np.float32, list(arr.shape), arr.ctypes.data)
-        bound = net_state.bindings[n] = _Bound(b, feat, out, new)
-        return bound
+        return _Bound(b, feat, out, new)
 
 
 class _OrtState(dict):
@@ -154,7 +140,7 @@ class _OrtState(dict):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.bindings: dict[int, _Bound] = {}
+        self.bindings = PerChunk()  # chunk length -> _Bound
 
 
 class _Bound:

@@ -40,13 +40,6 @@ class TorchEngine(Engine):
         state = self.net.init_state(batch, device=self.device)
         return _GraphState(state) if self.cuda_graph else state
 
-    def _reset_net(self, net_state: dict[str, torch.Tensor], index: int | None) -> None:
-        for v in net_state.values():
-            if index is None:
-                v.zero_()
-            else:
-                v[index].zero_()
-
     @torch.inference_mode()
     def _net_step(self, feat: np.ndarray, net_state: dict[str, torch.Tensor]) -> np.ndarray:
         if isinstance(net_state, _GraphState) and feat.shape[1] == 1:

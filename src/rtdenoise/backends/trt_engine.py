@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from rtdenoise.backends.base import Engine
-from rtdenoise.model.checkpoint import Checkpoint
+from rtdenoise.backends.base import Engine, PerChunk
+from rtdenoise.io import atomic_path
+from rtdenoise.model.checkpoint import Checkpoint, checkpoint_from_info
 
 PLAN_FORMAT = "rtdenoise-tensorrt-plan"
 PLAN_FORMAT_VERSION = 1
@@ -196,19 +197,11 @@ def build_plan(
     }
     plan_path = Path(plan_path)
     plan_path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(plan_path, plan)
-    _atomic_write(sidecar_path(plan_path), json.dumps(info, indent=2).encode())
+    with atomic_path(plan_path) as tmp:
+        tmp.write_bytes(plan)
+    with atomic_path(sidecar_path(plan_path)) as tmp:
+        tmp.write_text(json.dumps(info, indent=2))
     return plan_path
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def read_plan_info(plan_path: str | os.PathLike) -> dict:
@@ -232,10 +225,8 @@ def read_plan_info(plan_path: str | os.PathLike) -> dict:
 
 def checkpoint_from_plan(plan_path: str | os.PathLike) -> Checkpoint:
     """The model a plan was built from (config and metadata, no weights), from its sidecar."""
-    from rtdenoise.backends.export import _checkpoint_from_info
-
     info = read_plan_info(plan_path)
-    return _checkpoint_from_info(info["model"]["checkpoint"], {}, str(plan_path))
+    return checkpoint_from_info(info["model"]["checkpoint"], {}, str(plan_path))
 
 
 def check_plan_compatible(info: dict, *, tensorrt_version: str, gpu: dict, where: str = "the plan") -> None:
@@ -263,15 +254,13 @@ class _TrtState:
         self.batch = batch
         self.inputs = {n: dev.zeros((batch, *shapes[n])) for n in io["states"]}
         self.outputs = {n: dev.zeros((batch, *shapes[n])) for n in io["states"]}
-        self.chunks: dict[int, tuple] = {}  # n -> (feat host pinned, feat device, out device, out host pinned)
+        self.chunks = PerChunk()  # n -> (feat host pinned, feat device, out device, out host pinned)
 
     def buffers(self, dev, n: int, n_feat: int, n_out: int):
-        if n not in self.chunks:
-            if len(self.chunks) >= 8:  # chunk lengths are usually few; don't grow without bound
-                self.chunks.clear()
-            b = self.batch
-            self.chunks[n] = (dev.host((b, n, n_feat)), dev.zeros((b, n, n_feat)), dev.zeros((b, n, n_out)), dev.host((b, n, n_out)))
-        return self.chunks[n]
+        b = self.batch
+        return self.chunks.get_or_make(
+            n, lambda: (dev.host((b, n, n_feat)), dev.zeros((b, n, n_feat)), dev.zeros((b, n, n_out)), dev.host((b, n, n_out)))
+        )
 
 
 class TrtEngine(Engine):
@@ -334,11 +323,7 @@ class TrtEngine(Engine):
             plan = _build_serialized(
                 trt, onnx_bytes, meta, fp16=fp16, max_batch=int(max_batch), max_chunk=int(max_chunk), workspace_mb=workspace_mb
             )
-        if meta["checkpoint"]["config"] != checkpoint.config.to_dict():
-            raise ValueError(
-                f"{plan_path or onnx_path} was built from a model with another config than {checkpoint.name!r}; "
-                "rebuild it from this checkpoint"
-            )
+        self._check_exported(meta, plan_path or onnx_path)
         self.plan_path = None if plan_path is None else str(plan_path)
         self.fp16, self.max_batch, self.max_chunk = fp16, int(max_batch), int(max_chunk)
         self.io = meta["io"]
@@ -372,11 +357,7 @@ class TrtEngine(Engine):
 
     def _reset_net(self, net_state: _TrtState, index: int | None) -> None:
         with self.dev.on_stream():
-            for v in net_state.inputs.values():
-                if index is None:
-                    v.zero_()
-                else:
-                    v[index].zero_()
+            super()._reset_net(net_state.inputs, index)
         self.dev.synchronize()
 
     def _net_step(self, feat: np.ndarray, net_state: _TrtState) -> np.ndarray:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from rtdenoise.model.dncnn import CausalDnCNN, ModelConfig
+from rtdenoise.model.config import ModelConfig
+from rtdenoise.model.streaming import CausalModel
 
 FORMAT = "rtdenoise-checkpoint"
 FORMAT_VERSION = 1
@@ -50,9 +51,9 @@ class Checkpoint:
     def normalization(self) -> dict:
         return {"kind": "running-baseline/sqrt", "horizon": self.config.horizon, "floor": self.config.floor}
 
-    def model(self) -> CausalDnCNN:
-        """A CausalDnCNN with these weights, in eval mode."""
-        net = CausalDnCNN(self.config)
+    def model(self) -> CausalModel:
+        """The network of this checkpoint's family with these weights, in eval mode."""
+        net = self.config.build()
         net.load_state_dict(self.state_dict)
         return net.eval()
 
@@ -84,17 +85,14 @@ class Checkpoint:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically: a crash never leaves a truncated checkpoint under ``path``."""
+        from rtdenoise.io import atomic_path
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        try:
+        with atomic_path(path) as tmp:
             torch.save(self.to_dict(), tmp)
             # Refuse to write what could not be read back safely (a non-plain type slipped in).
             torch.load(tmp, map_location="cpu", weights_only=True)
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
 
 
 def shipped_models_dir() -> Path:
@@ -118,6 +116,31 @@ def resolve(model: str | os.PathLike | None) -> Path:
     return shipped
 
 
+def checkpoint_from_info(info: dict, state_dict: dict, path: str | None) -> Checkpoint:
+    """A :class:`Checkpoint` from its :meth:`Checkpoint.info` (or saved dict) and weights.
+
+    Exported files (ONNX, TensorRT plans) carry the info as metadata, so they rebuild the
+    checkpoint they came from with this; ``state_dict`` may be empty where only the front
+    end and the config are needed.
+    """
+    if info.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} comes from checkpoint format version {info.get('format_version')}, "
+            f"this rtdenoise reads {FORMAT_VERSION}; upgrade rtdenoise or re-export the model"
+        )
+    return Checkpoint(
+        name=info["name"],
+        config=ModelConfig.from_dict(info["config"]),
+        state_dict=state_dict,
+        modality=info["modality"],
+        wavelengths=list(info["wavelengths"]),
+        fs=float(info["fs"]),
+        provenance=info.get("provenance", {}),
+        metrics=info.get("metrics", {}),
+        path=path,
+    )
+
+
 def load(model: str | os.PathLike | None = None) -> Checkpoint:
     """Load a checkpoint by path or shipped name (None = the default).
 
@@ -137,17 +160,7 @@ def load(model: str | os.PathLike | None = None) -> Checkpoint:
             "upgrade rtdenoise or re-export the model"
         )
     try:
-        ckpt = Checkpoint(
-            name=d["name"],
-            config=ModelConfig.from_dict(d["config"]),
-            state_dict=d["state_dict"],
-            modality=d["modality"],
-            wavelengths=list(d["wavelengths"]),
-            fs=float(d["fs"]),
-            provenance=d.get("provenance", {}),
-            metrics=d.get("metrics", {}),
-            path=str(path),
-        )
+        ckpt = checkpoint_from_info(d, d["state_dict"], str(path))
         ckpt.model()  # the weights must fit the config
     except (KeyError, TypeError, RuntimeError) as e:
         raise ValueError(f"{path} is a damaged rtdenoise checkpoint: {type(e).__name__}: {e}") from e

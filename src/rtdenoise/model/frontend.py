@@ -16,6 +16,11 @@
    keeps ``U`` continuous in time: no eigen-solver spikes, no sign flips. The network then
    sees the coefficients ``z = Uᵀ xn`` and the log eigenvalues (how much signal each
    direction carries), and returns denoised coefficients ``ẑ``; the frame is ``U ẑ``.
+
+:meth:`FrontEnd.normalize` advances the statistics by a chunk and returns a
+:class:`Normalized` record; :meth:`FrontEnd.to_counts` maps the network's output back with
+it and changes nothing, :meth:`FrontEnd.target` turns a clean chunk into the network's
+training target.
    This is the classical causal PCA projection, kept up to date, with a learned temporal
    denoiser on top.
 
@@ -26,7 +31,26 @@ in numpy for every backend.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+
+@dataclass
+class Normalized:
+    """One chunk in the network's units, and how to map the network's output back.
+
+    ``B`` streams, ``n`` frames, ``W`` bins, ``r`` the subspace rank.
+    """
+
+    features: np.ndarray  # (B, n, F) float32: what the network takes
+    baseline: np.ndarray  # (B, n, W) running baseline b of each frame
+    scale: np.ndarray  # (B, n, W) noise scale s of each frame
+    basis: np.ndarray | None  # (B, n, W, r) the tracked subspace U at each frame (None without one)
+    # The same statistics for the frames the outputs belong to (lag frames earlier).
+    out_baseline: np.ndarray | None = None
+    out_scale: np.ndarray | None = None
+    out_basis: np.ndarray | None = None
 
 
 def _initial_basis(n_bins: int, rank: int) -> np.ndarray:
@@ -102,11 +126,12 @@ class FrontEnd:
             self.basis[sl] = _initial_basis(self.n_bins, self.rank)
             self.hist_u[sl] = 0.0
 
-    def features(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Advance by a chunk ``x`` (B, n, W) of counts.
+    def normalize(self, x: np.ndarray) -> Normalized:
+        """Advance by a chunk ``x`` (B, n, W) of counts; return it in the network's units.
 
-        Returns ``(feat, stats)``: ``feat`` (B, n, n_features) float32 for the network, and
-        the per-frame statistics needed to map its output back to counts.
+        The record also carries the statistics of the frames the network's outputs for
+        this chunk belong to (``lag`` frames earlier), so :meth:`to_counts` needs nothing
+        else and changes nothing.
         """
         bsz, n, w = x.shape
         if bsz != self.batch or w != self.n_bins:
@@ -120,9 +145,8 @@ class FrontEnd:
             b[:, i] = self.mean
         s = np.sqrt(np.maximum(b, 0.0) + self.floor)
         xn = (x - b) / s
-        stats = {"b": b, "s": s}
         if not self.rank:
-            return xn.astype(np.float32), stats
+            return self._delayed(Normalized(xn.astype(np.float32), b, s, None))
         r = self.rank
         xn32 = xn.astype(np.float32)
         z = np.empty((bsz, n, r), dtype=np.float32)
@@ -140,32 +164,34 @@ class FrontEnd:
             lam[:, i] = np.abs(d)
             u_all[:, i] = self.basis
             z[:, i] = (v[:, None, :] @ self.basis)[:, 0]
-        stats["u"] = u_all
         feat = np.concatenate([z, np.log(lam + 1e-3)], axis=2)
-        return feat.astype(np.float32), stats
+        return self._delayed(Normalized(feat.astype(np.float32), b, s, u_all))
 
-    def target(self, clean: np.ndarray, stats: dict[str, np.ndarray]) -> np.ndarray:
-        """What the network should output for ``clean`` (B, n, W) counts, frame by frame."""
-        tn = (clean - stats["b"]) / stats["s"]
+    def _delayed(self, norm: Normalized) -> Normalized:
+        """Fill in the statistics of the frames ``lag`` earlier, advancing the lag history."""
+        if not self.lag:
+            norm.out_baseline, norm.out_scale, norm.out_basis = norm.baseline, norm.scale, norm.basis
+            return norm
+        n = norm.baseline.shape[1]
+        fb = np.concatenate([self.hist_b, norm.baseline], axis=1)
+        fs = np.concatenate([self.hist_s, norm.scale], axis=1)
+        self.hist_b[:], self.hist_s[:] = fb[:, n:], fs[:, n:]
+        norm.out_baseline, norm.out_scale = fb[:, :n], fs[:, :n]
         if self.rank:
-            tn = (tn[:, :, None, :].astype(np.float32) @ stats["u"])[:, :, 0]
+            fu = np.concatenate([self.hist_u, norm.basis], axis=1)
+            self.hist_u[:] = fu[:, n:]
+            norm.out_basis = fu[:, :n]
+        return norm
+
+    def target(self, clean: np.ndarray, norm: Normalized) -> np.ndarray:
+        """What the network should output for ``clean`` (B, n, W) counts, frame by frame."""
+        tn = (clean - norm.baseline) / norm.scale
+        if self.rank:
+            tn = (tn[:, :, None, :].astype(np.float32) @ norm.basis)[:, :, 0]
         return tn.astype(np.float32)
 
-    def reconstruct(self, out: np.ndarray, stats: dict[str, np.ndarray]) -> np.ndarray:
-        """Map network output (B, n, n_outputs), ``lag`` frames behind, back to counts.
-
-        Advances the lag history, so call it once per chunk, after :meth:`features`.
-        """
-        b, s, u = stats["b"], stats["s"], stats.get("u")
-        if self.lag:
-            n = b.shape[1]
-            fb = np.concatenate([self.hist_b, b], axis=1)
-            fs = np.concatenate([self.hist_s, s], axis=1)
-            self.hist_b[:], self.hist_s[:] = fb[:, n:], fs[:, n:]
-            b, s = fb[:, :n], fs[:, :n]
-            if self.rank:
-                fu = np.concatenate([self.hist_u, u], axis=1)
-                self.hist_u[:] = fu[:, n:]
-                u = fu[:, :n]
+    def to_counts(self, out: np.ndarray, norm: Normalized) -> np.ndarray:
+        """Map network output (B, n, n_outputs), ``lag`` frames behind, back to counts (B, n, W)."""
+        u = norm.out_basis
         yn = (u @ out[..., None])[..., 0] if self.rank else out
-        return b + s * yn
+        return norm.out_baseline + norm.out_scale * yn

@@ -1,0 +1,83 @@
+"""The model config, stored whole in every checkpoint, and the registry of model families."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass, field
+
+# arch -> the family's class, imported when first asked for ("module:Class"). A new kind of
+# model is one new class and one line here; the engines, the service and the wire never
+# look at ``arch``.
+FAMILIES = {
+    "subspace": "rtdenoise.model.subspace:SubspaceModel",
+    "spectral": "rtdenoise.model.residual:ChannelsModel",
+    "2d": "rtdenoise.model.residual:DeepDenoise2D",
+}
+
+
+def family(arch: str):
+    """The model family class registered under ``arch``."""
+    if arch not in FAMILIES:
+        raise ValueError(f"arch must be one of {', '.join(repr(a) for a in FAMILIES)}, got {arch!r}")
+    module, _, name = FAMILIES[arch].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a causal model; stored whole in every checkpoint."""
+
+    arch: str = "subspace"  # model family (FAMILIES): "subspace" (causal PCA coefficients), "spectral" (wavelengths as channels) or "2d" (DeepDenoise)
+    n_bins: int = 152  # frame width W the model is built for
+    rank: int = 8  # "subspace" only: tracked spectral dimensions (the signal needs ~3; spare ones let it shrink noise)
+    cov_horizon: int = 1000  # "subspace" only: frames of the running covariance (200 s at 5 Hz; longer = a better-estimated subspace)
+    taps: int = 8  # "subspace" only: frames in each predicted filter; must exceed lag
+    depth: int = 8  # conv layers in all, first and last included
+    width: int = 64  # hidden channels
+    kernel_t: int = 3  # taps along time
+    kernel_w: int = 3  # taps along wavelength ("2d" only)
+    dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 1, 2, 4, 1])  # per layer along time; [] = all 1
+    lag: int = 0  # frames of lookahead: the output for frame t leaves when t + lag arrives
+    horizon: int = 150  # front end: frames in the running baseline (30 s at 5 Hz)
+    floor: float = 25.0  # front end: variance floor in counts² (about a read noise of 5)
+
+    def __post_init__(self):
+        fam = family(self.arch)
+        if self.depth < 2:
+            raise ValueError(f"depth must be >= 2, got {self.depth}")
+        if self.dilations and len(self.dilations) != self.depth:
+            raise ValueError(f"dilations needs one entry per layer ({self.depth}), got {len(self.dilations)}")
+        if self.lag < 0:
+            raise ValueError(f"lag must be >= 0, got {self.lag}")
+        self.dilations = list(self.dilations)
+        fam.check_config(self)
+
+    @property
+    def family(self):
+        """The model family class this config builds."""
+        return family(self.arch)
+
+    def frontend(self, batch: int = 1):
+        """A fresh causal front end for ``batch`` streams of this model."""
+        return self.family.frontend(self, batch)
+
+    @property
+    def receptive_field(self) -> int:
+        """Frames of input (the current one included) that one output depends on."""
+        return self.family.receptive_field(self)
+
+    def build(self):
+        """A freshly initialised network of this config's family."""
+        return self.family(self)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; known: {sorted(known)}")
+        return cls(**d)

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_quality import machine, recordings  # noqa: E402
 
-from rtdenoise import eval as ev  # noqa: E402
+from rtdenoise import metrics  # noqa: E402
 from rtdenoise.denoise import denoise  # noqa: E402
 from rtdenoise.model.checkpoint import load  # noqa: E402
 from rtdenoise.model.config import ModelConfig  # noqa: E402
@@ -66,10 +66,10 @@ def main(argv=None) -> int:
         for rname, rec in recs.items():
             ref = rec["clean"] + rec["static"]
             t0 = time.perf_counter()
-            entry["snr_db"][rname] = ev.snr_db(denoise(rec["noisy"], model=ck), ref)
+            entry["snr_db"][rname] = metrics.snr_db(denoise(rec["noisy"], model=ck), ref)
             entry.setdefault("ms_per_frame", 1e3 * (time.perf_counter() - t0) / len(ref))
         res["archs"][name] = entry
-    raw = {r: ev.snr_db(rec["noisy"], rec["clean"] + rec["static"]) for r, rec in recs.items()}
+    raw = {r: metrics.snr_db(rec["noisy"], rec["clean"] + rec["static"]) for r, rec in recs.items()}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "archs.json").write_text(json.dumps(res, indent=2, default=float))
     cols = list(recs)

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_quality import machine, recordings  # noqa: E402
 
-from rtdenoise import eval as ev  # noqa: E402
+from rtdenoise import metrics  # noqa: E402
 from rtdenoise.model.config import ModelConfig  # noqa: E402
 
 
@@ -30,13 +30,13 @@ def main() -> int:
         ref = rec["clean"] + rec["static"]
         for horizon in (300, 1000):
             fe = ModelConfig(rank=8, cov_horizon=horizon).frontend(1)
-            feat, st = fe.features(rec["noisy"][None])
-            oracle = fe.reconstruct(fe.target(ref[None], st), st)[0]
-            cells = [f"{ev.snr_db(oracle, ref):.2f}"]
+            norm = fe.normalize(rec["noisy"][None])
+            oracle = fe.to_counts(fe.target(ref[None], norm), norm)[0]
+            cells = [f"{metrics.snr_db(oracle, ref):.2f}"]
             for k in (2, 3):
-                z = feat[..., :8].copy()
+                z = norm.features[..., :8].copy()
                 z[..., k:] = 0
-                cells.append(f"{ev.snr_db(fe.reconstruct(z, st)[0], ref):.2f}")
+                cells.append(f"{metrics.snr_db(fe.to_counts(z, norm)[0], ref):.2f}")
             rows.append(f"| {rname} | {horizon} | " + " | ".join(cells) + " |")
     md = "\n".join([
         "# Ceilings of the causal subspace front end (rank 8)",

@@ -31,7 +31,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_quality import machine  # noqa: E402
 
-from rtdenoise.bench import paced_load, percentiles  # noqa: E402
+from rtdenoise.bench import paced_load  # noqa: E402
+from rtdenoise.metrics import percentiles  # noqa: E402
 from rtdenoise.synth import simulate  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -88,7 +89,7 @@ def engine_step_ms(steps: int = 2000) -> dict:
         t = time.perf_counter()
         eng.step(x[i : i + 1], st)
         times.append((time.perf_counter() - t) * 1e3)
-    return percentiles(np.array(times[200:]))
+    return percentiles(times[200:], (50, 90, 99, 99.9))
 
 
 class ServeProcess:

@@ -8,7 +8,7 @@ training never draws, and where possible settings outside the training ranges (e
 peak, decay time, event rate); the reference recording is the one the issue quotes
 (152 bins, 5 Hz, 2000 counts at peak, read noise 8).
 
-Metrics (``rtdenoise.eval``): SNR of the dynamic part in dB; correlation of the sensor
+Metrics (``rtdenoise.metrics``): SNR of the dynamic part in dB; correlation of the sensor
 trace recovered by least-squares unmixing with the known spectra against the true
 activity; event fidelity (amplitudes of isolated ground-truth release events ≥ 5 % ΔF,
 measured on the unmixed trace, within 10 % of the clean trace's); invented transients on
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdenoise import eval as ev
+from rtdenoise import metrics, baselines
 from rtdenoise.denoise import denoise
 from rtdenoise.model.checkpoint import load, shipped_models_dir
 from rtdenoise.synth import DetectorConfig, DetectorNoise, SpectralConfig, simulate
@@ -65,7 +65,7 @@ def machine() -> str:
 def sensor_trace(frames: np.ndarray, rec: dict) -> np.ndarray:
     """The sensor's activity trace by unmixing with the known spectra (dark level removed)."""
     spectra = np.stack([rec["signature"], -rec["eps_hbo2"], -rec["eps_hb"]])
-    return ev.unmix(frames - rec["static"], spectra)[:, 0]
+    return metrics.unmix(frames - rec["static"], spectra)[:, 0]
 
 
 def event_fidelity(est: np.ndarray, rec: dict) -> dict:
@@ -80,8 +80,8 @@ def event_fidelity(est: np.ndarray, rec: dict) -> dict:
     ]
     if not keep:
         return {"events": 0, "within_10pct": None, "median_rel_error": None}
-    ref = ev.event_amplitudes(sensor_trace(rec["clean"] + rec["static"], rec), onsets[keep], fs=fs)
-    got = ev.event_amplitudes(sensor_trace(est, rec), onsets[keep], fs=fs)
+    ref = metrics.event_amplitudes(sensor_trace(rec["clean"] + rec["static"], rec), onsets[keep], fs=fs)
+    got = metrics.event_amplitudes(sensor_trace(est, rec), onsets[keep], fs=fs)
     rel = np.abs(got - ref) / np.abs(ref)
     return {"events": len(keep), "within_10pct": float(np.mean(rel <= 0.10)), "median_rel_error": float(np.median(rel))}
 
@@ -104,14 +104,14 @@ def main(argv=None) -> int:
         fs = float(rec["fs"])
         row: dict[str, dict] = {}
         t0 = time.perf_counter()
-        table = ev.baseline_table(noisy, ref, fs=fs)
+        table = baselines.baseline_table(noisy, ref, fs=fs)
         estimates = {"raw": noisy}
-        estimates["ema (causal)"] = ev.ema(noisy, alpha=table["ema (causal)"]["param"])
-        estimates["gaussian_2d (offline)"] = ev.gaussian_2d(noisy, sigma=table["gaussian_2d (offline)"]["param"])
-        estimates["savgol (offline)"] = ev.savgol(noisy, window=table["savgol (offline)"]["param"])
-        estimates["pca (offline)"] = ev.pca_project(noisy, rank=table["pca (offline)"]["param"])
+        estimates["ema (causal)"] = baselines.ema(noisy, alpha=table["ema (causal)"]["param"])
+        estimates["gaussian_2d (offline)"] = baselines.gaussian_2d(noisy, sigma=table["gaussian_2d (offline)"]["param"])
+        estimates["savgol (offline)"] = baselines.savgol(noisy, window=table["savgol (offline)"]["param"])
+        estimates["pca (offline)"] = baselines.pca_project(noisy, rank=table["pca (offline)"]["param"])
         fit = min(int(60 * fs), len(noisy))
-        estimates["pca (causal, first 60 s)"] = ev.pca_project(noisy, rank=table["pca (causal, first 60 s)"]["param"], fit_frames=fit)
+        estimates["pca (causal, first 60 s)"] = baselines.pca_project(noisy, rank=table["pca (causal, first 60 s)"]["param"], fit_frames=fit)
         for ck in ckpts:
             t1 = time.perf_counter()
             estimates[f"model {ck.name}"] = denoise(noisy, model=ck)
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
         truth = rec["activity"]
         for name, est in estimates.items():
             entry = row.setdefault(name, {})
-            entry["snr_db"] = ev.snr_db(est, ref)
+            entry["snr_db"] = metrics.snr_db(est, ref)
             entry["param"] = table.get(name, {}).get("param")
             entry["causal"] = name.startswith("model") or "causal" in name or name == "raw"
             entry["trace_corr"] = float(np.corrcoef(sensor_trace(est, rec), truth)[0, 1])
@@ -134,10 +134,10 @@ def main(argv=None) -> int:
     raw_trace = sensor_trace(steady["noisy"], steady)
     d = np.diff(raw_trace)
     thr = 3.0 * 1.4826 * float(np.median(np.abs(d - np.median(d))))  # low enough that raw noise crosses it
-    pure = {"threshold": thr, "raw": int(len(ev.detect_events(raw_trace, fs=5.0, threshold=thr)))}
+    pure = {"threshold": thr, "raw": int(len(metrics.detect_events(raw_trace, fs=5.0, threshold=thr)))}
     for ck in ckpts:
         out = denoise(steady["noisy"], model=ck)
-        pure[f"model {ck.name}"] = int(len(ev.detect_events(sensor_trace(out, steady), fs=5.0, threshold=thr)))
+        pure[f"model {ck.name}"] = int(len(metrics.detect_events(sensor_trace(out, steady), fs=5.0, threshold=thr)))
     results["pure_noise_events"] = pure
 
     stem = Path(args.out)
@@ -204,7 +204,7 @@ def plot(recs, outputs, ckpts, path: Path) -> None:
     vmin, vmax = np.percentile(ref[sl] - ref.mean(0), [1, 99])
     for ax, name in zip(axes, shown + ["clean"]):
         x = ref if name == "clean" else est[name]
-        snr = "" if name == "clean" else f"  ({ev.snr_db(x, ref):.1f} dB)"
+        snr = "" if name == "clean" else f"  ({metrics.snr_db(x, ref):.1f} dB)"
         ax.imshow((x[sl] - ref.mean(0)).T, aspect="auto", origin="lower", extent=[t[0], t[-1], wl[0], wl[-1]], vmin=vmin, vmax=vmax, cmap="viridis")
         ax.set_ylabel("nm")
         ax.set_title(f"{name}{snr}", fontsize=9, loc="left")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdenoise import eval as ev
+from rtdenoise import metrics
 from rtdenoise.synth import DetectorConfig, DetectorNoise, simulate
 
 
@@ -66,7 +66,7 @@ def main(out: str = str(Path(__file__).parent / "results" / "synthetic_instance.
     ax.hist(noise.ravel(), bins=80, color="0.5")
     ax.set_title("noise histogram (counts)", fontsize=9, loc="left")
     ax = fig.add_subplot(gs[3, :])
-    noisy_tr = ev.unmix(rec["noisy"] - rec["static"], spectra)
+    noisy_tr = metrics.unmix(rec["noisy"] - rec["static"], spectra)
     for k, (name, truth) in enumerate([("sensor a(t)", rec["activity"]), ("HbO₂ h₁(t)", rec["hbo2"]), ("Hb h₂(t)", rec["hb"])]):
         off = -0.4 * k
         ax.plot(t, noisy_tr[:, k] - noisy_tr[:, k].mean() + off, lw=0.5, color=f"C{k}", alpha=0.5)

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rtdenoise.metrics import percentiles
+
 
 @dataclass
 class LoadResult:
@@ -42,7 +44,7 @@ class LoadResult:
 
     def latency_summary(self) -> dict:
         e = np.concatenate([v[~np.isnan(v)] for v in self.e2e_ms.values()])
-        out = percentiles(e)
+        out = percentiles(e, (50, 90, 99, 99.9))
         out["stages_p50"] = {
             k: float(np.nanmedian(np.concatenate([s[k] for s in self.stage_ms.values()]))) for k in ("in", "service", "out")
         }
@@ -50,18 +52,6 @@ class LoadResult:
             k: float(np.nanpercentile(np.concatenate([s[k] for s in self.stage_ms.values()]), 99)) for k in ("in", "service", "out")
         }
         return out
-
-
-def percentiles(e: np.ndarray) -> dict:
-    if len(e) == 0:
-        return {k: float("nan") for k in ("p50", "p90", "p99", "p999", "max")}
-    return {
-        "p50": float(np.percentile(e, 50)),
-        "p90": float(np.percentile(e, 90)),
-        "p99": float(np.percentile(e, 99)),
-        "p999": float(np.percentile(e, 99.9)),
-        "max": float(e.max()),
-    }
 
 
 def paced_load(
@@ -195,3 +185,28 @@ def _round_trip(pub, sub, probe: str, frame: np.ndarray, timeout: float, pub_add
         f"no denoised probe frame came back within {timeout:g} s: is the service running, taking frames "
         f"from {pub_address} and publishing on {sub_address}?"
     )
+
+
+def bench_latency(pub: str, sub: str, *, rate: float, seconds: float, streams: int = 1, input=None,
+                  **kwargs) -> dict:
+    """``rtdenoise bench latency``: :func:`paced_load` of ``streams`` copies of a recording.
+
+    ``input``: a recording file to publish (default: synthetic 152-bin spectra), tiled to
+    ``rate × seconds`` frames. ``kwargs`` go to :func:`paced_load`. Returns frames in, out,
+    lost, late sends and the latency summary (ms).
+    """
+    if streams < 1:
+        raise ValueError(f"--streams must be >= 1, got {streams}")
+    n = max(1, int(rate * seconds))
+    if input:
+        from rtdenoise.io import load_frames
+
+        base = load_frames(input)
+    else:
+        from rtdenoise.synth import simulate
+
+        base = simulate(min(n, 3000), seed=0, photons=2000)["noisy"]
+    frames = np.tile(base, (-(-n // len(base)),) + (1,) * (base.ndim - 1))[:n]
+    res = paced_load(pub, sub, {f"bench{i}": frames for i in range(streams)}, rate=rate, **kwargs)
+    return {"frames_in": res.frames_in, "frames_out": res.frames_out, "frames_lost": res.frames_lost,
+            "late_sends": res.late_sends, "latency_ms": res.latency_summary()}

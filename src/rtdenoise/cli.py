@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-BACKEND_CHOICES = ["auto", "torch", "onnxruntime", "tensorrt"]
+from rtdenoise.backends.base import BACKENDS
 
 
 def _print_json(obj) -> None:
@@ -64,19 +64,20 @@ def cmd_simulate(args) -> int:
 
 
 def _add_train(sub) -> None:
-    from rtdenoise.model.config import ModelConfig
+    from rtdenoise.model.config import FAMILIES, ModelConfig
     from rtdenoise.train import TrainConfig
 
     m, t = ModelConfig(), TrainConfig()
     p = sub.add_parser("train", help="train a causal denoiser on synthetic spectra + instrument noise")
     p.add_argument("out", help="checkpoint to write (.pt); rewritten at every validation")
-    p.add_argument("--arch", choices=["subspace", "spectral", "2d"], default=m.arch)
+    p.add_argument("--arch", choices=list(FAMILIES), default=m.arch)
     p.add_argument("--lag", type=int, default=m.lag, help="frames of lookahead (0 = strictly causal)")
     p.add_argument("--depth", type=int, default=m.depth)
     p.add_argument("--width", type=int, default=m.width)
     p.add_argument("--rank", type=int, default=m.rank)
     p.add_argument("--taps", type=int, default=m.taps)
-    p.add_argument("--dilations", default=None, help="comma-separated, one per layer (default: the model's)")
+    p.add_argument("--dilations", default=None,
+                   help="comma-separated, one per layer (default: the model's own at its default depth, else all 1)")
     p.add_argument("--steps", type=int, default=t.steps)
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget")
     p.add_argument("--batch", type=int, default=t.batch)
@@ -97,14 +98,10 @@ def cmd_train(args) -> int:
     from rtdenoise.train import TrainConfig, train
 
     signal = SpectralConfig()
-    kw = {}
-    if args.dilations:
-        kw["dilations"] = [int(d) for d in args.dilations.split(",")]
-    elif args.depth != ModelConfig().depth:
-        kw["dilations"] = []
+    dilations = None if args.dilations is None else [int(d) for d in args.dilations.split(",") if d.strip()]
     model = ModelConfig(
         arch=args.arch, lag=args.lag, depth=args.depth, width=args.width, rank=args.rank, taps=args.taps,
-        n_bins=signal.n_bins, **kw,
+        n_bins=signal.n_bins, dilations=dilations,
     )
     cfg = TrainConfig(
         steps=args.steps, minutes=args.minutes, batch=args.batch, window=args.window, lr=args.lr,
@@ -178,7 +175,7 @@ def _add_denoise(sub) -> None:
     p.add_argument("input", help=".npy/.npz/.tif/.h5/.mat, frames × wavelengths")
     p.add_argument("output", help="where to write the denoised frames (same formats)")
     p.add_argument("--model", default=None, help="a .pt file or shipped model name (default: the shipped default)")
-    p.add_argument("--backend", choices=BACKEND_CHOICES, default="torch")
+    p.add_argument("--backend", choices=BACKENDS, default="torch")
     p.add_argument("--chunk", type=int, default=None, help="frames per engine step (1 = frame by frame, as the live service); any value gives the same frames (default 1024)")
     p.add_argument("--key", default=None, help="array name inside .npz/.h5/.mat (default: noisy, frames or data)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -203,10 +200,12 @@ def cmd_denoise(args) -> int:
 
 
 def _add_export(sub) -> None:
+    from rtdenoise.backends.export import DEFAULT_OPSET
+
     p = sub.add_parser("export", help="export a model's streaming step to ONNX (for onnxruntime and TensorRT)")
     p.add_argument("model", nargs="?", default=None, help="a .pt file or shipped model name (default: the default model)")
     p.add_argument("--onnx", default=None, help="output .onnx (default: engines/NAME.onnx)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
     p.set_defaults(func=cmd_export)
 
 
@@ -229,13 +228,18 @@ def cmd_export(args) -> int:
 
 
 def _add_build_engine(sub) -> None:
+    import inspect
+
+    from rtdenoise.backends.trt_engine import build_plan
+
+    d = {k: v.default for k, v in inspect.signature(build_plan).parameters.items()}
     p = sub.add_parser("build-engine", help="build a TensorRT plan for this GPU from a model or an exported .onnx")
     p.add_argument("model", nargs="?", default=None, help="a .onnx from `rtdenoise export`, a .pt file or a shipped model name")
     p.add_argument("--plan", default=None, help="output plan (default: engines/NAME.plan; metadata in NAME.plan.json)")
     p.add_argument("--fp16", action="store_true", help="allow half-precision layers")
-    p.add_argument("--max-batch", type=int, default=16, help="most streams per engine call")
-    p.add_argument("--max-chunk", type=int, default=64, help="most frames per engine call (longer chunks are split)")
-    p.add_argument("--workspace-mb", type=int, default=1024, help="TensorRT builder workspace, MiB")
+    p.add_argument("--max-batch", type=int, default=d["max_batch"], help="most streams per engine call")
+    p.add_argument("--max-chunk", type=int, default=d["max_chunk"], help="most frames per engine call (longer chunks are split)")
+    p.add_argument("--workspace-mb", type=int, default=d["workspace_mb"], help="TensorRT builder workspace, MiB")
     p.set_defaults(func=cmd_build_engine)
 
 
@@ -272,7 +276,7 @@ def cmd_build_engine(args) -> int:
 def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="run the live service: frames in over ZeroMQ, denoised frames out")
     p.add_argument("--model", default=None, help="a .pt file or shipped model name (default: the shipped default)")
-    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="auto: TensorRT on a GPU, else CUDA torch, else the fastest CPU backend measured for the model")
     p.add_argument("--sub", default="tcp://127.0.0.1:5555", help="input endpoint (connects; see --bind-sub)")
     p.add_argument("--bind-sub", action="store_true", help="bind the input instead of connecting to the acquisition")
@@ -454,7 +458,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--rate", type=float, default=50.0,
                    help="frames/s published (default 50: a 5 Hz recording replayed 10x faster than real time)")
     p.add_argument("--model", default=None, help="a .pt file or shipped model name (default: the shipped default)")
-    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="auto: TensorRT on a GPU, else CUDA torch, else the fastest CPU backend measured for the model")
     p.add_argument("--photons", type=float, default=2000.0, help="counts at the emission peak")
     p.add_argument("--seed", type=int, default=0)
@@ -493,33 +497,18 @@ def _add_bench(sub) -> None:
 
 
 def cmd_bench_latency(args) -> int:
-    import numpy as np
+    from rtdenoise.bench import bench_latency
 
-    from rtdenoise.bench import paced_load
-
-    if args.streams < 1:
-        raise ValueError(f"--streams must be >= 1, got {args.streams}")
-    n = max(1, int(args.rate * args.seconds))
-    if args.input:
-        from rtdenoise.io import load_frames
-
-        base = load_frames(args.input)
-    else:
-        from rtdenoise.synth import simulate
-
-        base = simulate(min(n, 3000), seed=0, photons=2000)["noisy"]
-    frames = np.tile(base, (-(-n // len(base)),) + (1,) * (base.ndim - 1))[:n]
-    res = paced_load(args.pub, args.sub, {f"bench{i}": frames for i in range(args.streams)}, rate=args.rate,
-                     bind_pub=not args.connect, lag=args.lag, connect_timeout=args.timeout,
-                     curve_keys=_client_keys(args))
-    summary = {"frames_in": res.frames_in, "frames_out": res.frames_out, "frames_lost": res.frames_lost,
-               "late_sends": res.late_sends, "latency_ms": res.latency_summary()}
+    summary = bench_latency(
+        args.pub, args.sub, rate=args.rate, seconds=args.seconds, streams=args.streams, input=args.input,
+        bind_pub=not args.connect, lag=args.lag, connect_timeout=args.timeout, curve_keys=_client_keys(args),
+    )
     if args.json:
         _print_json(summary)
         return 0
     lat = summary["latency_ms"]
-    print(f"{args.streams} stream(s) at {args.rate:g} frames/s for {args.seconds:g} s: in {res.frames_in}, "
-          f"out {res.frames_out}, lost {res.frames_lost}")
+    print(f"{args.streams} stream(s) at {args.rate:g} frames/s for {args.seconds:g} s: in {summary['frames_in']}, "
+          f"out {summary['frames_out']}, lost {summary['frames_lost']}")
     print("latency ms  " + "  ".join(f"{k} {lat[k]:.3f}" for k in ("p50", "p90", "p99", "p999", "max")))
     print("stages p50  " + "  ".join(f"{k} {v:.3f}" for k, v in lat["stages_p50"].items()))
     return 0

@@ -38,7 +38,7 @@ def run_demo(
     """
     from tqdm import tqdm
 
-    from rtdenoise import eval as ev
+    from rtdenoise import metrics
     from rtdenoise.bench import paced_load
     from rtdenoise.stream.service import Service
     from rtdenoise.synth import DetectorConfig, DetectorNoise, simulate
@@ -65,7 +65,7 @@ def run_demo(
             e = e[~np.isnan(e)]
             bar.set_postfix(
                 p50=f"{np.percentile(e, 50):.2f}ms", p99=f"{np.percentile(e, 99):.2f}ms",
-                gain=f"{ev.snr_db(out[done], ref[done]) - ev.snr_db(noisy[done], ref[done]):+.1f}dB",
+                gain=f"{metrics.snr_db(out[done], ref[done]) - metrics.snr_db(noisy[done], ref[done]):+.1f}dB",
             )
             last[0] = now
 
@@ -92,8 +92,8 @@ def run_demo(
         "latency_ms": {k: summary[k] for k in ("p50", "p90", "p99", "p999", "max")},
         "latency_stages_ms_p50": summary["stages_p50"],
         "snr_db": {
-            "raw": ev.snr_db(noisy[done], ref[done]) if done.any() else float("nan"),
-            "denoised": ev.snr_db(out[done], ref[done]) if done.any() else float("nan"),
+            "raw": metrics.snr_db(noisy[done], ref[done]) if done.any() else float("nan"),
+            "denoised": metrics.snr_db(out[done], ref[done]) if done.any() else float("nan"),
         },
         "service": {k: stream_stats.get(k) for k in ("frames_in", "frames_out", "gaps", "dropped", "restarts")},
         "rejected": stats.get("rejected_by_reason", {}),
@@ -126,7 +126,7 @@ def plot(rec: dict, out: np.ndarray, e2e: np.ndarray, report: dict, path: str) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rtdenoise import eval as ev
+    from rtdenoise import metrics
 
     ref = rec["clean"] + rec["static"]
     noisy = rec["noisy"]
@@ -146,7 +146,7 @@ def plot(rec: dict, out: np.ndarray, e2e: np.ndarray, report: dict, path: str) -
     ax = axes[3]
     for name, x, style in [("raw", noisy, dict(lw=0.5, alpha=0.6)), ("denoised", out, dict(lw=1.0)), ("clean", ref, dict(lw=1.2, color="k"))]:
         tr = np.full(len(x), np.nan)
-        tr[ok] = ev.unmix(x[ok] - rec["static"], spectra)[:, 0]
+        tr[ok] = metrics.unmix(x[ok] - rec["static"], spectra)[:, 0]
         ax.plot(t, tr, label=name, **style)
     ax.set_ylabel("sensor (unmixed)")
     ax.set_xlabel("recording time (s at 5 Hz)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # arch -> the family's class, imported when first asked for ("module:Class"). A new kind of
 # model is one new class and one line here; the engines, the service and the wire never
@@ -24,6 +24,9 @@ def family(arch: str):
     return getattr(importlib.import_module(module), name)
 
 
+DEFAULT_DILATIONS = (1, 2, 4, 8, 1, 2, 4, 1)  # the default depth-8 trunk: 57 frames of receptive field
+
+
 @dataclass
 class ModelConfig:
     """Architecture of a causal model; stored whole in every checkpoint."""
@@ -37,7 +40,7 @@ class ModelConfig:
     width: int = 64  # hidden channels
     kernel_t: int = 3  # taps along time
     kernel_w: int = 3  # taps along wavelength ("2d" only)
-    dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 1, 2, 4, 1])  # per layer along time; [] = all 1
+    dilations: list[int] | None = None  # per layer along time; [] = all 1; None = DEFAULT_DILATIONS at depth 8, else all 1
     lag: int = 0  # frames of lookahead: the output for frame t leaves when t + lag arrives
     horizon: int = 150  # front end: frames in the running baseline (30 s at 5 Hz)
     floor: float = 25.0  # front end: variance floor in counts² (about a read noise of 5)
@@ -46,6 +49,8 @@ class ModelConfig:
         fam = family(self.arch)
         if self.depth < 2:
             raise ValueError(f"depth must be >= 2, got {self.depth}")
+        if self.dilations is None:
+            self.dilations = list(DEFAULT_DILATIONS) if self.depth == len(DEFAULT_DILATIONS) else []
         if self.dilations and len(self.dilations) != self.depth:
             raise ValueError(f"dilations needs one entry per layer ({self.depth}), got {len(self.dilations)}")
         if self.lag < 0:

@@ -1,4 +1,4 @@
-"""Tests for rtdenoise.eval: metric properties and that each baseline does its job."""
+"""Tests for rtdenoise.metrics: metric properties and that each baseline does its job."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from rtdenoise import eval as ev
+from rtdenoise import metrics, baselines
 
 FS = 5.0
 T, W = 600, 64
@@ -44,20 +44,20 @@ def toy():
 def test_snr_perfect_is_inf_and_falls_with_noise():
     rng = np.random.default_rng(0)
     clean = 10 + np.outer(np.sin(np.arange(200) / 7), np.hanning(W))
-    assert ev.snr_db(clean, clean) == math.inf
+    assert metrics.snr_db(clean, clean) == math.inf
     noise = rng.standard_normal(clean.shape)
-    scores = [ev.snr_db(clean + s * noise, clean) for s in (0.01, 0.1, 0.3, 1.0, 3.0)]
+    scores = [metrics.snr_db(clean + s * noise, clean) for s in (0.01, 0.1, 0.3, 1.0, 3.0)]
     assert all(a > b for a, b in zip(scores, scores[1:]))
 
 
 def test_snr_hand_computed():
     clean = np.array([[1.0, 2.0], [3.0, 4.0]])  # per-bin means (2, 3): signal power 4
     estimate = clean + np.array([[1.0, 0.0], [0.0, 1.0]])  # error power 2
-    assert ev.snr_db(estimate, clean) == pytest.approx(10 * math.log10(2.0))
+    assert metrics.snr_db(estimate, clean) == pytest.approx(10 * math.log10(2.0))
     # a steady offset in the clean baseline does not change the score
-    assert ev.snr_db(estimate + 1000, clean + 1000) == pytest.approx(10 * math.log10(2.0))
+    assert metrics.snr_db(estimate + 1000, clean + 1000) == pytest.approx(10 * math.log10(2.0))
     # 1-D traces work too
-    assert ev.snr_db(np.array([0.0, 3.0]), np.array([0.0, 2.0])) == pytest.approx(
+    assert metrics.snr_db(np.array([0.0, 3.0]), np.array([0.0, 2.0])) == pytest.approx(
         10 * math.log10(2.0 / 1.0)
     )
 
@@ -72,7 +72,7 @@ def test_snr_hand_computed():
 )
 def test_snr_rejects(estimate, clean, match):
     with pytest.raises(ValueError, match=match):
-        ev.snr_db(estimate, clean)
+        metrics.snr_db(estimate, clean)
 
 
 # --------------------------------------------------------------------------- unmix
@@ -88,26 +88,26 @@ def _mixture(t=80, seed=1):
 
 def test_unmix_recovers_coefficients_exactly():
     frames, spectra, coef, f0 = _mixture()
-    est = ev.unmix(frames, spectra, baseline=f0)
+    est = metrics.unmix(frames, spectra, baseline=f0)
     assert est.shape == coef.shape and est.dtype == np.float64
     np.testing.assert_allclose(est, coef, atol=1e-6)
 
 
 def test_unmix_default_baseline_is_exact_up_to_constant():
     frames, spectra, coef, _ = _mixture()
-    diff = ev.unmix(frames, spectra) - coef
+    diff = metrics.unmix(frames, spectra) - coef
     assert np.ptp(diff, axis=0).max() < 1e-6
 
 
 def test_unmix_ignores_a_flat_change():
     frames, spectra, coef, f0 = _mixture()
     flicker = np.exp(0.05 * np.sin(np.arange(len(frames))))[:, None]  # wavelength-flat
-    np.testing.assert_allclose(ev.unmix(frames * flicker, spectra, baseline=f0), coef, atol=1e-6)
+    np.testing.assert_allclose(metrics.unmix(frames * flicker, spectra, baseline=f0), coef, atol=1e-6)
 
 
 def test_unmix_float32_policy():
     frames, spectra, coef, f0 = _mixture()
-    est = ev.unmix(frames.astype(np.float32), spectra, baseline=f0)
+    est = metrics.unmix(frames.astype(np.float32), spectra, baseline=f0)
     assert est.dtype == np.float32
     np.testing.assert_allclose(est, coef, atol=1e-4)
 
@@ -115,33 +115,33 @@ def test_unmix_float32_policy():
 def test_unmix_rejects():
     frames, spectra, _, f0 = _mixture()
     with pytest.raises(ValueError, match="spectra must be"):
-        ev.unmix(frames, spectra[:, :-1])
+        metrics.unmix(frames, spectra[:, :-1])
     with pytest.raises(ValueError, match="linearly dependent"):
-        ev.unmix(frames, np.stack([spectra[0], np.ones(W)]))
+        metrics.unmix(frames, np.stack([spectra[0], np.ones(W)]))
     with pytest.raises(ValueError, match="positive"):
-        ev.unmix(frames, spectra, baseline=-f0)
+        metrics.unmix(frames, spectra, baseline=-f0)
     with pytest.raises(ValueError, match="baseline must have shape"):
-        ev.unmix(frames, spectra, baseline=f0[:10])
+        metrics.unmix(frames, spectra, baseline=f0[:10])
     bad = frames.copy()
     bad[3, 3] = np.nan
     with pytest.raises(ValueError, match="non-finite"):
-        ev.unmix(bad, spectra)
+        metrics.unmix(bad, spectra)
 
 
 def test_trace_correlation():
     frames, spectra, coef, _ = _mixture()
-    assert ev.trace_correlation(frames, coef[:, 0], spectra) == pytest.approx(1.0, abs=1e-9)
-    assert ev.trace_correlation(frames, -coef[:, 1], spectra, index=1) == pytest.approx(-1.0)
+    assert metrics.trace_correlation(frames, coef[:, 0], spectra) == pytest.approx(1.0, abs=1e-9)
+    assert metrics.trace_correlation(frames, -coef[:, 1], spectra, index=1) == pytest.approx(-1.0)
     rng = np.random.default_rng(3)
     noisy = frames + rng.normal(0, 20, frames.shape)
-    r_noisy = ev.trace_correlation(noisy, coef[:, 0], spectra)
-    assert r_noisy < ev.trace_correlation(frames, coef[:, 0], spectra)
+    r_noisy = metrics.trace_correlation(noisy, coef[:, 0], spectra)
+    assert r_noisy < metrics.trace_correlation(frames, coef[:, 0], spectra)
     with pytest.raises(ValueError, match="index"):
-        ev.trace_correlation(frames, coef[:, 0], spectra, index=2)
+        metrics.trace_correlation(frames, coef[:, 0], spectra, index=2)
     with pytest.raises(ValueError, match="frames"):
-        ev.trace_correlation(frames, coef[:-1, 0], spectra)
+        metrics.trace_correlation(frames, coef[:-1, 0], spectra)
     with pytest.raises(ValueError, match="constant"):
-        ev.trace_correlation(frames, np.ones(len(frames)), spectra)
+        metrics.trace_correlation(frames, np.ones(len(frames)), spectra)
 
 
 # --------------------------------------------------------------------------- events
@@ -160,18 +160,18 @@ def _transients(t, onsets, heights, *, fs=FS, tau_s=2.0, noise=0.05, seed=0):
 def test_detect_events_finds_injected_transients():
     onsets, heights = [100, 250, 400], [1.0, 2.0, 1.5]
     x = _transients(500, onsets, heights)
-    assert ev.detect_events(x, fs=FS).tolist() == onsets
+    assert metrics.detect_events(x, fs=FS).tolist() == onsets
 
 
 def test_detect_events_few_on_pure_noise():
     rng = np.random.default_rng(7)
     noise = rng.standard_normal(3000)
-    raw = ev.detect_events(noise, fs=FS)
+    raw = metrics.detect_events(noise, fs=FS)
     assert len(raw) <= 1
     # the use in benchmarks: a smoother invents no transients on pure noise
-    smoothed = ev.ema(noise[:, None], alpha=0.3)[:, 0]
-    assert len(ev.detect_events(smoothed, fs=FS)) <= len(raw) + 1
-    assert ev.detect_events(np.zeros(50), fs=FS).size == 0
+    smoothed = baselines.ema(noise[:, None], alpha=0.3)[:, 0]
+    assert len(metrics.detect_events(smoothed, fs=FS)) <= len(raw) + 1
+    assert metrics.detect_events(np.zeros(50), fs=FS).size == 0
 
 
 def test_detect_events_merges_within_separation():
@@ -179,63 +179,63 @@ def test_detect_events_merges_within_separation():
     x[20:] += 1.0
     x[21:] += 1.0  # a rise spread over two frames: one event
     x[24:] += 1.0  # 0.4 s later at 10 Hz: merged with min_separation 1 s
-    assert ev.detect_events(x, fs=10.0, threshold=0.5).tolist() == [20]
-    assert ev.detect_events(x, fs=10.0, threshold=0.5, min_separation_s=0.3).tolist() == [20, 24]
+    assert metrics.detect_events(x, fs=10.0, threshold=0.5).tolist() == [20]
+    assert metrics.detect_events(x, fs=10.0, threshold=0.5, min_separation_s=0.3).tolist() == [20, 24]
 
 
 def test_detect_events_explicit_threshold():
     x = _transients(300, [50, 150], [0.5, 3.0])
-    assert ev.detect_events(x, fs=FS, threshold=1.0).tolist() == [150]
+    assert metrics.detect_events(x, fs=FS, threshold=1.0).tolist() == [150]
 
 
 def test_event_amplitudes_within_ten_percent():
     onsets, heights = [100, 250, 400], [1.0, 2.0, 1.5]
     x = 3.0 + _transients(500, onsets, heights)
-    found = ev.detect_events(x, fs=FS)
-    amps = ev.event_amplitudes(x, found, fs=FS)
+    found = metrics.detect_events(x, fs=FS)
+    amps = metrics.event_amplitudes(x, found, fs=FS)
     np.testing.assert_allclose(amps, heights, rtol=0.1)
-    assert ev.event_amplitudes(x, [], fs=FS).shape == (0,)
+    assert metrics.event_amplitudes(x, [], fs=FS).shape == (0,)
 
 
 def test_event_args_rejected():
     x = np.zeros(20)
     with pytest.raises(ValueError, match="fs"):
-        ev.detect_events(x, fs=0)
+        metrics.detect_events(x, fs=0)
     with pytest.raises(ValueError, match="1-D"):
-        ev.detect_events(np.zeros((5, 2)), fs=FS)
+        metrics.detect_events(np.zeros((5, 2)), fs=FS)
     with pytest.raises(ValueError, match="non-finite"):
-        ev.detect_events(np.r_[x, np.nan], fs=FS)
+        metrics.detect_events(np.r_[x, np.nan], fs=FS)
     with pytest.raises(ValueError, match=r"\[0, 20\)"):
-        ev.event_amplitudes(x, [25], fs=FS)
+        metrics.event_amplitudes(x, [25], fs=FS)
     with pytest.raises(ValueError, match="integer"):
-        ev.event_amplitudes(x, [2.5], fs=FS)
+        metrics.event_amplitudes(x, [2.5], fs=FS)
 
 
 # --------------------------------------------------------------------------- baselines
 
 
 BEST = {
-    "gaussian_2d": lambda n, c: ev.best_gaussian_2d(n, c),
-    "savgol": lambda n, c: ev.best_savgol(n, c),
-    "ema": lambda n, c: ev.best_ema(n, c),
-    "pca": lambda n, c: ev.best_pca(n, c),
-    "pca-causal": lambda n, c: ev.best_pca(n, c, fit_frames=300),
+    "gaussian_2d": lambda n, c: baselines.best_gaussian_2d(n, c),
+    "savgol": lambda n, c: baselines.best_savgol(n, c),
+    "ema": lambda n, c: baselines.best_ema(n, c),
+    "pca": lambda n, c: baselines.best_pca(n, c),
+    "pca-causal": lambda n, c: baselines.best_pca(n, c, fit_frames=300),
 }
 
 
 @pytest.mark.parametrize("name", list(BEST))
 def test_every_baseline_raises_snr(toy, name):
     noisy, clean = toy
-    raw = ev.snr_db(noisy, clean)
+    raw = metrics.snr_db(noisy, clean)
     est, param, score = BEST[name](noisy, clean)
     assert est.shape == noisy.shape
-    assert score == pytest.approx(ev.snr_db(est, clean))
+    assert score == pytest.approx(metrics.snr_db(est, clean))
     assert score > raw + 3.0, (name, param, raw, score)
 
 
 def test_baseline_table(toy):
     noisy, clean = toy
-    table = ev.baseline_table(noisy, clean, fs=FS)
+    table = baselines.baseline_table(noisy, clean, fs=FS)
     assert list(table) == [
         "raw",
         "gaussian_2d (offline)",
@@ -249,7 +249,7 @@ def test_baseline_table(toy):
         if name != "raw":
             assert row["snr_db"] > table["raw"]["snr_db"], name
     # short recording: causal fit capped at T, so it equals the offline PCA
-    short = ev.baseline_table(noisy[:100], clean[:100], fs=FS)
+    short = baselines.baseline_table(noisy[:100], clean[:100], fs=FS)
     assert short["pca (causal, first 60 s)"] == short["pca (offline)"]
 
 
@@ -260,39 +260,39 @@ def test_pca_true_rank_beats_rank_one():
     traces = np.stack([_smooth_trace(rng, t, scale=5), _smooth_trace(rng, t, scale=5)], 1)
     clean = 50 + traces @ basis
     noisy = clean + rng.normal(0, 1.0, clean.shape)
-    s1 = ev.snr_db(ev.pca_project(noisy, rank=1), clean)
-    s2 = ev.snr_db(ev.pca_project(noisy, rank=2), clean)
+    s1 = metrics.snr_db(baselines.pca_project(noisy, rank=1), clean)
+    s2 = metrics.snr_db(baselines.pca_project(noisy, rank=2), clean)
     assert s2 > s1 + 3.0
-    _, best_rank, _ = ev.best_pca(noisy, clean)
+    _, best_rank, _ = baselines.best_pca(noisy, clean)
     assert best_rank == 2
     # noiseless data of rank 2 is reproduced by rank 2
-    np.testing.assert_allclose(ev.pca_project(clean, rank=2), clean, atol=1e-9)
+    np.testing.assert_allclose(baselines.pca_project(clean, rank=2), clean, atol=1e-9)
 
 
 def test_ema_is_causal(toy):
     noisy, _ = toy
-    out = ev.ema(noisy, alpha=0.2)
+    out = baselines.ema(noisy, alpha=0.2)
     changed = noisy.copy()
     changed[300:] = np.random.default_rng(9).normal(size=changed[300:].shape)
-    out2 = ev.ema(changed, alpha=0.2)
+    out2 = baselines.ema(changed, alpha=0.2)
     np.testing.assert_array_equal(out[:300], out2[:300])
     assert not np.allclose(out[300:], out2[300:])
     np.testing.assert_array_equal(out[0], noisy[0])  # y0 = x0
-    np.testing.assert_allclose(ev.ema(noisy, alpha=1.0), noisy)
+    np.testing.assert_allclose(baselines.ema(noisy, alpha=1.0), noisy)
 
 
 def test_causal_pca_ignores_frames_after_fit(toy):
     noisy, _ = toy
     n = 200
-    out = ev.pca_project(noisy, rank=2, fit_frames=n)
+    out = baselines.pca_project(noisy, rank=2, fit_frames=n)
     changed = noisy.copy()
     changed[n:] *= 1.5
-    out2 = ev.pca_project(changed, rank=2, fit_frames=n)
+    out2 = baselines.pca_project(changed, rank=2, fit_frames=n)
     np.testing.assert_allclose(out[:n], out2[:n], rtol=0, atol=1e-9)
     # each later frame depends only on itself (and the frozen fit)
     np.testing.assert_allclose(
-        ev.pca_project(changed, rank=2, fit_frames=n)[n + 5],
-        ev.pca_project(np.r_[noisy[:n], changed[n + 5 : n + 6]], rank=2, fit_frames=n)[n],
+        baselines.pca_project(changed, rank=2, fit_frames=n)[n + 5],
+        baselines.pca_project(np.r_[noisy[:n], changed[n + 5 : n + 6]], rank=2, fit_frames=n)[n],
         atol=1e-9,
     )
 
@@ -302,9 +302,9 @@ def test_offline_baselines_use_the_future(toy):
     changed = noisy.copy()
     changed[300:] += 50.0
     for fn in (
-        lambda x: ev.gaussian_2d(x, sigma=2),
-        lambda x: ev.savgol(x, window=11),
-        lambda x: ev.pca_project(x, rank=2),
+        lambda x: baselines.gaussian_2d(x, sigma=2),
+        lambda x: baselines.savgol(x, window=11),
+        lambda x: baselines.pca_project(x, rank=2),
     ):
         assert not np.allclose(fn(noisy)[:300], fn(changed)[:300])
 
@@ -312,11 +312,11 @@ def test_offline_baselines_use_the_future(toy):
 @pytest.mark.parametrize(
     "fn",
     [
-        pytest.param(lambda x: ev.gaussian_2d(x, sigma=(1, 0.5)), id="gaussian"),
-        pytest.param(lambda x: ev.savgol(x, window=7), id="savgol"),
-        pytest.param(lambda x: ev.ema(x, alpha=0.3), id="ema"),
-        pytest.param(lambda x: ev.pca_project(x, rank=2), id="pca"),
-        pytest.param(lambda x: ev.pca_project(x, rank=2, fit_frames=50), id="pca-causal"),
+        pytest.param(lambda x: baselines.gaussian_2d(x, sigma=(1, 0.5)), id="gaussian"),
+        pytest.param(lambda x: baselines.savgol(x, window=7), id="savgol"),
+        pytest.param(lambda x: baselines.ema(x, alpha=0.3), id="ema"),
+        pytest.param(lambda x: baselines.pca_project(x, rank=2), id="pca"),
+        pytest.param(lambda x: baselines.pca_project(x, rank=2, fit_frames=50), id="pca-causal"),
     ],
 )
 def test_baseline_dtype_policy(toy, fn):
@@ -334,19 +334,19 @@ def test_baseline_dtype_policy(toy, fn):
 @pytest.mark.parametrize(
     "call, match",
     [
-        pytest.param(lambda x: ev.gaussian_2d(x[:, :, None], sigma=1), r"\(T, W\)", id="3-D"),
-        pytest.param(lambda x: ev.gaussian_2d(x, sigma=-1), "sigma", id="sigma<0"),
-        pytest.param(lambda x: ev.gaussian_2d(x, sigma=(1, 2, 3)), "sigma", id="sigma-3"),
-        pytest.param(lambda x: ev.savgol(x, window=6), "odd", id="even-window"),
-        pytest.param(lambda x: ev.savgol(x[:5], window=7), "odd", id="window>T"),
-        pytest.param(lambda x: ev.ema(x, alpha=0), "alpha", id="alpha=0"),
-        pytest.param(lambda x: ev.ema(x, alpha=1.5), "alpha", id="alpha>1"),
-        pytest.param(lambda x: ev.pca_project(x, rank=W + 1), "rank", id="rank>W"),
-        pytest.param(lambda x: ev.pca_project(x, rank=1, fit_frames=10**6), "fit_frames",
+        pytest.param(lambda x: baselines.gaussian_2d(x[:, :, None], sigma=1), r"\(T, W\)", id="3-D"),
+        pytest.param(lambda x: baselines.gaussian_2d(x, sigma=-1), "sigma", id="sigma<0"),
+        pytest.param(lambda x: baselines.gaussian_2d(x, sigma=(1, 2, 3)), "sigma", id="sigma-3"),
+        pytest.param(lambda x: baselines.savgol(x, window=6), "odd", id="even-window"),
+        pytest.param(lambda x: baselines.savgol(x[:5], window=7), "odd", id="window>T"),
+        pytest.param(lambda x: baselines.ema(x, alpha=0), "alpha", id="alpha=0"),
+        pytest.param(lambda x: baselines.ema(x, alpha=1.5), "alpha", id="alpha>1"),
+        pytest.param(lambda x: baselines.pca_project(x, rank=W + 1), "rank", id="rank>W"),
+        pytest.param(lambda x: baselines.pca_project(x, rank=1, fit_frames=10**6), "fit_frames",
                      id="fit>T"),
-        pytest.param(lambda x: ev.best_ema(x, x[:-1]), "same shape", id="clean-shape"),
-        pytest.param(lambda x: ev.best_savgol(x[:4], x[:4]), "no window", id="grid-too-long"),
-        pytest.param(lambda x: ev.baseline_table(x, x, fs=-1), "fs", id="fs"),
+        pytest.param(lambda x: baselines.best_ema(x, x[:-1]), "same shape", id="clean-shape"),
+        pytest.param(lambda x: baselines.best_savgol(x[:4], x[:4]), "no window", id="grid-too-long"),
+        pytest.param(lambda x: baselines.baseline_table(x, x, fs=-1), "fs", id="fs"),
     ],
 )
 def test_baseline_argument_errors(toy, call, match):
@@ -358,11 +358,11 @@ def test_baselines_reject_nan(toy):
     noisy = toy[0].copy()
     noisy[10, 5] = np.nan
     for fn in (
-        lambda x: ev.gaussian_2d(x, sigma=1),
-        lambda x: ev.savgol(x, window=5),
-        lambda x: ev.ema(x, alpha=0.5),
-        lambda x: ev.pca_project(x, rank=1),
-        lambda x: ev.best_pca(toy[0], x),
+        lambda x: baselines.gaussian_2d(x, sigma=1),
+        lambda x: baselines.savgol(x, window=5),
+        lambda x: baselines.ema(x, alpha=0.5),
+        lambda x: baselines.pca_project(x, rank=1),
+        lambda x: baselines.best_pca(toy[0], x),
     ):
         with pytest.raises(ValueError, match="frame 10"):
             fn(noisy)
@@ -371,5 +371,15 @@ def test_baselines_reject_nan(toy):
 def test_docstring_examples_run():
     import doctest
 
-    result = doctest.testmod(ev, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0
+    for module in (metrics, baselines):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_percentiles_keys_rounding_and_empty():
+    v = np.arange(1, 101, dtype=float)
+    p = metrics.percentiles(v, (50, 99, 99.9))
+    assert list(p) == ["n", "p50", "p99", "p999", "max"]
+    assert p["n"] == 100 and p["max"] == 100.0 and p["p50"] == pytest.approx(50.5)
+    assert metrics.percentiles([1 / 3, 2 / 3], digits=4)["p50"] == 0.5
+    assert metrics.percentiles([]) == {"n": 0, "p50": None, "p90": None, "p99": None, "max": None}

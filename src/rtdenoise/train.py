@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rtdenoise.io import atomic_path
+from rtdenoise.atomic import atomic_path
 from rtdenoise.model.checkpoint import Checkpoint
 from rtdenoise.model.config import ModelConfig
 from rtdenoise.synth.dataset import SpectralDataset

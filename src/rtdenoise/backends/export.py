@@ -183,7 +183,7 @@ def export_onnx(checkpoint, path: str | os.PathLike | None = None, *, opset: int
     data = model.SerializeToString()
     if path is None:
         return data
-    from rtdenoise.io import atomic_path
+    from rtdenoise.atomic import atomic_path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from rtdenoise.atomic import atomic_path
 from rtdenoise.backends.base import Engine, PerChunk
-from rtdenoise.io import atomic_path
 from rtdenoise.model.checkpoint import Checkpoint, checkpoint_from_info
 
 PLAN_FORMAT = "rtdenoise-tensorrt-plan"

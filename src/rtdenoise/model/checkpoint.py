@@ -85,7 +85,7 @@ class Checkpoint:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically: a crash never leaves a truncated checkpoint under ``path``."""
-        from rtdenoise.io import atomic_path
+        from rtdenoise.atomic import atomic_path
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

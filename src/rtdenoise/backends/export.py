@@ -71,8 +71,8 @@ def _io_spec(net, config) -> dict[str, Any]:
         "states": states,
         "omitted_states": omitted,
         "state_shapes": {n: list(shapes[n][1:]) for n in names},
-        "n_features": fe.n_features,
-        "n_outputs": fe.n_outputs,
+        "n_features": fe.feature_shape[0],
+        "n_outputs": fe.output_shape[0],
     }
 
 

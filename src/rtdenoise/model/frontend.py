@@ -66,8 +66,9 @@ class FrontEnd:
 
     Parameters
     ----------
-    n_bins : int
-        Frame width W.
+    n_bins : int or tuple of int
+        The frame's shape: its width W for a spectrum, ``(H, W)`` for an image. Every
+        statistic but the subspace is kept per element of the frame.
     horizon : int
         Frames of the running baseline once warm.
     floor : float
@@ -97,17 +98,22 @@ class FrontEnd:
     ):
         if horizon < 1 or cov_horizon < 1:
             raise ValueError(f"horizons must be >= 1 frame, got {horizon}, {cov_horizon}")
-        if not 0 <= rank <= n_bins:
-            raise ValueError(f"rank must be in 0..{n_bins}, got {rank}")
-        self.n_bins, self.horizon, self.floor = n_bins, horizon, float(floor)
+        frame = (int(n_bins),) if np.ndim(n_bins) == 0 else tuple(int(d) for d in n_bins)
+        if rank and len(frame) != 1:
+            raise ValueError(f"a spectral subspace needs 1-D frames, got frames of shape {frame}")
+        if not 0 <= rank <= frame[0]:
+            raise ValueError(f"rank must be in 0..{frame[0]}, got {rank}")
+        self.frame_shape = frame
+        self.n_bins, self.horizon, self.floor = frame[-1], horizon, float(floor)
         self.rank, self.cov_horizon, self.lag, self.batch = rank, cov_horizon, lag, batch
-        self.n_features = 2 * rank if rank else n_bins
-        self.n_outputs = rank if rank else n_bins
-        self.mean = np.zeros((batch, n_bins))
+        # What the network takes and gives per frame, after (batch, frames).
+        self.feature_shape = (2 * rank,) if rank else frame
+        self.output_shape = (rank,) if rank else frame
+        self.mean = np.zeros((batch, *frame))
         self.count = np.zeros(batch, dtype=np.int64)
         # Statistics of the last `lag` frames: b, s and (with a subspace) U, for delayed outputs.
-        self.hist_b = np.zeros((batch, lag, n_bins))
-        self.hist_s = np.ones((batch, lag, n_bins))
+        self.hist_b = np.zeros((batch, lag, *frame))
+        self.hist_s = np.ones((batch, lag, *frame))
         if rank:
             # float32: the subspace only steers the projection, and it halves the per-frame cost.
             self.cov = np.zeros((batch, n_bins, n_bins), dtype=np.float32)
@@ -127,27 +133,28 @@ class FrontEnd:
             self.hist_u[sl] = 0.0
 
     def normalize(self, x: np.ndarray) -> Normalized:
-        """Advance by a chunk ``x`` (B, n, W) of counts; return it in the network's units.
+        """Advance by a chunk ``x`` (B, n, *frame) of counts; return it in the network's units.
 
         The record also carries the statistics of the frames the network's outputs for
         this chunk belong to (``lag`` frames earlier), so :meth:`to_counts` needs nothing
         else and changes nothing.
         """
-        bsz, n, w = x.shape
-        if bsz != self.batch or w != self.n_bins:
-            raise ValueError(f"expected a chunk (batch={self.batch}, n, {self.n_bins}), got {x.shape}")
+        bsz, n = x.shape[:2]
+        if bsz != self.batch or x.shape[2:] != self.frame_shape:
+            raise ValueError(f"expected a chunk (batch={self.batch}, n, {', '.join(map(str, self.frame_shape))}), got {x.shape}")
         x = x.astype(np.float64, copy=False)
-        b = np.empty((bsz, n, w))
+        b = np.empty(x.shape)
+        per_stream = (bsz,) + (1,) * len(self.frame_shape)
         for i in range(n):  # a recurrence: cheap vector ops per frame
             self.count += 1
             alpha = 1.0 / np.minimum(self.count, self.horizon)
-            self.mean += alpha[:, None] * (x[:, i] - self.mean)
+            self.mean += alpha.reshape(per_stream) * (x[:, i] - self.mean)
             b[:, i] = self.mean
         s = np.sqrt(np.maximum(b, 0.0) + self.floor)
         xn = (x - b) / s
         if not self.rank:
             return self._delayed(Normalized(xn.astype(np.float32), b, s, None))
-        r = self.rank
+        r, w = self.rank, self.n_bins
         xn32 = xn.astype(np.float32)
         z = np.empty((bsz, n, r), dtype=np.float32)
         lam = np.empty((bsz, n, r), dtype=np.float32)
@@ -184,14 +191,14 @@ class FrontEnd:
         return norm
 
     def target(self, clean: np.ndarray, norm: Normalized) -> np.ndarray:
-        """What the network should output for ``clean`` (B, n, W) counts, frame by frame."""
+        """What the network should output for ``clean`` (B, n, *frame) counts, frame by frame."""
         tn = (clean - norm.baseline) / norm.scale
         if self.rank:
             tn = (tn[:, :, None, :].astype(np.float32) @ norm.basis)[:, :, 0]
         return tn.astype(np.float32)
 
     def to_counts(self, out: np.ndarray, norm: Normalized) -> np.ndarray:
-        """Map network output (B, n, n_outputs), ``lag`` frames behind, back to counts (B, n, W)."""
+        """Map network output (B, n, *output_shape), ``lag`` frames behind, back to counts (B, n, *frame)."""
         u = norm.out_basis
         yn = (u @ out[..., None])[..., 0] if self.rank else out
         return norm.out_baseline + norm.out_scale * yn

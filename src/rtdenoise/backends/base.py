@@ -8,7 +8,7 @@ to frames before it started and are for the caller to drop. :meth:`Engine.flush`
 stream (end of file, a gap, a restarted acquisition): it returns the outputs still owed
 for its last ``lag`` frames and resets it.
 
-Subclasses implement ``_new_net_state(batch)`` and ``_net_step(feat, net_state)``; the
+Subclasses implement ``_new_net_state(batch, frame)`` and ``_net_step(feat, net_state)``; the
 front end runs on the host in numpy for every backend, so all of them share it. This
 module imports neither torch nor a runtime: ``BACKENDS`` is cheap to import.
 """
@@ -62,13 +62,19 @@ class PerChunk(dict):
 
 @dataclass
 class StreamState:
-    """The past of ``batch`` streams: front-end statistics, network rows, the last frame."""
+    """The past of ``batch`` streams: front-end statistics, network rows, the last frame.
 
-    frontend: FrontEnd
+    For a model that takes frames of any size (images), the front end and the network
+    rows are allocated at the first step, for the shape of its frames (``shape``); every
+    later chunk must have that shape until the state is made anew.
+    """
+
+    frontend: FrontEnd | None
     net: Any  # backend-specific: named tensors/arrays, allocated once, updated in place
     batch: int
     seen: np.ndarray = field(default=None)  # frames stepped per stream since the last reset
     last: np.ndarray | None = None  # (batch, *frame) the last frame stepped: what a flush repeats
+    shape: tuple[int, ...] | None = None  # the frames' shape, once known
 
     def __post_init__(self):
         if self.seen is None:
@@ -89,7 +95,8 @@ class Engine:
         self.name = checkpoint.name
 
     # -- backend hooks -----------------------------------------------------------------
-    def _new_net_state(self, batch: int) -> Any:
+    def _new_net_state(self, batch: int, frame: tuple[int, ...]) -> Any:
+        """Zeroed network rows for ``batch`` streams of frames of shape ``frame``."""
         raise NotImplementedError
 
     def _net_step(self, feat: np.ndarray, net_state: Any) -> np.ndarray:
@@ -113,14 +120,30 @@ class Engine:
             )
 
     # -- public API ----------------------------------------------------------------------
-    def new_state(self, batch: int = 1) -> StreamState:
-        """State for ``batch`` streams stepped together, as if each had just started."""
+    def new_state(self, batch: int = 1, frame: tuple[int, ...] | None = None) -> StreamState:
+        """State for ``batch`` streams stepped together, as if each had just started.
+
+        ``frame``: the shape of their frames, for a model that takes any size (images);
+        without it the state is allocated at the first step.
+        """
         if batch < 1:
             raise ValueError(f"batch must be >= 1 stream, got {batch}")
-        return StreamState(self.config.frontend(batch), self._new_net_state(batch), batch)
+        state = StreamState(None, None, batch)
+        if frame is None and None not in self.frame_shape:
+            frame = self.frame_shape
+        if frame is not None:
+            self._allocate(state, self._check_shape(tuple(frame)))
+        return state
+
+    def _allocate(self, state: StreamState, frame: tuple[int, ...]) -> None:
+        state.frontend = self.config.frontend(state.batch, frame)
+        state.net = self._new_net_state(state.batch, frame)
+        state.shape = frame
 
     def reset(self, state: StreamState, index: int | None = None) -> None:
         """Forget the past of stream ``index`` of ``state`` (every stream if None)."""
+        if state.net is None:  # never stepped: nothing to forget
+            return
         state.frontend.reset(index)
         self._reset_net(state.net, index)
         sl = slice(None) if index is None else index
@@ -128,21 +151,44 @@ class Engine:
         if index is None:
             state.last = None
 
-    def check_frames(self, frames: np.ndarray, *, batch: int | None = None) -> np.ndarray:
-        """Validate a chunk and return it as (B, n, *frame); raise ValueError/TypeError with the fix."""
+    def _check_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """``shape`` if frames of it fit this model, else ValueError with the fix."""
+        w = self.frame_shape
+        if len(shape) != len(w) or any(d is not None and d != g for d, g in zip(w, shape)):
+            self._shape_error(shape)
+        self.config.family.check_frame_shape(self.config, shape)
+        return shape
+
+    def _shape_error(self, shape: tuple[int, ...]):
+        w = self.frame_shape
+        if self.checkpoint.modality == "imaging":
+            raise ValueError(
+                f"model {self.name!r} denoises images (frames (H, W); movies (T, H, W)), got frames of shape {shape}; "
+                "a colour image or a spectrum needs another model"
+            )
+        raise ValueError(
+            f"expected frames of shape {w} (chunks (n, {w[0]}) or (streams, n, {w[0]})), got {shape}; "
+            f"is this the model for this spectrometer? model {self.name!r} was trained for {w[0]} bins; "
+            "retrain for this instrument or pick another model"
+        )
+
+    def check_frames(self, frames: np.ndarray, *, batch: int | None = None, shape: tuple[int, ...] | None = None) -> np.ndarray:
+        """Validate a chunk and return it as (B, n, *frame); raise ValueError/TypeError with the fix.
+
+        ``shape``: the frame shape the stream started with, if any (a state's ``shape``).
+        """
         a = np.asarray(frames)
         if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
             raise TypeError(f"frames must be integer or float counts, got dtype {a.dtype}")
-        w = self.frame_shape
-        if a.ndim == len(w) + 1:
+        rank = len(self.frame_shape)
+        if a.ndim == rank + 1:
             a = a[None]
-        if a.ndim != len(w) + 2 or a.shape[2:] != w:
-            got = a.shape[2:] if a.ndim == len(w) + 2 else a.shape
-            raise ValueError(
-                f"expected frames of shape {w} (chunks (n, {w[0]}) or (streams, n, {w[0]})), got {got}; "
-                f"is this the model for this spectrometer? model {self.name!r} was trained for {w[0]} bins; "
-                "retrain for this instrument or pick another model"
-            )
+        if a.ndim != rank + 2:
+            self._shape_error(a.shape)
+        self._check_shape(a.shape[2:])
+        if shape is not None and a.shape[2:] != tuple(shape):
+            raise ValueError(f"frames of shape {a.shape[2:]}, but the stream started with {tuple(shape)}; "
+                             "a new frame size is a new stream")
         if a.shape[1] == 0:
             raise ValueError("a chunk must hold at least 1 frame, got 0")
         if batch is not None and a.shape[0] != batch:
@@ -170,7 +216,9 @@ class Engine:
             x = np.asarray(frames)
             x = x[None] if single else x
         else:
-            x = self.check_frames(frames, batch=state.batch)
+            x = self.check_frames(frames, batch=state.batch, shape=state.shape)
+        if state.net is None:
+            self._allocate(state, x.shape[2:])
         norm = state.frontend.normalize(x)
         out = self._net_step(norm.features, state.net)
         y = state.frontend.to_counts(out, norm).astype(np.float32)
@@ -194,14 +242,15 @@ class Engine:
         if frames is None:
             return self._end(state, None, chunk)
         single = np.ndim(frames) == len(self.frame_shape) + 1
-        y = self._end(state, self.check_frames(frames, batch=state.batch), chunk)
+        y = self._end(state, self.check_frames(frames, batch=state.batch, shape=state.shape), chunk)
         return y[0] if single else y
 
     def _end(self, state: StreamState, x: np.ndarray | None, chunk: int | None):
         """:meth:`flush` of checked frames ``x`` (B, n, *frame) or None."""
         n = 0 if x is None else x.shape[1]
+        shape = state.shape if x is None else x.shape[2:]
         if state.last is None and n == 0:  # nothing stepped since the reset: nothing owed
-            y = np.empty((state.batch, 0, *self.frame_shape), dtype=np.float32)
+            y = np.empty((state.batch, 0, *(shape or ())), dtype=np.float32)
         else:
             last = x[:, -1] if n else state.last
             seq = np.repeat(last[:, None], self.lag, axis=1)  # (B, lag, *frame)
@@ -212,7 +261,7 @@ class Engine:
                 y = np.concatenate([self.step(seq[:, i : i + step], state, checked=True)
                                     for i in range(0, seq.shape[1], step)], axis=1)
             else:
-                y = np.empty((state.batch, 0, *self.frame_shape), dtype=np.float32)
+                y = np.empty((state.batch, 0, *shape), dtype=np.float32)
         # Rows for frames before the start: the first lag - seen of them (the same for every
         # stream of a state stepped together).
         seen = int(state.seen.min()) - y.shape[1]
@@ -236,8 +285,8 @@ class Engine:
         step = 1024 if chunk is None else chunk
         if step < 1:
             raise ValueError(f"chunk must be >= 1 frame, got {step}")
-        state = self.new_state(1)
-        out = np.empty((t + self.lag, *self.frame_shape), dtype=np.float32)
+        state = self.new_state(1, x.shape[2:])
+        out = np.empty((t + self.lag, *x.shape[2:]), dtype=np.float32)
         last = ((t - 1) // step) * step  # where the last piece starts: it ends the stream
         from tqdm import tqdm
 

@@ -97,7 +97,7 @@ class OrtEngine(Engine):
         self.io_binding = bool(io_binding) and self.providers[0] == "CPUExecutionProvider"
 
     # -- backend hooks -----------------------------------------------------------------
-    def _new_net_state(self, batch: int) -> "_OrtState":
+    def _new_net_state(self, batch: int, frame: tuple[int, ...]) -> "_OrtState":
         shapes = self.io["state_shapes"]
         names = self.states + self.omitted_states
         return _OrtState({n: np.zeros((batch, *shapes[n]), dtype=np.float32) for n in names})

@@ -36,8 +36,8 @@ class TorchEngine(Engine):
         self.net = checkpoint.model().to(self.device)
         self.cuda_graph = bool(cuda_graph) and self.device.type == "cuda"
 
-    def _new_net_state(self, batch: int) -> dict[str, torch.Tensor]:
-        state = self.net.init_state(batch, device=self.device)
+    def _new_net_state(self, batch: int, frame: tuple[int, ...]) -> dict[str, torch.Tensor]:
+        state = self.net.init_state(batch, frame=frame, device=self.device)
         return _GraphState(state) if self.cuda_graph else state
 
     @torch.inference_mode()

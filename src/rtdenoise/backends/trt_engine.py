@@ -347,7 +347,7 @@ class TrtEngine(Engine):
             raise RuntimeError("TensorRT could not create an execution context (out of GPU memory?)")
 
     # -- backend hooks -----------------------------------------------------------------
-    def _new_net_state(self, batch: int) -> _TrtState:
+    def _new_net_state(self, batch: int, frame: tuple[int, ...]) -> _TrtState:
         if batch > self.max_batch:
             raise ValueError(
                 f"this plan takes at most {self.max_batch} streams per call, asked for {batch}; "

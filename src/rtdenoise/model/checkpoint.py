@@ -37,8 +37,9 @@ class Checkpoint:
     path: str | None = None
 
     @property
-    def frame_shape(self) -> tuple[int, ...]:
-        return (self.config.n_bins,)
+    def frame_shape(self) -> tuple[int | None, ...]:
+        """The frames the model takes; None where any size goes (an image's H and W)."""
+        return self.config.family.frame_shape(self.config)
 
     @property
     def lag(self) -> int:

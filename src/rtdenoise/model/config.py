@@ -63,9 +63,9 @@ class ModelConfig:
         """The model family class this config builds."""
         return family(self.arch)
 
-    def frontend(self, batch: int = 1):
-        """A fresh causal front end for ``batch`` streams of this model."""
-        return self.family.frontend(self, batch)
+    def frontend(self, batch: int = 1, frame: tuple[int, ...] | None = None):
+        """A fresh causal front end for ``batch`` streams of this model (frames of shape ``frame``)."""
+        return self.family.frontend(self, batch, frame)
 
     @property
     def receptive_field(self) -> int:

@@ -38,8 +38,8 @@ class ResidualModel(CausalModel):
         self._name_states()
 
     @classmethod
-    def frontend(cls, config, batch: int = 1) -> FrontEnd:
-        return FrontEnd(config.n_bins, horizon=config.horizon, floor=config.floor, rank=0,
+    def frontend(cls, config, batch: int = 1, frame=None) -> FrontEnd:
+        return FrontEnd(frame or config.n_bins, horizon=config.horizon, floor=config.floor, rank=0,
                         cov_horizon=config.cov_horizon, lag=config.lag, batch=batch)
 
     def _to_trunk(self, xn: torch.Tensor) -> torch.Tensor:

@@ -22,19 +22,24 @@ from torch import nn
 
 
 class StreamingLayer(nn.Module):
-    """A layer that prepends the last ``context`` input rows it saw to each new chunk."""
+    """A layer that prepends the last ``context`` input rows it saw to each new chunk.
+
+    ``scale``: how many times smaller than the model's spatial grid this layer's rows are
+    along each spatial axis (a U-Net's lower levels); their shape follows from the frame's.
+    """
 
     state_name = ""  # set by CausalModel from the module tree: "<path>.previous"
 
-    def __init__(self, channels: int, context: int):
+    def __init__(self, channels: int, context: int, *, scale: int = 1):
         super().__init__()
         if context < 0:
             raise ValueError(f"context must be >= 0 frames, got {context}")
         self.channels = channels  # channels of the rows kept
         self.context = context
+        self.scale = scale
 
     def state_shape(self, batch: int, spatial: tuple[int, ...]) -> tuple[int, ...]:
-        return (batch, self.channels, self.context, *spatial)
+        return (batch, self.channels, self.context, *(d // self.scale for d in spatial))
 
     def with_past(self, x: torch.Tensor, previous: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(previous ++ x, the last context rows of that)`` along time."""
@@ -46,19 +51,22 @@ class CausalConv(StreamingLayer):
     """A convolution causal along time (axis 2); "same" along the spatial axes.
 
     ``kernel_w=None`` makes a ``Conv1d`` over ``(B, C, T)``; an int makes a ``Conv2d`` over
-    ``(B, C, T, W)`` with kernel ``(kernel_t, kernel_w)``.
+    ``(B, C, T, W)`` with kernel ``(kernel_t, kernel_w)``; a pair ``(kh, kw)`` makes a
+    ``Conv3d`` over ``(B, C, T, H, W)`` with kernel ``(kernel_t, kh, kw)`` (``(1, 1)``: a
+    purely temporal filter per pixel; ``kernel_t = 1``: a purely spatial one, no state).
     """
 
-    def __init__(self, c_in: int, c_out: int, kernel_t: int, *, dilation: int = 1, kernel_w: int | None = None):
+    def __init__(self, c_in: int, c_out: int, kernel_t: int, *, dilation: int = 1,
+                 kernel_w: int | tuple[int, int] | None = None, scale: int = 1):
         if kernel_t < 1 or dilation < 1:
             raise ValueError(f"kernel_t and dilation must be >= 1, got {kernel_t}, {dilation}")
-        super().__init__(c_in, (kernel_t - 1) * dilation)
-        if kernel_w is None:
-            self.conv = nn.Conv1d(c_in, c_out, kernel_t, dilation=dilation)
-        else:
-            if kernel_w % 2 != 1:
-                raise ValueError(f"kernel_w must be odd for 'same' padding along wavelength, got {kernel_w}")
-            self.conv = nn.Conv2d(c_in, c_out, (kernel_t, kernel_w), dilation=(dilation, 1), padding=(0, kernel_w // 2))
+        super().__init__(c_in, (kernel_t - 1) * dilation, scale=scale)
+        spatial = () if kernel_w is None else (kernel_w,) if isinstance(kernel_w, int) else tuple(kernel_w)
+        if any(k % 2 != 1 for k in spatial):
+            raise ValueError(f"spatial kernels must be odd for 'same' padding, got {kernel_w}")
+        conv = {0: nn.Conv1d, 1: nn.Conv2d, 2: nn.Conv3d}[len(spatial)]
+        self.conv = conv(c_in, c_out, (kernel_t, *spatial), dilation=(dilation,) + (1,) * len(spatial),
+                         padding=(0, *(k // 2 for k in spatial)))
 
     def forward(self, x: torch.Tensor, previous: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xc, new = self.with_past(x, previous)
@@ -93,6 +101,7 @@ class CausalModel(nn.Module):
     """
 
     arch = ""
+    modality = "spectral"  # what a frame is: "spectral" (W,) or "imaging" (H, W)
     spatial: tuple[int, ...] = ()  # trailing axes of the state rows (e.g. (W,) for a 2-D kernel)
 
     def __init__(self, config):
@@ -111,8 +120,17 @@ class CausalModel(nn.Module):
         return 1 + sum((config.kernel_t - 1) * di for di in d)
 
     @classmethod
-    def frontend(cls, config, batch: int = 1):
-        """A fresh causal front end for ``batch`` streams of this family."""
+    def frame_shape(cls, config) -> tuple[int | None, ...]:
+        """The frames this family takes; None where any size goes (an image's H and W)."""
+        return (config.n_bins,)
+
+    @classmethod
+    def check_frame_shape(cls, config, shape: tuple[int, ...]) -> None:
+        """Raise ValueError, with the fix, for frames of a shape this model cannot take."""
+
+    @classmethod
+    def frontend(cls, config, batch: int = 1, frame: tuple[int, ...] | None = None):
+        """A fresh causal front end for ``batch`` streams of frames of shape ``frame``."""
         raise NotImplementedError
 
     # -- streaming state ---------------------------------------------------------------
@@ -124,12 +142,17 @@ class CausalModel(nn.Module):
     def state_names(self) -> list[str]:
         return [m.state_name for _, m in self._stateful]
 
-    def state_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
-        return {m.state_name: m.state_shape(batch, self.spatial) for _, m in self._stateful}
+    def state_spatial(self, frame: tuple[int, ...] | None) -> tuple[int, ...]:
+        """The spatial grid of the state rows for frames of shape ``frame``."""
+        return self.spatial
 
-    def init_state(self, batch: int, *, device=None, dtype=torch.float32) -> State:
-        """Zero state for ``batch`` streams: what an offline pass starts from."""
-        return {k: torch.zeros(s, device=device, dtype=dtype) for k, s in self.state_shapes(batch).items()}
+    def state_shapes(self, batch: int, frame: tuple[int, ...] | None = None) -> dict[str, tuple[int, ...]]:
+        spatial = self.state_spatial(frame)
+        return {m.state_name: m.state_shape(batch, spatial) for _, m in self._stateful}
+
+    def init_state(self, batch: int, *, frame: tuple[int, ...] | None = None, device=None, dtype=torch.float32) -> State:
+        """Zero state for ``batch`` streams of frames of shape ``frame``: what an offline pass starts from."""
+        return {k: torch.zeros(s, device=device, dtype=dtype) for k, s in self.state_shapes(batch, frame).items()}
 
     def check_state(self, state: dict) -> None:
         """Raise ValueError unless ``state`` has exactly this model's state names."""
@@ -167,7 +190,8 @@ class CausalModel(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Offline: the same step from a zero state. ``x`` (B, T, F) -> (B, T, C)."""
-        out, _ = self.step(x, self.init_state(x.shape[0], device=x.device, dtype=x.dtype))
+        """Offline: the same step from a zero state. ``x`` (B, T, *F) -> (B, T, *C)."""
+        frame = tuple(x.shape[2:]) if self.modality == "imaging" else None
+        out, _ = self.step(x, self.init_state(x.shape[0], frame=frame, device=x.device, dtype=x.dtype))
         return out
 

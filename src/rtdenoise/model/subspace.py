@@ -49,7 +49,7 @@ class SubspaceModel(CausalModel):
         return super().receptive_field(config) + config.taps - 1
 
     @classmethod
-    def frontend(cls, config, batch: int = 1) -> FrontEnd:
+    def frontend(cls, config, batch: int = 1, frame=None) -> FrontEnd:
         return FrontEnd(config.n_bins, horizon=config.horizon, floor=config.floor, rank=config.rank,
                         cov_horizon=config.cov_horizon, lag=config.lag, batch=batch)
 

@@ -4,18 +4,39 @@ from __future__ import annotations
 
 import numpy as np
 
-from rtdenoise.synth.noise import DetectorConfig, DetectorNoise, RecordedNoise, noise_from_args
+from rtdenoise.synth.imaging import ImagingConfig, ImagingInstance, sample_scene
+from rtdenoise.synth.noise import (
+    DetectorConfig,
+    DetectorNoise,
+    PMTConfig,
+    PMTNoise,
+    RecordedMovieNoise,
+    RecordedNoise,
+    SCMOSConfig,
+    SCMOSNoise,
+    noise_from_args,
+)
 from rtdenoise.synth.spectral import SpectralConfig, SpectralInstance, sample_instance
 
 __all__ = [
     "DetectorConfig",
     "DetectorNoise",
+    "ImagingConfig",
+    "ImagingInstance",
+    "PMTConfig",
+    "PMTNoise",
+    "RecordedMovieNoise",
     "RecordedNoise",
+    "SCMOSConfig",
+    "SCMOSNoise",
     "SpectralConfig",
     "SpectralInstance",
     "noise_from_args",
+    "pure_noise_movie",
     "sample_instance",
+    "sample_scene",
     "simulate",
+    "simulate_movie",
 ]
 
 
@@ -64,3 +85,92 @@ def simulate(
         "event_amplitudes": inst.event_amplitudes,
         "fs": np.float64(signal.fs),
     }
+
+
+def simulate_movie(
+    n_frames: int,
+    *,
+    seed: int = 0,
+    shape: tuple[int, int] | None = None,
+    photons: float | None = None,
+    config: ImagingConfig | None = None,
+    noise: PMTNoise | SCMOSNoise | RecordedMovieNoise | None = None,
+) -> dict[str, np.ndarray]:
+    """One synthetic microscope movie with its ground truth, as a dict of arrays.
+
+    Parameters
+    ----------
+    n_frames : int
+        Frames T.
+    seed : int
+        Everything is drawn from it: the same seed gives the same movie.
+    shape : (int, int), optional
+        Frame (H, W); ``config.shape`` (128 x 128 by default) when not given.
+    photons : float, optional
+        Resting counts at the brightest soma's footprint peak; drawn from
+        ``config.photons`` (0.5–20, two-photon) when not given.
+    config : ImagingConfig, optional
+        The scene model; ``ImagingConfig()`` by default.
+    noise : PMTNoise, SCMOSNoise or RecordedMovieNoise, optional
+        The detector; ``PMTNoise()`` (two-photon) by default.
+
+    Returns
+    -------
+    dict
+        ``noisy`` (T, H, W) float32 counts as the detector reads them, ``clean`` (T, H, W)
+        float32 the noiseless movie, ``static`` (H, W) the detector's dark level (a perfect
+        denoiser returns ``clean + static``), ``footprints`` (N, H, W), ``traces`` (N, T)
+        counts at each footprint's peak, ``dff`` (N, T), ``spikes`` (N, T), ``background``
+        (H, W) and ``background_trace`` (T,) (the neuropil), ``shifts`` (T, 2) px, ``fs`` Hz,
+        ``photons``. See :class:`ImagingInstance`.
+
+    Examples
+    --------
+    >>> mov = simulate_movie(20, seed=1, shape=(64, 64), photons=5)
+    >>> mov["noisy"].shape, mov["footprints"].shape[1:]
+    ((20, 64, 64), (64, 64))
+    """
+    config = config or ImagingConfig()
+    config.validate()
+    noise = noise or PMTNoise()
+    rng = np.random.default_rng(seed)
+    inst = sample_scene(config, n_frames, rng, photons=photons, shape=shape)
+    noisy, static = noise.sample(inst.clean, rng, fs=inst.fs)
+    return {
+        "noisy": noisy.astype(np.float32, copy=False),
+        "clean": inst.clean,
+        "static": np.asarray(static, dtype=np.float32),
+        "footprints": inst.footprints,
+        "traces": inst.traces,
+        "dff": inst.dff,
+        "spikes": inst.spikes,
+        "background": inst.background,
+        "background_trace": inst.background_trace,
+        "shifts": inst.shifts,
+        "fs": np.float64(inst.fs),
+        "photons": np.float64(inst.params["photons"]),
+    }
+
+
+def pure_noise_movie(
+    n_frames: int,
+    *,
+    seed: int = 0,
+    shape: tuple[int, int] = (128, 128),
+    photons: float | None = None,
+    fs: float = 30.0,
+    noise: PMTNoise | SCMOSNoise | RecordedMovieNoise | None = None,
+) -> dict[str, np.ndarray]:
+    """A movie of steady, uniform light and nothing else: ``clean`` is ``photons`` everywhere.
+
+    What a denoiser is checked on to show it invents nothing (no somata, no flicker). Same
+    keys as :func:`simulate_movie`, with no neurons (``footprints`` is ``(0, H, W)``).
+
+    Examples
+    --------
+    >>> mov = pure_noise_movie(10, shape=(32, 32), photons=4.0)
+    >>> float(mov["clean"].min()), float(mov["clean"].max()), mov["footprints"].shape
+    (4.0, 4.0, (0, 32, 32))
+    """
+    config = ImagingConfig.steady_light(shape=tuple(shape), fs=(fs, fs))
+    return simulate_movie(n_frames, seed=seed, photons=photons, config=config, noise=noise)

@@ -233,3 +233,65 @@ def test_training_refuses_mismatched_settings(tmp_path):
         train(tmp_path / "m.pt", model=ModelConfig(lag=3, taps=4), config=TrainConfig(window=3, workers=0), progress=False)
     with pytest.raises(FileNotFoundError, match="cannot resume"):
         train(tmp_path / "m.pt", config=TrainConfig(workers=0), progress=False, resume=True)
+
+
+# ----------------------------------------------------------------------------- imaging families
+
+IMAGING = [pytest.param("imaging-unet", id="unet"), pytest.param("imaging-fact", id="factorized")]
+
+
+def _imaging_net(arch: str, lag: int = 2) -> CausalModel:
+    net = ModelConfig(arch=arch, depth=3, width=4, lag=lag, floor=1.0).build().eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.1)
+    return net
+
+
+@pytest.mark.parametrize("arch", IMAGING)
+@pytest.mark.parametrize("chunk", [1, 4, 20])
+def test_imaging_step_in_chunks_equals_one_pass_and_is_causal(arch, chunk):
+    net = _imaging_net(arch)
+    x = torch.randn(2, 20, 24, 36)  # a grid the U-Net takes as it is (multiples of 4)
+    with torch.no_grad():
+        whole = net(x)
+        state = net.init_state(2, frame=(24, 36))
+        parts = []
+        for i in range(0, 20, chunk):
+            out, state = net.step(x[:, i : i + chunk], state)
+            parts.append(out)
+        changed = x.clone()
+        changed[:, 12:] += 2.0
+        after = net(changed)
+    assert whole.shape == x.shape
+    torch.testing.assert_close(torch.cat(parts, dim=1), whole, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(after[:, :12], whole[:, :12])
+    assert not torch.allclose(after[:, 12:], whole[:, 12:])
+
+
+@pytest.mark.parametrize("arch", IMAGING)
+def test_imaging_state_follows_the_frame_size(arch):
+    net = _imaging_net(arch)
+    a, b = net.state_shapes(1, (64, 64)), net.state_shapes(1, (64, 128))
+    assert list(a) == net.state_names() and "delay.previous" in a
+    assert a["delay.previous"] == (1, 2, 1, 64, 64) and b["delay.previous"] == (1, 2, 1, 64, 128)
+    if arch == "imaging-unet":  # the long filters run at a quarter of the resolution
+        assert a["quarter_time.0.previous"][-2:] == (16, 16)
+    assert ModelConfig(arch=arch, depth=4).receptive_field == 31  # 1 + 2 (1 + 2 + 4 + 8)
+
+
+def test_untrained_imaging_model_is_close_to_the_identity_lag_frames_late():
+    net = ModelConfig(arch="imaging-unet", depth=3, width=4, lag=1).build().eval()
+    x = torch.randn(1, 6, 16, 16)
+    with torch.no_grad():
+        out = net(x)
+    assert (out[:, 1:] - x[:, :-1]).abs().mean() < 0.1 * x.abs().mean()
+
+
+@pytest.mark.parametrize("kw, match", [
+    pytest.param(dict(arch="imaging-unet", width=0), "width", id="no-width"),
+    pytest.param(dict(arch="imaging-fact", kernel_w=4), "odd", id="even-kernel"),
+])
+def test_bad_imaging_configs_raise(kw, match):
+    with pytest.raises(ValueError, match=match):
+        ModelConfig(**kw)

@@ -111,6 +111,12 @@ class Engine:
         for v in net_state.values():
             v[sl] = 0
 
+    def state_shapes(self, batch: int, frame: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        """The network state's arrays for ``batch`` streams of frames of shape ``frame``, by name."""
+        if getattr(self, "_layout", None) is None:
+            self._layout = self.config.build()  # the layer structure only; its weights are unused
+        return self._layout.state_shapes(batch, frame)
+
     def _check_exported(self, meta: dict, source) -> None:
         """An exported graph or plan must come from this engine's model config."""
         if meta["checkpoint"]["config"] != self.config.to_dict():
@@ -280,6 +286,8 @@ class Engine:
         piece goes through :meth:`flush` with the lag, so the last ``lag`` frames get
         outputs too. The result does not depend on ``chunk``.
         """
+        if np.ndim(frames) != len(self.frame_shape) + 1:  # one recording, time first
+            self._shape_error(np.shape(frames)[1:])
         x = self.check_frames(frames)
         t = x.shape[1]
         step = 1024 if chunk is None else chunk

@@ -58,21 +58,31 @@ def state_output_name(state: str) -> str:
     return state + STATE_OUT_SUFFIX
 
 
+EXAMPLE_FRAME = (32, 48)  # an image model is traced on frames of this shape; H and W stay dynamic
+
+
 def _io_spec(net, config) -> dict[str, Any]:
-    """Names and shapes of the exported graph's inputs and outputs, from the model alone."""
-    shapes = net.state_shapes(1)
+    """Names and shapes of the exported graph's inputs and outputs, from the model alone.
+
+    For a model of any frame size (images) the spatial sizes of the states are None here:
+    they follow from each stream's frame shape (``CausalModel.state_shapes``).
+    """
+    images = None in config.family.frame_shape(config)
+    frame = EXAMPLE_FRAME if images else None
+    shapes = net.state_shapes(1, frame)
     names = net.state_names()
-    states = [n for n in names if 0 not in shapes[n]]
+    states = [n for n in names if 0 not in shapes[n]]  # rows kept; a state with none is left out
     omitted = [n for n in names if 0 in shapes[n]]
-    fe = config.frontend(1)
+    fe = config.frontend(1, frame)
+    tail = lambda shape: list(shape[1:3]) + [None] * (len(shape) - 3) if images else list(shape[1:])  # noqa: E731
     return {
         "inputs": ["feat", *states],
         "outputs": ["out", *[state_output_name(n) for n in states]],
         "states": states,
         "omitted_states": omitted,
-        "state_shapes": {n: list(shapes[n][1:]) for n in names},
-        "n_features": fe.feature_shape[0],
-        "n_outputs": fe.output_shape[0],
+        "state_shapes": {n: tail(shapes[n]) for n in names},
+        "n_features": None if images else fe.feature_shape[0],  # None: the frame's own (H, W)
+        "n_outputs": None if images else fe.output_shape[0],
     }
 
 
@@ -85,13 +95,11 @@ def _step_module(net, spec):
             super().__init__()
             self.net = net
             self.states = list(spec["states"])
-            self.omitted = {n: tuple(spec["state_shapes"][n]) for n in spec["omitted_states"]}
+            self.omitted = list(spec["omitted_states"])
 
         def forward(self, feat, *states):
-            state = dict(zip(self.states, states))
-            b = feat.shape[0]  # traced: the batch stays dynamic
-            for name, tail in self.omitted.items():
-                state[name] = feat.new_zeros((b, *tail))
+            # A state with no rows is never read (StreamingLayer.with_past): None stands in.
+            state = dict(zip(self.states, states)) | dict.fromkeys(self.omitted)
             out, new = self.net.step(feat, state)
             return (out, *[new[n] for n in self.states])
 
@@ -136,11 +144,20 @@ def export_onnx(checkpoint, path: str | os.PathLike | None = None, *, opset: int
     spec["opset"] = int(opset)
     wrapper = _step_module(net, spec)
     batch, chunk = 2, 3  # example sizes; both axes are exported as dynamic
-    shapes = net.state_shapes(batch)
-    example = (torch.zeros(batch, chunk, spec["n_features"]), *[torch.zeros(shapes[n]) for n in spec["states"]])
+    images = spec["n_features"] is None
+    frame = EXAMPLE_FRAME if images else None
+    shapes = net.state_shapes(batch, frame)
+    feat = torch.zeros(batch, chunk, *(frame or (spec["n_features"],)))
+    example = (feat, *[torch.zeros(shapes[n]) for n in spec["states"]])
     dynamic = {"feat": {0: "batch", 1: "chunk"}, "out": {0: "batch", 1: "chunk"}}
+    if images:
+        dynamic["feat"] |= {2: "height", 3: "width"}
+        dynamic["out"] |= {2: "height", 3: "width"}
     for n in spec["states"]:
-        dynamic[n] = dynamic[state_output_name(n)] = {0: "batch"}
+        axes = {0: "batch"}
+        if images:  # the state's grid, a fraction of the (padded) frame's: (B, rows, C, H', W')
+            axes |= {3: f"{n}.height", 4: f"{n}.width"}
+        dynamic[n] = dynamic[state_output_name(n)] = axes
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         # The legacy TorchScript exporter: the dynamo one traces the dict-of-states step

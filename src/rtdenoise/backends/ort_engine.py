@@ -76,7 +76,7 @@ class OrtEngine(Engine):
         self.io = meta["io"]
         self.states = list(self.io["states"])  # in the graph, in this order
         self.omitted_states = list(self.io["omitted_states"])
-        self.n_outputs = int(self.io["n_outputs"])
+        self.n_outputs = None if self.io["n_outputs"] is None else int(self.io["n_outputs"])  # None: images
         opts = ort.SessionOptions()
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -98,14 +98,13 @@ class OrtEngine(Engine):
 
     # -- backend hooks -----------------------------------------------------------------
     def _new_net_state(self, batch: int, frame: tuple[int, ...]) -> "_OrtState":
-        shapes = self.io["state_shapes"]
-        names = self.states + self.omitted_states
-        return _OrtState({n: np.zeros((batch, *shapes[n]), dtype=np.float32) for n in names})
+        shapes = self.state_shapes(batch, frame)
+        return _OrtState({n: np.zeros(shapes[n], dtype=np.float32) for n in self.states + self.omitted_states})
 
     def _net_step(self, feat: np.ndarray, net_state: dict[str, np.ndarray]) -> np.ndarray:
         bsz, n = feat.shape[:2]
         if self.io_binding and isinstance(net_state, _OrtState):
-            bound = net_state.bindings.get_or_make(n, lambda: self._bind(net_state, bsz, n))
+            bound = net_state.bindings.get_or_make(n, lambda: self._bind(net_state, feat.shape))
             np.copyto(bound.feat, feat)
             self.session.run_with_iobinding(bound.binding)
             out, new = bound.out.copy(), bound.new
@@ -115,16 +114,17 @@ class OrtEngine(Engine):
             out, new = res[0], res[1:]
         for k, v in zip(self.states, new):
             np.copyto(net_state[k], v)  # in place: the state's address never moves
-        assert out.shape == (bsz, n, self.n_outputs), out.shape
+        assert out.shape[:2] == (bsz, n), out.shape
         return out
 
-    def _bind(self, net_state: "_OrtState", bsz: int, n: int) -> "_Bound":
+    def _bind(self, net_state: "_OrtState", feat_shape: tuple[int, ...]) -> "_Bound":
         # One IOBinding per chunk length, bound once to fixed host arrays: the feature
         # buffer, the state arrays themselves, and scratch outputs (a state can't be its own
         # output: ORT may read an input after writing an output). Saves ~25% of a 1-frame
         # step against session.run, which allocates and converts every call.
-        feat = np.zeros((bsz, n, self.io["n_features"]), dtype=np.float32)
-        out = np.zeros((bsz, n, self.n_outputs), dtype=np.float32)
+        feat = np.zeros(feat_shape, dtype=np.float32)
+        out_tail = feat_shape[2:] if self.n_outputs is None else (self.n_outputs,)  # an image model gives its grid back
+        out = np.zeros((*feat_shape[:2], *out_tail), dtype=np.float32)
         new = [np.zeros_like(net_state[k]) for k in self.states]
         b = self.session.io_binding()
         b.bind_cpu_input("feat", feat)

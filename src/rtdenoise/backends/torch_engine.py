@@ -33,7 +33,7 @@ class TorchEngine(Engine):
                 raise ValueError(f"threads must be >= 1, got {threads}")
             torch.set_num_threads(int(threads))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.net = checkpoint.model().to(self.device)
+        self.net = self._layout = checkpoint.model().to(self.device)
         self.cuda_graph = bool(cuda_graph) and self.device.type == "cuda"
 
     def _new_net_state(self, batch: int, frame: tuple[int, ...]) -> dict[str, torch.Tensor]:

@@ -106,6 +106,12 @@ def _onnx_source(onnx_or_checkpoint) -> tuple[bytes, dict]:
     return data, read_onnx_metadata(data)
 
 
+def _require_fixed_frames(io: dict) -> None:
+    if io["n_features"] is None:  # an image model: frames of any H x W
+        raise ValueError("TensorRT plans are built for models with a fixed frame shape (spectra) so far; "
+                         "run an imaging model with backend='onnxruntime' or 'torch'")
+
+
 def _build_serialized(trt, onnx_bytes: bytes, meta: dict, *, fp16: bool, max_batch: int, max_chunk: int, workspace_mb: int) -> bytes:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -121,6 +127,7 @@ def _build_serialized(trt, onnx_bytes: bytes, meta: dict, *, fp16: bool, max_bat
             raise ValueError("--fp16 asked for, but this GPU has no fast FP16; build without it")
         config.set_flag(trt.BuilderFlag.FP16)  # I/O stays float32; layers may run in half
     io = meta["io"]
+    _require_fixed_frames(io)
     profile = builder.create_optimization_profile()
     n_feat = int(io["n_features"])
     profile.set_shape("feat", (1, 1, n_feat), (1, 1, n_feat), (max_batch, max_chunk, n_feat))
@@ -328,6 +335,7 @@ class TrtEngine(Engine):
         self.fp16, self.max_batch, self.max_chunk = fp16, int(max_batch), int(max_chunk)
         self.io = meta["io"]
         self.states = list(self.io["states"])
+        _require_fixed_frames(self.io)
         self.n_features, self.n_outputs = int(self.io["n_features"]), int(self.io["n_outputs"])
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)

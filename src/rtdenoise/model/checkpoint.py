@@ -29,12 +29,20 @@ class Checkpoint:
     name: str
     config: ModelConfig
     state_dict: dict[str, torch.Tensor]
-    modality: str = "spectral"
+    modality: str | None = None  # "spectral" or "imaging": the family's (None takes it from the config)
     wavelengths: list[float] = field(default_factory=list)  # nm, one per bin
     fs: float = 5.0  # frame rate it was trained for, Hz
     provenance: dict = field(default_factory=dict)  # signal/noise config, seed, steps, losses, wall time
     metrics: dict = field(default_factory=dict)  # quality measured after training
     path: str | None = None
+
+    def __post_init__(self):
+        family = self.config.family
+        if self.modality is None:
+            self.modality = family.modality
+        elif self.modality != family.modality:
+            raise ValueError(f"model {self.name!r} is an {self.config.arch!r} model, modality {family.modality!r}, "
+                             f"not {self.modality!r}")
 
     @property
     def frame_shape(self) -> tuple[int | None, ...]:

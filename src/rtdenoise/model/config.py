@@ -13,6 +13,8 @@ FAMILIES = {
     "subspace": "rtdenoise.model.subspace:SubspaceModel",
     "spectral": "rtdenoise.model.residual:ChannelsModel",
     "2d": "rtdenoise.model.residual:DeepDenoise2D",
+    "imaging-unet": "rtdenoise.model.imaging:CausalUNet",
+    "imaging-fact": "rtdenoise.model.imaging:Factorized",
 }
 
 
@@ -24,23 +26,20 @@ def family(arch: str):
     return getattr(importlib.import_module(module), name)
 
 
-DEFAULT_DILATIONS = (1, 2, 4, 8, 1, 2, 4, 1)  # the default depth-8 trunk: 57 frames of receptive field
-
-
 @dataclass
 class ModelConfig:
     """Architecture of a causal model; stored whole in every checkpoint."""
 
     arch: str = "subspace"  # model family (FAMILIES): "subspace" (causal PCA coefficients), "spectral" (wavelengths as channels) or "2d" (DeepDenoise)
-    n_bins: int = 152  # frame width W the model is built for
+    n_bins: int = 152  # frame width W the model is built for (imaging families take any H × W)
     rank: int = 8  # "subspace" only: tracked spectral dimensions (the signal needs ~3; spare ones let it shrink noise)
     cov_horizon: int = 1000  # "subspace" only: frames of the running covariance (200 s at 5 Hz; longer = a better-estimated subspace)
     taps: int = 8  # "subspace" only: frames in each predicted filter; must exceed lag
-    depth: int = 8  # conv layers in all, first and last included
+    depth: int = 8  # conv layers in all, first and last included (imaging families: temporal layers)
     width: int = 64  # hidden channels
     kernel_t: int = 3  # taps along time
-    kernel_w: int = 3  # taps along wavelength ("2d" only)
-    dilations: list[int] | None = None  # per layer along time; [] = all 1; None = DEFAULT_DILATIONS at depth 8, else all 1
+    kernel_w: int = 3  # taps along wavelength ("2d"), along each image axis (imaging families)
+    dilations: list[int] | None = None  # per layer along time; [] = all 1; None = the family's default for the depth
     lag: int = 0  # frames of lookahead: the output for frame t leaves when t + lag arrives
     horizon: int = 150  # front end: frames in the running baseline (30 s at 5 Hz)
     floor: float = 25.0  # front end: variance floor in counts² (about a read noise of 5)
@@ -50,7 +49,7 @@ class ModelConfig:
         if self.depth < 2:
             raise ValueError(f"depth must be >= 2, got {self.depth}")
         if self.dilations is None:
-            self.dilations = list(DEFAULT_DILATIONS) if self.depth == len(DEFAULT_DILATIONS) else []
+            self.dilations = fam.default_dilations(self.depth)
         if self.dilations and len(self.dilations) != self.depth:
             raise ValueError(f"dilations needs one entry per layer ({self.depth}), got {len(self.dilations)}")
         if self.lag < 0:

@@ -83,6 +83,10 @@ class FrontEnd:
         frames are kept to map delayed outputs back to counts.
     batch : int
         Streams held side by side.
+    pad_to : int
+        Images only: the features are the frame padded (edge values) at the bottom and
+        right to a multiple of this, the grid the network works on; outputs are cropped
+        back in :meth:`to_counts`.
     """
 
     def __init__(
@@ -95,6 +99,7 @@ class FrontEnd:
         cov_horizon: int = 300,
         lag: int = 0,
         batch: int = 1,
+        pad_to: int = 1,
     ):
         if horizon < 1 or cov_horizon < 1:
             raise ValueError(f"horizons must be >= 1 frame, got {horizon}, {cov_horizon}")
@@ -107,8 +112,10 @@ class FrontEnd:
         self.n_bins, self.horizon, self.floor = frame[-1], horizon, float(floor)
         self.rank, self.cov_horizon, self.lag, self.batch = rank, cov_horizon, lag, batch
         # What the network takes and gives per frame, after (batch, frames).
-        self.feature_shape = (2 * rank,) if rank else frame
-        self.output_shape = (rank,) if rank else frame
+        grid = tuple(-(-d // pad_to) * pad_to for d in frame)
+        self.pad = [(0, 0), (0, 0)] + [(0, g - d) for g, d in zip(grid, frame)] if grid != frame else None
+        self.feature_shape = (2 * rank,) if rank else grid
+        self.output_shape = (rank,) if rank else grid
         self.mean = np.zeros((batch, *frame))
         self.count = np.zeros(batch, dtype=np.int64)
         # Statistics of the last `lag` frames: b, s and (with a subspace) U, for delayed outputs.
@@ -153,7 +160,10 @@ class FrontEnd:
         s = np.sqrt(np.maximum(b, 0.0) + self.floor)
         xn = (x - b) / s
         if not self.rank:
-            return self._delayed(Normalized(xn.astype(np.float32), b, s, None))
+            feat = xn.astype(np.float32)
+            if self.pad:
+                feat = np.pad(feat, self.pad, mode="edge")
+            return self._delayed(Normalized(feat, b, s, None))
         r, w = self.rank, self.n_bins
         xn32 = xn.astype(np.float32)
         z = np.empty((bsz, n, r), dtype=np.float32)
@@ -195,10 +205,15 @@ class FrontEnd:
         tn = (clean - norm.baseline) / norm.scale
         if self.rank:
             tn = (tn[:, :, None, :].astype(np.float32) @ norm.basis)[:, :, 0]
+        if self.pad:
+            tn = np.pad(tn, self.pad, mode="edge")
         return tn.astype(np.float32)
 
     def to_counts(self, out: np.ndarray, norm: Normalized) -> np.ndarray:
         """Map network output (B, n, *output_shape), ``lag`` frames behind, back to counts (B, n, *frame)."""
         u = norm.out_basis
         yn = (u @ out[..., None])[..., 0] if self.rank else out
+        if self.pad:
+            h, w = self.frame_shape
+            yn = yn[..., :h, :w]
         return norm.out_baseline + norm.out_scale * yn

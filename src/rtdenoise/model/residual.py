@@ -16,6 +16,7 @@ Inputs and outputs are in the front end's noise units (see ``frontend.py``).
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from rtdenoise.model.frontend import FrontEnd
 from rtdenoise.model.streaming import CausalModel, History, State
@@ -27,9 +28,9 @@ class ResidualModel(CausalModel):
     A subclass says how frames become the trunk's ``(B, C, T, ...)`` tensors and back.
     """
 
-    def __init__(self, config, *, c_in: int, kernel_w: int | None):
+    def __init__(self, config, *, c_in: int, kernel_w: int | tuple[int, int] | None):
         super().__init__(config)
-        self.layers = self._trunk_layers(c_in, c_in, kernel_w=kernel_w)
+        self.layers = self._build_trunk(c_in, kernel_w)
         self.delay = History(c_in, config.lag)  # the input, lag frames late: what the noise is taken from
         self._init_trunk()
         # Near zero, so the untrained model is close to the identity (residual learning's
@@ -42,10 +43,18 @@ class ResidualModel(CausalModel):
         return FrontEnd(frame or config.n_bins, horizon=config.horizon, floor=config.floor, rank=0,
                         cov_horizon=config.cov_horizon, lag=config.lag, batch=batch)
 
+    def _build_trunk(self, c_in: int, kernel_w) -> nn.ModuleList:
+        """The trunk's layers, the last one giving the noise; a plain stack by default."""
+        return self._trunk_layers(c_in, c_in, kernel_w=kernel_w)
+
+    def _trunk(self, h: torch.Tensor, state: State, new: State) -> torch.Tensor:
+        return self._layers(h, state, new)
+
     def _to_trunk(self, xn: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _from_trunk(self, h: torch.Tensor) -> torch.Tensor:
+    def _from_trunk(self, h: torch.Tensor, xn: torch.Tensor) -> torch.Tensor:
+        """The trunk's ``(B, C, T, ...)`` back to frames shaped like ``xn``."""
         raise NotImplementedError
 
     def step(self, xn: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
@@ -53,8 +62,8 @@ class ResidualModel(CausalModel):
         t = h.shape[2]
         new = {}
         past, new[self.delay.state_name] = self.delay(h, state[self.delay.state_name])
-        h = self._layers(h, state, new)
-        return self._from_trunk(past[:, :, :t] - h), new  # remove the predicted noise of frame t - lag
+        h = self._trunk(h, state, new)
+        return self._from_trunk(past[:, :, :t] - h, xn), new  # remove the predicted noise of frame t - lag
 
 
 class ChannelsModel(ResidualModel):
@@ -68,7 +77,7 @@ class ChannelsModel(ResidualModel):
     def _to_trunk(self, xn: torch.Tensor) -> torch.Tensor:
         return xn.transpose(1, 2)  # (B, W, T)
 
-    def _from_trunk(self, h: torch.Tensor) -> torch.Tensor:
+    def _from_trunk(self, h: torch.Tensor, xn: torch.Tensor) -> torch.Tensor:
         return h.transpose(1, 2)
 
 
@@ -84,5 +93,5 @@ class DeepDenoise2D(ResidualModel):
     def _to_trunk(self, xn: torch.Tensor) -> torch.Tensor:
         return xn.unsqueeze(1)  # (B, 1, T, W)
 
-    def _from_trunk(self, h: torch.Tensor) -> torch.Tensor:
+    def _from_trunk(self, h: torch.Tensor, xn: torch.Tensor) -> torch.Tensor:
         return h.squeeze(1)

@@ -29,6 +29,7 @@ class StreamingLayer(nn.Module):
     """
 
     state_name = ""  # set by CausalModel from the module tree: "<path>.previous"
+    time_axis = 2  # (B, C, T, ...); image layers use 1: (B, T, C, H, W)
 
     def __init__(self, channels: int, context: int, *, scale: int = 1):
         super().__init__()
@@ -39,34 +40,41 @@ class StreamingLayer(nn.Module):
         self.scale = scale
 
     def state_shape(self, batch: int, spatial: tuple[int, ...]) -> tuple[int, ...]:
-        return (batch, self.channels, self.context, *(d // self.scale for d in spatial))
+        grid = tuple(d // self.scale for d in spatial)
+        if self.time_axis == 1:
+            return (batch, self.context, self.channels, *grid)
+        return (batch, self.channels, self.context, *grid)
 
-    def with_past(self, x: torch.Tensor, previous: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(previous ++ x, the last context rows of that)`` along time."""
-        xc = torch.cat([previous, x], dim=2)  # (B, C, P + T, ...)
-        return xc, xc[:, :, xc.shape[2] - self.context :]
+    def with_past(self, x: torch.Tensor, previous: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(previous ++ x, the last context rows of that)`` along time.
+
+        A layer with no context keeps no rows: ``previous`` is not read (it may be None,
+        as in an exported graph, where such states are left out).
+        """
+        a = self.time_axis
+        if not self.context:
+            return x, x.narrow(a, x.shape[a], 0)
+        xc = torch.cat([previous, x], dim=a)  # P + T rows along time
+        return xc, xc.narrow(a, xc.shape[a] - self.context, self.context)
 
 
 class CausalConv(StreamingLayer):
-    """A convolution causal along time (axis 2); "same" along the spatial axes.
+    """A convolution causal along time (axis 2); "same" along wavelength for 2-D kernels.
 
     ``kernel_w=None`` makes a ``Conv1d`` over ``(B, C, T)``; an int makes a ``Conv2d`` over
-    ``(B, C, T, W)`` with kernel ``(kernel_t, kernel_w)``; a pair ``(kh, kw)`` makes a
-    ``Conv3d`` over ``(B, C, T, H, W)`` with kernel ``(kernel_t, kh, kw)`` (``(1, 1)``: a
-    purely temporal filter per pixel; ``kernel_t = 1``: a purely spatial one, no state).
+    ``(B, C, T, W)`` with kernel ``(kernel_t, kernel_w)``.
     """
 
-    def __init__(self, c_in: int, c_out: int, kernel_t: int, *, dilation: int = 1,
-                 kernel_w: int | tuple[int, int] | None = None, scale: int = 1):
+    def __init__(self, c_in: int, c_out: int, kernel_t: int, *, dilation: int = 1, kernel_w: int | None = None):
         if kernel_t < 1 or dilation < 1:
             raise ValueError(f"kernel_t and dilation must be >= 1, got {kernel_t}, {dilation}")
-        super().__init__(c_in, (kernel_t - 1) * dilation, scale=scale)
-        spatial = () if kernel_w is None else (kernel_w,) if isinstance(kernel_w, int) else tuple(kernel_w)
-        if any(k % 2 != 1 for k in spatial):
-            raise ValueError(f"spatial kernels must be odd for 'same' padding, got {kernel_w}")
-        conv = {0: nn.Conv1d, 1: nn.Conv2d, 2: nn.Conv3d}[len(spatial)]
-        self.conv = conv(c_in, c_out, (kernel_t, *spatial), dilation=(dilation,) + (1,) * len(spatial),
-                         padding=(0, *(k // 2 for k in spatial)))
+        super().__init__(c_in, (kernel_t - 1) * dilation)
+        if kernel_w is None:
+            self.conv = nn.Conv1d(c_in, c_out, kernel_t, dilation=dilation)
+        else:
+            if kernel_w % 2 != 1:
+                raise ValueError(f"kernel_w must be odd for 'same' padding along wavelength, got {kernel_w}")
+            self.conv = nn.Conv2d(c_in, c_out, (kernel_t, kernel_w), dilation=(dilation, 1), padding=(0, kernel_w // 2))
 
     def forward(self, x: torch.Tensor, previous: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xc, new = self.with_past(x, previous)
@@ -112,6 +120,11 @@ class CausalModel(nn.Module):
     @classmethod
     def check_config(cls, config) -> None:
         """Raise ValueError for a config this family cannot build."""
+
+    @classmethod
+    def default_dilations(cls, depth: int) -> list[int]:
+        """Dilations along time when the config gives none: the 57-frame trunk at depth 8."""
+        return [1, 2, 4, 8, 1, 2, 4, 1] if depth == 8 else []
 
     @classmethod
     def receptive_field(cls, config) -> int:

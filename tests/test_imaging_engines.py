@@ -1,0 +1,104 @@
+"""Imaging models behind the engines: movies (T, H, W) of any frame size, torch and ONNX Runtime.
+
+Random weights (the engine path, not the quality, is under test); quality is the imaging
+benchmark's business.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rtdenoise.backends import load_engine
+from rtdenoise.model.checkpoint import Checkpoint
+from rtdenoise.model.config import ModelConfig
+
+BACKENDS = [pytest.param("torch", id="torch"), pytest.param("onnxruntime", id="ort")]
+ARCHS = [pytest.param("imaging-unet", id="unet"), pytest.param("imaging-fact", id="factorized")]
+
+
+@pytest.fixture(scope="module")
+def imaging_engine():
+    cache: dict = {}
+
+    def make(backend: str, arch: str = "imaging-unet", lag: int = 2):
+        key = (backend, arch, lag)
+        if key not in cache:
+            cfg = ModelConfig(arch=arch, depth=3, width=4, lag=lag, floor=1.0, horizon=20)
+            torch.manual_seed(0)
+            net = cfg.build()
+            with torch.no_grad():
+                net.out.conv.weight.normal_(0.0, 0.2)  # a real correction, not the near-identity of a fresh model
+            cache[key] = load_engine(Checkpoint(f"tiny-{arch}", cfg, net.state_dict(), fs=30.0), backend=backend)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def movie():
+    rng = np.random.default_rng(0)
+    return rng.poisson(rng.uniform(1, 20, (1, 37, 53)), (30, 37, 53)).astype(np.uint16)  # odd sizes: padded inside
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_movie_in_gives_as_many_frames_out_whatever_the_chunking(imaging_engine, movie, backend, arch):
+    eng = imaging_engine(backend, arch)
+    assert eng.checkpoint.modality == "imaging" and eng.frame_shape == (None, None)
+    whole = eng.run(movie)
+    assert whole.shape == movie.shape and whole.dtype == np.float32
+    scale = float(whole.std())
+    np.testing.assert_allclose(eng.run(movie, chunk=1), whole, rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(eng.run(movie, chunk=7), whole, rtol=0, atol=1e-5 * scale)
+    assert np.abs(whole - movie).mean() > 0.01 * scale  # the network did act
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_onnxruntime_equals_torch_on_any_frame_size(imaging_engine, movie, arch):
+    a, b = imaging_engine("torch", arch).run(movie), imaging_engine("onnxruntime", arch).run(movie)
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * float(a.std()))
+    small = movie[:, :20, :31]  # another size through the same exported graph
+    np.testing.assert_allclose(imaging_engine("onnxruntime", arch).run(small), imaging_engine("torch", arch).run(small),
+                               rtol=0, atol=1e-5 * float(a.std()))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stream_state_takes_its_shape_from_the_first_frames(imaging_engine, movie, backend):
+    eng = imaging_engine(backend)
+    state = eng.new_state(1)
+    assert state.shape is None
+    eng.step(movie[:3], state)
+    assert state.shape == (37, 53)
+    with pytest.raises(ValueError, match=r"the stream started with \(37, 53\)"):
+        eng.step(movie[:2, :32, :32], state)
+    assert state.seen[0] == 3
+    owed = eng.flush(state)
+    assert owed.shape == (2, 37, 53)
+
+
+BAD = [
+    pytest.param(lambda m: m[:, 0, :], ValueError, "denoises images", id="spectra"),
+    pytest.param(lambda m: np.stack([m] * 3, axis=-1), ValueError, "colour image", id="colour"),
+    pytest.param(lambda m: m[:, :8, :8], ValueError, "smaller than this model's 16 × 16", id="tiny"),
+    pytest.param(lambda m: np.where(np.arange(53) == 5, np.nan, m.astype(np.float32)), ValueError, "NaN", id="nan"),
+    pytest.param(lambda m: m[:0], ValueError, "at least 1 frame", id="empty"),
+]
+
+
+@pytest.mark.parametrize("bad,exc,match", BAD)
+def test_bad_movies_get_clear_errors(imaging_engine, movie, bad, exc, match):
+    with pytest.raises(exc, match=match):
+        imaging_engine("torch").run(bad(movie))
+
+
+def test_tensorrt_refuses_an_imaging_model_with_the_fix(imaging_engine):
+    pytest.importorskip("onnx")
+    from rtdenoise.backends.export import export_onnx, read_onnx_metadata
+    from rtdenoise.backends.trt_engine import _require_fixed_frames
+
+    io = read_onnx_metadata(export_onnx(imaging_engine("torch").checkpoint))["io"]
+    assert io["n_features"] is None and io["state_shapes"]["delay.previous"] == [2, 1, None, None]
+    with pytest.raises(ValueError, match="backend='onnxruntime'"):
+        _require_fixed_frames(io)

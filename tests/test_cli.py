@@ -128,3 +128,32 @@ def test_auto_backend_on_a_cpu_is_the_fastest_measured_for_the_model(monkeypatch
     assert load_engine(None, backend="auto").backend == measured
     monkeypatch.setenv("RTDENOISE_CPU_BACKEND", "torch")
     assert load_engine(None, backend="auto").backend == "torch"
+
+
+def test_imaging_end_to_end_simulate_train_denoise_info(tmp_path, capsys):
+    mov, model, out = tmp_path / "mov.npz", tmp_path / "img.pt", tmp_path / "den.tif"
+    assert main(["simulate", str(mov), "--modality", "imaging", "--frames", "40", "--shape", "36", "44",
+                 "--photons", "5", "--seed", "2"]) == 0
+    arrays = load_arrays(mov)
+    assert arrays["noisy"].shape == arrays["clean"].shape == (40, 36, 44)
+    n_neurons = arrays["traces"].shape[0]
+    assert set(np.unique(arrays["footprint_neuron"])) <= set(range(n_neurons))
+    assert main(["train", str(model), "--modality", "imaging", "--steps", "4", "--batch", "2", "--window", "12",
+                 "--patch", "32", "32", "--workers", "0"]) == 0
+    assert main(["denoise", str(mov), str(out), "--model", str(model), "--quiet"]) == 0
+    den = load_frames(out)
+    assert den.shape == (40, 36, 44) and den.dtype == np.float32
+    capsys.readouterr()
+    assert main(["info", str(model), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["modality"] == "imaging" and info["frame_shape"] == [None, None] and info["lag"] == 0
+    assert info["config"]["arch"] == "imaging-unet"
+    # a movie into the default (spectral) model: told what to do, nothing written
+    assert main(["denoise", str(mov), str(tmp_path / "no.npy"), "--quiet"]) == 2
+    assert "pick an imaging model" in capsys.readouterr().err
+    assert not (tmp_path / "no.npy").exists()
+
+
+def test_train_refuses_an_arch_of_another_modality(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "x.pt"), "--modality", "spectral", "--arch", "imaging-unet", "--steps", "1"]) == 2
+    assert "--modality imaging" in capsys.readouterr().err

@@ -24,11 +24,17 @@ def _print_json(obj) -> None:
 
 
 def _add_simulate(sub) -> None:
-    p = sub.add_parser("simulate", help="write a synthetic spectral recording with its ground truth (.npz)")
-    p.add_argument("out", help="output .npz/.h5/.mat (noisy, clean, static, spectra, traces, config_json)")
+    from rtdenoise.model.config import MODALITIES
+
+    p = sub.add_parser("simulate", help="write a synthetic recording (spectra or a movie) with its ground truth")
+    p.add_argument("out", help="output .npz/.h5/.mat (noisy, clean, static, traces, ..., config_json)")
+    p.add_argument("--modality", choices=MODALITIES, default="spectral",
+                   help="spectral: fiber-photometry spectra (T, W); imaging: a two-photon-like movie (T, H, W)")
     p.add_argument("--frames", type=int, required=True, help="number of frames")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--photons", type=float, default=None, help="counts at the emission peak (default: drawn)")
+    p.add_argument("--photons", type=float, default=None,
+                   help="counts at the emission peak, or photons per pixel per frame at the brightest somata (default: drawn)")
+    p.add_argument("--shape", type=int, nargs=2, default=None, metavar=("H", "W"), help="imaging: frame size (default 128 128)")
     p.add_argument("--read-noise", type=float, default=None, help="detector read noise, counts rms (default: drawn)")
     p.add_argument("--fs", type=float, default=None, help="frame rate, Hz (default 5)")
     p.add_argument("--dark", help="recorded dark frames (.npy/.npz/.tif/.h5/.mat) instead of the detector model")
@@ -44,6 +50,10 @@ def cmd_simulate(args) -> int:
 
     if args.frames < 1:
         raise ValueError(f"--frames must be >= 1, got {args.frames}")
+    if args.modality == "imaging":
+        return _simulate_movie(args)
+    if args.shape:
+        raise ValueError("--shape is for --modality imaging; a spectrum's width comes from the signal model")
     signal = SpectralConfig() if args.fs is None else SpectralConfig(fs=args.fs)
     noise = noise_from_args(args.dark, args.light, n_bins=signal.n_bins)
     if args.read_noise is not None:
@@ -60,28 +70,54 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def _simulate_movie(args) -> int:
+    import numpy as np
+
+    from rtdenoise.io import save_frames
+    from rtdenoise.synth import ImagingConfig, simulate_movie
+
+    if args.dark or args.light or args.read_noise is not None:
+        raise ValueError("--dark, --light and --read-noise are for spectra; movies use the two-photon detector model")
+    config = ImagingConfig() if args.fs is None else ImagingConfig(fs=(args.fs, args.fs))
+    shape = tuple(args.shape) if args.shape else config.shape
+    rec = simulate_movie(args.frames, seed=args.seed, shape=shape, photons=args.photons, config=config)
+    foot = rec.pop("footprints")  # (N, H, W), mostly zeros: stored as (neuron, pixel, weight) triplets
+    n, p = np.nonzero(foot.reshape(len(foot), -1))
+    rec.update(footprint_neuron=n.astype(np.int32), footprint_pixel=p.astype(np.int32),
+               footprint_weight=foot.reshape(len(foot), -1)[n, p].astype(np.float32))
+    meta = {"modality": "imaging", "signal": config.to_dict(), "noise": "pmt", "seed": args.seed, "photons": args.photons}
+    rec["config_json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    noisy = rec.pop("noisy")
+    save_frames(args.out, noisy, key="noisy", extra=rec)
+    print(f"wrote {args.out}: {args.frames} frames of {shape[0]} × {shape[1]} px at {float(rec['fs']):.1f} Hz, "
+          f"{len(foot)} neurons, {float(rec['photons']):.2f} photons at the brightest somata (PMT noise)")
+    return 0
+
+
 # ----------------------------------------------------------------------------- train
 
 
 def _add_train(sub) -> None:
-    from rtdenoise.model.config import FAMILIES, ModelConfig
+    from rtdenoise.model.config import FAMILIES, MODALITIES, default_config
     from rtdenoise.train import TrainConfig
 
-    m, t = ModelConfig(), TrainConfig()
-    p = sub.add_parser("train", help="train a causal denoiser on synthetic spectra + instrument noise")
+    m, im, t = default_config("spectral"), default_config("imaging"), TrainConfig()
+    p = sub.add_parser("train", help="train a causal denoiser on synthetic spectra or movies + instrument noise")
     p.add_argument("out", help="checkpoint to write (.pt); rewritten at every validation")
-    p.add_argument("--arch", choices=list(FAMILIES), default=m.arch)
+    p.add_argument("--modality", choices=MODALITIES, default="spectral", help="what the model denoises")
+    p.add_argument("--arch", choices=list(FAMILIES), default=None, help=f"default {m.arch} (spectral), {im.arch} (imaging)")
     p.add_argument("--lag", type=int, default=m.lag, help="frames of lookahead (0 = strictly causal)")
-    p.add_argument("--depth", type=int, default=m.depth)
-    p.add_argument("--width", type=int, default=m.width)
+    p.add_argument("--depth", type=int, default=None, help=f"default {m.depth} (spectral), {im.depth} (imaging)")
+    p.add_argument("--width", type=int, default=None, help=f"default {m.width} (spectral), {im.width} (imaging)")
     p.add_argument("--rank", type=int, default=m.rank)
     p.add_argument("--taps", type=int, default=m.taps)
+    p.add_argument("--patch", type=int, nargs=2, default=list(t.patch), metavar=("H", "W"), help="imaging: pixels per instance")
     p.add_argument("--dilations", default=None,
                    help="comma-separated, one per layer (default: the model's own at its default depth, else all 1)")
     p.add_argument("--steps", type=int, default=t.steps)
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget")
     p.add_argument("--batch", type=int, default=t.batch)
-    p.add_argument("--window", type=int, default=t.window)
+    p.add_argument("--window", type=int, default=t.window, help="frames per instance (default 256 spectral, 32 imaging)")
     p.add_argument("--lr", type=float, default=t.lr)
     p.add_argument("--workers", type=int, default=t.workers)
     p.add_argument("--seed", type=int, default=t.seed)
@@ -93,21 +129,28 @@ def _add_train(sub) -> None:
 
 
 def cmd_train(args) -> int:
-    from rtdenoise.model.config import ModelConfig
+    from rtdenoise.model.config import ModelConfig, default_config
     from rtdenoise.synth import SpectralConfig, noise_from_args
     from rtdenoise.train import TrainConfig, train
 
-    signal = SpectralConfig()
+    base = default_config(args.modality)
+    given = {k: getattr(args, k) for k in ("arch", "depth", "width") if getattr(args, k) is not None}
     dilations = None if args.dilations is None else [int(d) for d in args.dilations.split(",") if d.strip()]
-    model = ModelConfig(
-        arch=args.arch, lag=args.lag, depth=args.depth, width=args.width, rank=args.rank, taps=args.taps,
-        n_bins=signal.n_bins, dilations=dilations,
-    )
+    model = ModelConfig(**(base.to_dict() | given | {"lag": args.lag, "rank": args.rank, "taps": args.taps,
+                                                      "dilations": dilations}))
+    if model.family.modality != args.modality:
+        raise ValueError(f"--arch {model.arch} is a {model.family.modality} model; give --modality {model.family.modality}")
     cfg = TrainConfig(
         steps=args.steps, minutes=args.minutes, batch=args.batch, window=args.window, lr=args.lr,
-        workers=args.workers, seed=args.seed,
+        workers=args.workers, seed=args.seed, patch=tuple(args.patch),
     )
-    noise = noise_from_args(args.dark, args.light, n_bins=signal.n_bins)
+    if args.modality == "imaging":
+        if args.dark or args.light:
+            raise ValueError("--dark/--light are spectrometer recordings; movies train on the two-photon detector model")
+        signal, noise = None, None
+    else:
+        signal = SpectralConfig()
+        noise = noise_from_args(args.dark, args.light, n_bins=signal.n_bins)
     ckpt = train(
         args.out, model=model, signal=signal, noise=noise, config=cfg, name=args.name, resume=args.resume,
         command="rtdenoise " + " ".join(sys.argv[1:]),
@@ -144,7 +187,8 @@ def cmd_info(args) -> int:
     lines = [
         f"model          {info['name']}  ({info['path']})",
         f"format         {info['format']} v{info['format_version']}",
-        f"modality       {info['modality']}, frame shape {tuple(info['frame_shape'])}",
+        f"modality       {info['modality']}, frames "
+        + (" × ".join("any" if d is None else str(d) for d in info["frame_shape"])),
         f"wavelengths    {wl[0]:.1f}–{wl[-1]:.1f} nm in {len(wl)} bins" if wl else "wavelengths    -",
         f"frame rate     {info['fs']:g} Hz",
         f"lag            {info['lag']} frames ({info['lag'] / info['fs']:.2f} s)",

@@ -464,7 +464,8 @@ def validate_frames(
     frames : numpy.ndarray
         Time first: ``(T, W)`` spectra or ``(T, H, W)`` images.
     frame_shape : int or tuple of int, optional
-        The shape one frame must have, e.g. a model's ``(152,)``.
+        The shape one frame must have, e.g. a model's ``(152,)``; None in it for any size
+        (an imaging model's ``(None, None)``).
     name : str, default "frames"
         What to call the array in error messages.
 
@@ -514,11 +515,19 @@ def validate_frames(
             )
     if frame_shape is not None:
         expected = (frame_shape,) if isinstance(frame_shape, (int, np.integer)) else frame_shape
-        expected = tuple(int(s) for s in expected)
-        if arr.shape[1:] != expected:
+        expected = tuple(None if s is None else int(s) for s in expected)
+        got = arr.shape[1:]
+        if len(got) != len(expected) or any(e is not None and e != g for e, g in zip(expected, got)):
+            want = " × ".join("any" if e is None else str(e) for e in expected)
+            kind = {1: "spectra (T, W)", 2: "a movie (T, H, W)"}
+            if len(got) != len(expected) and len(got) in kind and len(expected) in kind:
+                raise ValueError(
+                    f"{name} is {kind[len(got)]} of frames {got}, but the model denoises {kind[len(expected)]} "
+                    f"(frames {want}); pick {'a spectral' if len(got) == 1 else 'an imaging'} model (--model)"
+                )
             device = "spectrometer" if len(expected) == 1 else "camera"
             raise ValueError(
-                f"expected {name} of shape {expected}, got {arr.shape[1:]}; "
+                f"expected {name} of shape {expected}, got {got}; "
                 f"is this the model for this {device}?"
             )
     return frames if isinstance(frames, np.ndarray) else arr

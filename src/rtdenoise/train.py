@@ -24,7 +24,7 @@ from rtdenoise.atomic import atomic_path
 from rtdenoise.model.checkpoint import Checkpoint
 from rtdenoise.model.config import ModelConfig
 from rtdenoise.synth.dataset import SpectralDataset
-from rtdenoise.synth.noise import DetectorNoise, RecordedNoise
+from rtdenoise.synth.noise import DetectorNoise
 from rtdenoise.synth.spectral import SpectralConfig
 
 
@@ -35,7 +35,8 @@ class TrainConfig:
     steps: int = 20_000  # optimizer steps at most
     minutes: float | None = None  # wall-clock budget; stops at whichever comes first
     batch: int = 16  # instances per step (per rank)
-    window: int = 256  # frames per instance: 51 s at 5 Hz, several receptive fields
+    window: int | None = None  # frames per instance; None: 256 for spectra (51 s at 5 Hz), 32 for movies (1 s at 30 Hz)
+    patch: tuple[int, int] = (64, 64)  # movies: pixels per instance (the model runs on any frame size)
     lr: float = 2e-3  # peak AdamW learning rate
     warmup: int = 200  # linear warm-up steps: avoids the early plateau large steps cause
     weight_decay: float = 1e-4
@@ -60,7 +61,7 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 
 def normalize_batch(noisy: np.ndarray, target: np.ndarray, mcfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Front end over a batch from a cold start: (features, target in the network's units)."""
-    fe = mcfg.frontend(batch=noisy.shape[0])
+    fe = mcfg.frontend(noisy.shape[0], noisy.shape[2:])
     norm = fe.normalize(noisy)
     return torch.from_numpy(norm.features), torch.from_numpy(fe.target(target, norm))
 
@@ -80,7 +81,7 @@ def identity_loss(feat: torch.Tensor, tn: torch.Tensor, lag: int) -> torch.Tenso
 class _Batches(torch.utils.data.IterableDataset):
     """Endless normalized training batches, made in a worker process beside the optimizer."""
 
-    def __init__(self, ds: SpectralDataset, mcfg: ModelConfig, batch: int, seed: list[int]):
+    def __init__(self, ds, mcfg: ModelConfig, batch: int, seed: list[int]):
         super().__init__()
         self.ds, self.mcfg, self.batch, self.seed = ds, mcfg, batch, seed
 
@@ -105,15 +106,19 @@ def train(
     out: str | os.PathLike,
     *,
     model: ModelConfig | None = None,
-    signal: SpectralConfig | None = None,
-    noise: DetectorNoise | RecordedNoise | None = None,
+    signal=None,
+    noise=None,
     config: TrainConfig | None = None,
     name: str | None = None,
     resume: bool = False,
     progress: bool = True,
     command: str | None = None,
 ) -> Checkpoint:
-    """Train a causal DnCNN on synthetic spectra and write the checkpoint to ``out``.
+    """Train a causal model on synthetic instances and write the checkpoint to ``out``.
+
+    The model's family says what it denoises: spectra (``signal`` a SpectralConfig,
+    ``noise`` DetectorNoise or RecordedNoise) or movies (``signal`` an ImagingConfig,
+    ``noise`` PMTNoise, SCMOSNoise or RecordedMovieNoise; patches of ``config.patch``).
 
     ``out`` is rewritten at every validation (atomically), so an interrupted run leaves the
     last good checkpoint; ``resume=True`` continues from it (``out + '.state'`` holds the
@@ -122,12 +127,23 @@ def train(
     from tqdm import tqdm
 
     model_cfg = model or ModelConfig()
-    signal = signal or SpectralConfig()
-    signal.validate()
-    noise = noise or DetectorNoise()
-    cfg = config or TrainConfig()
-    if model_cfg.n_bins != signal.n_bins:
-        raise ValueError(f"model has {model_cfg.n_bins} bins but the signal model {signal.n_bins}")
+    images = model_cfg.family.modality == "imaging"
+    cfg = dataclasses.replace(config or TrainConfig())
+    cfg.window = cfg.window or (32 if images else 256)
+    if images:
+        from rtdenoise.synth.dataset import ImagingDataset
+        from rtdenoise.synth.imaging import ImagingConfig
+
+        if signal is not None and not isinstance(signal, ImagingConfig):
+            raise TypeError(f"an imaging model ({model_cfg.arch!r}) trains on an ImagingConfig, got {type(signal).__name__}")
+        ds = ImagingDataset(signal, noise, window=cfg.window, patch=cfg.patch, seed=cfg.seed)
+    else:
+        if signal is not None and not isinstance(signal, SpectralConfig):
+            raise TypeError(f"a spectral model ({model_cfg.arch!r}) trains on a SpectralConfig, got {type(signal).__name__}")
+        ds = SpectralDataset(signal, noise or DetectorNoise(), window=cfg.window, seed=cfg.seed)
+        if model_cfg.n_bins != ds.signal.n_bins:
+            raise ValueError(f"model has {model_cfg.n_bins} bins but the signal model {ds.signal.n_bins}")
+    signal, noise = ds.signal, ds.noise
     if cfg.window <= model_cfg.lag:
         raise ValueError(f"window ({cfg.window}) must be longer than the lag ({model_cfg.lag})")
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) - cfg.workers))
@@ -150,7 +166,6 @@ def train(
     if world > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(net)
 
-    ds = SpectralDataset(signal, noise, window=cfg.window, seed=cfg.seed)
     val_rng = np.random.default_rng([cfg.seed, 10**6])  # held out: never drawn in training
     val = [normalize_batch(*ds.batch(val_rng, 8), model_cfg) for _ in range(math.ceil(cfg.val_instances / 8))]
     # Each (rank, resume point) draws its own stream of instances.
@@ -174,8 +189,8 @@ def train(
             name=name or out.stem,
             config=model_cfg,
             state_dict=net.state_dict(),
-            wavelengths=list(signal.wavelengths()),
-            fs=signal.fs,
+            wavelengths=[] if images else list(signal.wavelengths()),
+            fs=float(np.sqrt(signal.fs[0] * signal.fs[1])) if images else signal.fs,  # movies: the median of the drawn rates
             provenance={
                 "signal": signal.to_dict(),
                 "noise": noise.describe(),

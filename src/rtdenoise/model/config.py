@@ -26,6 +26,20 @@ def family(arch: str):
     return getattr(importlib.import_module(module), name)
 
 
+MODALITIES = ("spectral", "imaging")
+
+
+def default_config(modality: str = "spectral") -> "ModelConfig":
+    """The model a modality trains by default: the subspace model for spectra; for movies a
+    causal U-Net with a 31-frame temporal field, a 10 s per-pixel baseline at 30 Hz and a
+    variance floor of 1 photon²."""
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
+    if modality == "imaging":
+        return ModelConfig(arch="imaging-unet", depth=4, width=8, horizon=300, floor=1.0)
+    return ModelConfig()
+
+
 @dataclass
 class ModelConfig:
     """Architecture of a causal model; stored whole in every checkpoint."""

@@ -82,3 +82,56 @@ class SpectralDataset(torch.utils.data.IterableDataset):
         while True:
             noisy, target, _ = self.instance(rng)
             yield noisy, target
+
+
+class ImagingDataset:
+    """Endless ``(noisy, target)`` movie patches ``(window, H, W)``, float32 counts.
+
+    Each instance is a new synthetic scene (:func:`rtdenoise.synth.imaging.sample_scene`)
+    with new noise; ``target = clean + static``, what the detector reads without its random
+    noise. The interface is :class:`SpectralDataset`'s (``instance``, ``batch``).
+
+    Parameters
+    ----------
+    signal : ImagingConfig
+        The scene model and its randomization ranges; ``shape`` is overridden by ``patch``.
+    noise : PMTNoise, SCMOSNoise or RecordedMovieNoise
+        Where the noise comes from; a two-photon PMT by default.
+    window : int
+        Frames per instance.
+    patch : (int, int)
+        Pixels per instance: the model is convolutional, so it learns on patches and runs
+        on any frame size.
+
+    Examples
+    --------
+    >>> ds = ImagingDataset(window=8, patch=(32, 32))
+    >>> noisy, target = ds.batch(np.random.default_rng(0), 2)
+    >>> noisy.shape
+    (2, 8, 32, 32)
+    """
+
+    def __init__(self, signal=None, noise=None, *, window: int = 32, patch: tuple[int, int] = (64, 64), seed: int = 0):
+        from rtdenoise.synth.imaging import ImagingConfig
+        from rtdenoise.synth.noise import PMTNoise
+
+        if window < 1:
+            raise ValueError(f"window must be >= 1 frame, got {window}")
+        if len(patch) != 2 or min(patch) < 4:
+            raise ValueError(f"patch must be (H, W) of at least 4 × 4 pixels, got {patch}")
+        self.signal = (signal or ImagingConfig()).replace(shape=tuple(int(p) for p in patch))
+        self.signal.validate()
+        self.noise = noise or PMTNoise()
+        self.window, self.patch, self.seed = window, tuple(patch), seed
+
+    def instance(self, rng: np.random.Generator):
+        from rtdenoise.synth.imaging import sample_scene
+
+        inst = sample_scene(self.signal, self.window, rng)
+        noisy, static = self.noise.sample(inst.clean, rng, fs=inst.fs)
+        return noisy.astype(np.float32), (inst.clean + static[None]).astype(np.float32), inst
+
+    def batch(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """``size`` instances stacked: two ``(size, window, H, W)`` float32 arrays."""
+        pairs = [self.instance(rng)[:2] for _ in range(size)]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])

@@ -65,21 +65,28 @@ class FrameConv(nn.Module):
 class TemporalConv(StreamingLayer):
     """A causal filter along time at every pixel, ``kernel_t`` taps ``dilation`` frames apart.
 
-    ``(B, T, C, H, W) -> (B, T, C, H, W)``; keeps the last ``(kernel_t − 1)·dilation`` input
-    frames. The taps are stacked on the channels and mixed by one 1 × 1 ``Conv2d``.
+    ``(B, T, C, H, W) -> (B, T, C, H, W)``. A 1 × 1 convolution first projects each frame
+    to ``keep`` channels; the layer keeps the last ``(kernel_t − 1)·dilation`` of those
+    projected frames, stacks the taps on the channels and mixes them back to ``C`` with one
+    1 × 1 ``Conv2d``. The projection is what makes long filters affordable: a step copies
+    its state, so the state's size, not the arithmetic, dominates a large frame.
     """
 
     time_axis = 1
 
-    def __init__(self, channels: int, kernel_t: int, *, dilation: int = 1, scale: int = 1):
+    def __init__(self, channels: int, kernel_t: int, *, dilation: int = 1, scale: int = 1, keep: int | None = None):
         if kernel_t < 1 or dilation < 1:
             raise ValueError(f"kernel_t and dilation must be >= 1, got {kernel_t}, {dilation}")
-        super().__init__(channels, (kernel_t - 1) * dilation, scale=scale)
+        keep = keep or channels
+        super().__init__(keep, (kernel_t - 1) * dilation, scale=scale)
         self.kernel_t, self.dilation = kernel_t, dilation
-        self.conv = nn.Conv2d(kernel_t * channels, channels, 1)
+        self.project = nn.Conv2d(channels, keep, 1) if keep != channels else None
+        self.conv = nn.Conv2d(kernel_t * keep, channels, 1)
 
     def forward(self, x: torch.Tensor, previous: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        xc, new = self.with_past(x, previous)  # (B, P + T, C, H, W)
+        if self.project is not None:
+            x = _movie(self.project(_frames(x)), x)
+        xc, new = self.with_past(x, previous)  # (B, P + T, keep, H, W)
         t, d = x.shape[1], self.dilation
         taps = torch.cat([xc[:, j * d : j * d + t] for j in range(self.kernel_t)], dim=2)  # oldest first
         return _movie(self.conv(_frames(taps)), x), new
@@ -182,7 +189,8 @@ class Factorized(_ImagingModel):
 class CausalUNet(_ImagingModel):
     """Pixel-unshuffle to ½; a level at ½ (``2·width`` channels) and one at ¼ (``4·width``).
 
-    The first temporal layer (dilation ``dilations[0]``) runs at ½, the rest at ¼; a 2 × 2
+    The first temporal layer (dilation ``dilations[0]``) runs at ½, the rest at ¼, each
+    keeping ``width`` channels of history; a 2 × 2
     transposed convolution brings ¼ back to ½, added to the ½ features (a skip), and
     pixel-shuffle gives the full-resolution noise.
     """
@@ -194,10 +202,10 @@ class CausalUNet(_ImagingModel):
         c, k, kt = self.config.width, self.config.kernel_w, self.config.kernel_t
         d = self.config.dilations or [1] * self.config.depth
         self.half_in = FrameConv(4, 2 * c, k)
-        self.half_time = TemporalConv(2 * c, kt, dilation=d[0], scale=2)
+        self.half_time = TemporalConv(2 * c, kt, dilation=d[0], scale=2, keep=c)
         self.half_mix = FrameConv(2 * c, 2 * c, k)
         self.down = FrameConv(2 * c, 4 * c, k, stride=2)
-        self.quarter_time = nn.ModuleList(TemporalConv(4 * c, kt, dilation=di, scale=4) for di in d[1:])
+        self.quarter_time = nn.ModuleList(TemporalConv(4 * c, kt, dilation=di, scale=4, keep=c) for di in d[1:])
         self.quarter_mix = FrameConv(4 * c, 4 * c, k)
         self.up = FrameConv(4 * c, 2 * c, up=True)
         self.half_out = FrameConv(2 * c, 2 * c, k)

@@ -10,7 +10,7 @@ import pytest
 import zmq
 
 from rtdenoise.stream import wire
-from rtdenoise.stream.client import COPY_THRESHOLD, Publisher, Subscriber
+from rtdenoise.stream.client import Publisher, Subscriber
 from rtdenoise.stream.wire import WireError
 
 pytestmark = pytest.mark.timeout(30)
@@ -61,9 +61,9 @@ def test_publisher_to_subscriber_roundtrip_small_and_large():
         np.testing.assert_array_equal(frames, small)
         assert frames.flags.aligned  # small messages may arrive unaligned: decode copies those
 
-        # > 64 kB: sent zero-copy
+        # > 64 kB: sent zero-copy (pyzmq copies parts under the socket's copy_threshold)
         large = np.random.default_rng(1).integers(0, 4096, size=(256, 152)).astype("<u2")
-        assert large.nbytes > COPY_THRESHOLD
+        assert large.nbytes > zmq.COPY_THRESHOLD
         pub.send(large)
         header, frames = sub.recv(timeout=5)
         assert header["seq"] == 103 and header["n"] == 256  # auto seq continues after 100 + 3
@@ -232,3 +232,71 @@ def test_shared_context_and_close_is_idempotent():
         assert "stream='s'" in repr(pub) and "frames" in repr(sub)  # repr works after close
     finally:
         ctx.term()
+
+
+# ----------------------------------------------------------------------------- sockets shared with the service
+
+
+def test_bind_or_connect_names_the_socket_only_when_asked():
+    from rtdenoise.stream.sockets import bind_or_connect
+
+    ctx = zmq.Context.instance()
+    a, b = ctx.socket(zmq.PUB), ctx.socket(zmq.PUB)
+    try:
+        addr = bind_or_connect(a, ANY_PORT, True)
+        assert addr.startswith("tcp://127.0.0.1:") and not addr.endswith("*")
+        with pytest.raises(ValueError, match="endpoint"):
+            bind_or_connect(b, "127.0.0.1:5555", True)
+        with pytest.raises(zmq.ZMQError):  # a client's error passes through
+            bind_or_connect(b, addr, True)
+        with pytest.raises(ValueError, match=r"cannot bind the pub socket to .*another service"):
+            bind_or_connect(b, addr, True, name="pub")
+        assert bind_or_connect(b, addr, False) == addr
+    finally:
+        a.close(linger=0)
+        b.close(linger=0)
+
+
+def test_open_client_closes_its_socket_when_it_cannot_bind():
+    from rtdenoise.stream.sockets import open_client
+
+    ctx = zmq.Context()
+    try:
+        sock, addr = open_client(zmq.SUB, ANY_PORT, bind=True, context=ctx, options=[(zmq.RCVHWM, 7)])
+        assert sock.rcvhwm == 7 and addr.startswith("tcp://127.0.0.1:")
+        with pytest.raises(zmq.ZMQError):
+            open_client(zmq.SUB, addr, bind=True, context=ctx)
+        sock.close(linger=0)
+    finally:
+        ctx.term()  # would hang on a socket left open
+
+
+def test_service_sockets_alone_bind_count_connections_and_close():
+    from rtdenoise.stream.sockets import ServiceSockets
+
+    s = ServiceSockets(sub=ANY_PORT, bind_sub=True, pub=ANY_PORT, control=ANY_PORT, subscribe=("rig",))
+    try:
+        assert set(s.addresses) == {"sub", "pub", "control"} and s.curve is None
+        assert all(a.startswith("tcp://127.0.0.1:") for a in s.addresses.values())
+        pub = Publisher(s.addresses["sub"], stream="rig1")
+        seen, deadline = [], time.monotonic() + 5
+        while "accepted" not in seen:
+            assert time.monotonic() < deadline, seen
+            if s.monitors["sub"].poll(50):
+                seen += list(s.events("sub"))
+        # what the service subscribed to: only its prefix arrives
+        got, deadline = None, time.monotonic() + 5
+        other = Publisher(s.addresses["sub"], stream="cam1")
+        while got is None:
+            assert time.monotonic() < deadline
+            other.send(np.zeros(4, "<u2"))
+            pub.send(np.zeros(4, "<u2"))
+            if s.sub.poll(20):
+                got = s.sub.recv_multipart()
+        assert got[0] == b"frames/rig1"
+        pub.close()
+        other.close()
+    finally:
+        s.close_all()
+    assert s.sub.closed and s.pub.closed and s.control.closed and all(m.closed for m in s.monitors.values())
+    s.close_all()  # twice is fine

@@ -102,3 +102,44 @@ def test_tensorrt_refuses_an_imaging_model_with_the_fix(imaging_engine):
     assert io["n_features"] is None and io["state_shapes"]["delay.previous"] == [2, 1, None, None]
     with pytest.raises(ValueError, match="backend='onnxruntime'"):
         _require_fixed_frames(io)
+
+
+def test_the_live_service_denoises_a_movie_as_offline_unchanged(imaging_engine, movie):
+    """A second modality needs no change to the service: frames (H, W) in, the same frames out."""
+    import contextlib
+    import time
+
+    import zmq
+
+    from rtdenoise.stream import Service, Subscriber, wire
+
+    eng = imaging_engine("onnxruntime", "imaging-unet", 2)
+    ref = eng.run(movie)
+    with Service(engine=eng, sub="tcp://127.0.0.1:*", bind_sub=True, pub="tcp://127.0.0.1:*",
+                 control="tcp://127.0.0.1:*") as svc:
+        pub = zmq.Context.instance().socket(zmq.PUB)
+        pub.connect(svc.sub_address)
+        sub = Subscriber(svc.pub_address)
+        try:
+            got, deadline, seq = {}, time.monotonic() + 10, 0
+            while "probe" not in got:  # slow joiner: both connections are up once a probe comes back
+                assert time.monotonic() < deadline, "service never answered the probe"
+                pub.send_multipart(wire.encode_frames("probe", movie[:1], seq=seq, t_ns=seq))
+                seq += 1
+                with contextlib.suppress(TimeoutError):
+                    h, _ = sub.recv(timeout=0.05)
+                    got[h["stream"]] = True
+            for i in range(len(movie)):
+                pub.send_multipart(wire.encode_frames("cam0", movie[i : i + 1], seq=i, t_ns=i))
+            pub.send_multipart(wire.encode_frames("cam0", movie[:1, :16, :16], seq=len(movie), t_ns=0))  # a new size
+            out = np.full(movie.shape, np.nan, np.float32)
+            while np.isnan(out[: -eng.lag]).any():
+                h, frames = sub.recv(timeout=5.0)
+                if h["stream"] == "cam0":
+                    out[h["seq"] : h["seq"] + h["n"]] = frames
+            np.testing.assert_allclose(out[: -eng.lag], ref[: -eng.lag], rtol=0, atol=1e-4 * float(ref.std()))
+            stats = svc.stats()
+            assert stats["streams"]["cam0"]["rejected"] == 1 and stats["rejected_by_reason"]["shape_change"] == 1
+        finally:
+            pub.close(linger=0)
+            sub.close()

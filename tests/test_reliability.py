@@ -37,7 +37,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rtdenoise.denoise import denoise
-from rtdenoise.stream import Publisher, Service, Subscriber, control, wire
+from rtdenoise.stream import Publisher, Service, Subscriber, admission, control, wire
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -79,37 +79,28 @@ FUZZ_LIMITS = dict(max_header_bytes=4096, max_payload_bytes=1 << 20)
 TRIED: collections.Counter = collections.Counter()  # messages tried, by kind (for the report)
 
 
-class AdmissionModel:
-    """What the service must do with one message: the rejection reason, "filtered" (never
-    delivered: outside the subscription) or None (accepted). Mirrors the protocol spec and
-    the service's per-stream rules; it tracks the streams the service holds."""
+class Admitted:
+    """What the service must do with one message, by the service's own rules run on a table of
+    the streams it holds: the rejection reason, "filtered" (never delivered: outside the
+    subscription) or None (accepted). The rules themselves are tested in tests/test_admission.py;
+    here the running service must count exactly what they say, message by message."""
 
-    def __init__(self, frame_shape=(W,), max_streams=10_000):
-        self.frame_shape, self.max_streams = tuple(frame_shape), max_streams
-        self.streams: dict[str, tuple] = {}
+    def __init__(self, engine, max_streams=10_000):
+        self.limits = admission.Limits(tuple(engine.frame_shape), max_streams, engine.name, **FUZZ_LIMITS)
+        self.check_frames = engine.check_frames
+        self.streams: dict[str, admission.StreamFormat] = {}
 
     def __call__(self, parts) -> str | None:
         if not bytes(parts[0]).startswith(b"frames/"):
             return "filtered"
         try:
-            _, h, frames = wire.decode(parts, kind=wire.FRAMES, **FUZZ_LIMITS)
+            _, h, frames = self.limits.decode(parts)
         except wire.WireError as e:
             return e.reason
-        name, shape, dtype = h["stream"], tuple(h["shape"]), frames.dtype
-        known = self.streams.get(name)
-        if known is None:
-            if shape != self.frame_shape:
-                return "frame_shape"
-            if len(self.streams) >= self.max_streams:
-                return "too_many_streams"
-            known = self.streams[name] = (shape, dtype)  # made even if these frames are then refused
-        elif shape != known[0]:
-            return "shape_change"
-        elif dtype != known[1]:
-            return "dtype_change"
-        if np.issubdtype(dtype, np.floating) and not np.isfinite(frames).all():
-            return "bad_frames"
-        return None
+        verdict = admission.admit(h, frames, self.streams, self.limits, check_frames=self.check_frames)
+        if verdict.new:  # made even if these frames are then refused
+            self.streams[h["stream"]] = admission.StreamFormat(tuple(h["shape"]), frames.dtype)
+        return verdict.reason
 
 
 _CATALOG = [(k, [bytes(p) for p in parts]) for k, parts, why in bench_soak.malformed_catalog(**FUZZ_LIMITS)
@@ -195,13 +186,13 @@ def bad_message(draw, good: str, next_seq: int):
 
 @pytest.fixture(scope="module")
 def fuzz_rig(ck):
-    """A running service, one PUB feeding it, a Subscriber on its output and the admission model."""
+    """A running service, one PUB feeding it, a Subscriber on its output and its admission rules."""
     # Every example makes a new good stream: room for all of them (max_streams itself is tested below).
     with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control=ANY, max_streams=10_000, **FUZZ_LIMITS) as svc:
         pub = zmq.Context.instance().socket(zmq.PUB)
         pub.connect(svc.sub_address)
         sub = Subscriber(svc.pub_address)
-        model = AdmissionModel(max_streams=svc.config.max_streams)
+        model = Admitted(svc.engine, max_streams=svc.config.max_streams)
         k = [0]
 
         def probe():
@@ -209,7 +200,7 @@ def fuzz_rig(ck):
             k[0] += 1
 
         _wait_flowing(probe, sub, "probe")
-        model.streams["probe"] = ((W,), np.dtype("<f4"))
+        model.streams["probe"] = admission.StreamFormat((W,), np.dtype("<f4"))
         yield svc, pub, sub, model
         pub.close(linger=0)
         sub.close()
@@ -397,9 +388,9 @@ class _StepRecorder:
     def __getattr__(self, name):
         return getattr(self._e, name)
 
-    def step(self, x, state):
+    def step(self, x, state, **kw):
         self.sizes.append(len(x))
-        return self._e.step(x, state)
+        return self._e.step(x, state, **kw)
 
 
 def test_a_huge_message_is_stepped_in_bounded_pieces(ck):

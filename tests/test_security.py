@@ -223,10 +223,14 @@ def test_cli_status_with_and_without_client_keys(ck, keys, capsys):
 
 
 def test_loopback_by_default_and_the_warning_says_how_to_turn_on_curve(ck, keys):
-    from rtdenoise.stream.service import ServiceConfig, _is_loopback
+    from rtdenoise.stream.service import ServiceConfig
 
     c = ServiceConfig()
-    assert all(_is_loopback(getattr(c, k)) for k in ("sub", "pub", "control"))
+    assert all(security.is_loopback(getattr(c, k)) for k in ("sub", "pub", "control"))
+    for addr in ("tcp://127.0.0.1:*", "tcp://localhost:5555", "tcp://[::1]:5555", "ipc:///tmp/x", "inproc://x"):
+        assert security.is_loopback(addr), addr
+    for addr in ("tcp://0.0.0.0:5555", "tcp://*:5555", "tcp://192.168.1.2:5555", "tcp://eth0:5555", "udp://127.0.0.1:1"):
+        assert not security.is_loopback(addr), addr
     with pytest.warns(RuntimeWarning, match=r"--curve-keys DIR.*rtdenoise keys|rtdenoise keys.*--curve-keys"):
         Service(model=ck, sub=ANY, bind_sub=True, pub="tcp://0.0.0.0:*", control=ANY).stop()
     with warnings.catch_warnings():

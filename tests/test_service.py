@@ -286,9 +286,9 @@ class _SlowEngine:
     def __getattr__(self, name):
         return getattr(self._e, name)
 
-    def step(self, x, state):
+    def step(self, x, state, **kw):
         time.sleep(self._delay)
-        return self._e.step(x, state)
+        return self._e.step(x, state, **kw)
 
 
 def test_overflow_drops_oldest_and_counts_every_frame(ckpt, rec):
@@ -318,6 +318,48 @@ def test_overflow_drops_oldest_and_counts_every_frame(ckpt, rec):
     assert sum(h["gap"] for h, _ in msgs) == s["dropped"]  # every drop flagged downstream
     assert msgs[-1][0]["seq"] + msgs[-1][0]["n"] == 100  # the newest frames survive
     assert s["stages_ms"]["engine"]["p50"] >= 15
+
+
+class _Counting:
+    """An engine that counts frame checks and records whether each step was told the frames were checked."""
+
+    def __init__(self, engine):
+        self._e, self.checks, self.steps = engine, 0, []
+
+    def __getattr__(self, name):
+        return getattr(self._e, name)
+
+    def check_frames(self, frames, **kw):
+        self.checks += 1
+        return self._e.check_frames(frames, **kw)
+
+    def step(self, x, state, **kw):
+        self.steps.append(kw.get("checked", False))
+        return self._e.step(x, state, **kw)
+
+
+def test_frames_are_validated_once_on_arrival_and_stepped_as_checked(ckpt, rec):
+    """The hot path: a message's frames are checked once (admission, receive thread), never again by the step."""
+    from rtdenoise.backends import load_engine
+
+    ck = ckpt("spectral", 0)
+    x = rec(20)
+    bad = x[:1].copy()
+    bad[0, 3] = np.inf
+    engine = _Counting(load_engine(ck))
+    with Service(engine=engine, sub=ANY, bind_sub=True, pub=ANY, control=ANY) as svc:
+        r = Rig(svc)
+        try:
+            r.send("once", bad, 0)  # refused on arrival (bad_frames): never stepped
+            r.send_all("once", x, chunk=2, first_seq=1)
+            msgs = r.collect("once", 20)
+            st = r.status()
+        finally:
+            r.close()
+    assert_same(frames_of(msgs), denoise(x, model=ck))
+    assert st["rejected_by_reason"] == {"bad_frames": 1}
+    assert engine.checks == st["messages_in"]  # every message passed the stream rules: checked exactly once
+    assert engine.steps and all(engine.steps)  # and stepped without a second validation
 
 
 # ----------------------------------------------------------------------------- control
@@ -529,6 +571,39 @@ def test_cli_replay(tmp_path, rec, capsys):
     assert rc == [0]
     assert (h["stream"], h["n"], f.shape) == ("c", 4, (4, 152))
     assert "replayed 8 frames" in capsys.readouterr().out
+
+
+def test_control_requests_are_handled_without_sockets():
+    import doctest
+    import importlib
+
+    from rtdenoise.stream.control import handle
+
+    # (rtdenoise.stream.control, the attribute, is the client function re-exported over its module)
+    control_module = importlib.import_module("rtdenoise.stream.control")
+
+    resets = []
+
+    def reset(stream):
+        resets.append(stream)
+        return {"ok": True, "reset": [stream]}
+
+    def ask(raw):
+        return handle(raw if isinstance(raw, list) else [raw], status=lambda: {"n_streams": 0}, reset=reset)
+
+    assert ask(b"status") == ({"ok": True, "n_streams": 0}, False)
+    assert ask(b'  {"cmd": "status"}\n') == ({"ok": True, "n_streams": 0}, False)
+    assert ask(b"reset rig 1") == ({"ok": True, "reset": ["rig 1"]}, False)  # the rest of the line is the name
+    assert ask(b'{"cmd": "reset"}') == ({"ok": True, "reset": [None]}, False) and resets == ["rig 1", None]
+    assert ask(b"stop") == ({"ok": True, "stopping": True}, True)
+    for raw, says in ((b"{not json", "not valid JSON"), (b"[1, 2]", "unknown command '[1,'"),
+                      (b'{"x": 1}', '"cmd" string'), (b'{"cmd": 1}', '"cmd" string'),
+                      (b"\xff\xfe", "not UTF-8"), (b"", "unknown command ''"), (b"explode", "unknown command 'explode'"),
+                      (b'{"cmd": "reset", "stream": 3}', "stream name"), ([b"status", b"extra"], "one message part")):
+        reply, stop = ask(raw)
+        assert not reply["ok"] and says in reply["error"] and not stop, (raw, reply)
+    assert resets == ["rig 1", None]  # no bad request reached reset
+    assert doctest.testmod(control_module).failed == 0
 
 
 def test_reset_with_a_stream_that_is_not_a_name_is_an_error_reply(ckpt):

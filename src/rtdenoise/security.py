@@ -65,6 +65,7 @@ __all__ = [
     "apply_server",
     "apply_client",
     "start_authenticator",
+    "is_loopback",
 ]
 
 SERVER_NAME = "server"  # the service's key pair: server.key, server.key_secret
@@ -237,6 +238,22 @@ def apply_client(sock, keys: ClientKeys | None) -> None:
     sock.curve_secretkey = keys.secret
     sock.curve_publickey = keys.public
     sock.curve_serverkey = keys.server_public
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a ZeroMQ endpoint is reachable from this machine only (``ipc``, ``inproc``,
+    ``tcp`` on 127.x.x.x, ``::1``, ``localhost`` or ``lo``).
+
+    >>> is_loopback("tcp://127.0.0.1:5555"), is_loopback("tcp://0.0.0.0:5555")
+    (True, False)
+    """
+    scheme, _, rest = address.partition("://")
+    if scheme in ("ipc", "inproc"):
+        return True
+    if scheme != "tcp":
+        return False
+    host = rest.rsplit(":", 1)[0].split(";")[-1].strip("[]")
+    return host in ("localhost", "::1", "lo") or host.startswith("127.")
 
 
 def start_authenticator(context, keys: ServerKeys):

@@ -93,6 +93,7 @@ class Engine:
         self.lag = checkpoint.lag
         self.receptive_field = checkpoint.receptive_field
         self.name = checkpoint.name
+        self.family = checkpoint.config.family
 
     # -- backend hooks -----------------------------------------------------------------
     def _new_net_state(self, batch: int, frame: tuple[int, ...]) -> Any:
@@ -162,7 +163,7 @@ class Engine:
         w = self.frame_shape
         if len(shape) != len(w) or any(d is not None and d != g for d, g in zip(w, shape)):
             self._shape_error(shape)
-        self.config.family.check_frame_shape(self.config, shape)
+        self.family.check_frame_shape(self.config, shape)
         return shape
 
     def _shape_error(self, shape: tuple[int, ...]):

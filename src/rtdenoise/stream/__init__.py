@@ -1,5 +1,11 @@
 """Streaming: wire protocol, publisher/subscriber clients, the live service, file replay.
 
+The live service (:mod:`~rtdenoise.stream.service`) wires stages that each stand alone:
+:mod:`~rtdenoise.stream.admission` (per-stream rules, pure), :mod:`~rtdenoise.stream.sequencer`
+(seq, gaps, restarts, the lag flush; no sockets), :mod:`~rtdenoise.stream.sockets` (bind/connect,
+monitors, CURVE; shared with the clients), :mod:`~rtdenoise.stream.control` (requests, the
+``control()`` client, the status table) and :mod:`~rtdenoise.stream.stats` (counters).
+
 ``import rtdenoise.stream`` does not import torch: the service loads its engine (and
 torch with it) when a :class:`Service` is made.
 """

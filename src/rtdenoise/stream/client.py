@@ -40,25 +40,10 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import zmq
 
-from rtdenoise import security
 from rtdenoise.stream import wire
+from rtdenoise.stream.sockets import open_client
 
-__all__ = ["Publisher", "Subscriber", "COPY_THRESHOLD"]
-
-#: Payloads at least this big are sent zero-copy; below it, pyzmq copies anyway and a
-#: copy is cheaper than tracking the buffer's lifetime.
-COPY_THRESHOLD = 64 * 1024
-
-
-def _bind_or_connect(sock: zmq.Socket, address: str, bind: bool) -> str:
-    if not isinstance(address, str) or "://" not in address:
-        raise ValueError(f"address must be a ZeroMQ endpoint like 'tcp://127.0.0.1:5555', got {address!r}")
-    if bind:
-        sock.bind(address)
-        # The actual endpoint, e.g. the port chosen for 'tcp://127.0.0.1:*'.
-        return sock.getsockopt(zmq.LAST_ENDPOINT).decode()
-    sock.connect(address)
-    return address
+__all__ = ["Publisher", "Subscriber"]
 
 
 class _SocketClient:
@@ -133,18 +118,11 @@ class Publisher(_SocketClient):
         self._dtype: np.dtype | None = None
         self.next_seq = 0
         self.linger = linger
-        keys = security.client_keys(curve_keys)  # bad key files fail before any socket exists
-        self._socket = (context or zmq.Context.instance()).socket(zmq.PUB)
-        try:
-            security.apply_client(self._socket, keys)
-            self._socket.setsockopt(zmq.IMMEDIATE, int(bool(immediate)))
-            self.address = _bind_or_connect(self._socket, address, bind)
-        except Exception:
-            self._socket.close(linger=0)
-            raise
+        self._socket, self.address = open_client(zmq.PUB, address, bind=bind, curve_keys=curve_keys, context=context,
+                                                 options=[(zmq.IMMEDIATE, int(bool(immediate)))])
 
     def send(self, frames: Any, *, seq: int | None = None, t_ns: int | None = None,
-             meta: dict | None = None, copy: bool | None = None) -> int:
+             meta: dict | None = None, copy: bool = False) -> int:
         """Publish a chunk of frames.
 
         Parameters
@@ -158,7 +136,8 @@ class Publisher(_SocketClient):
         meta : dict, optional
             Passed through to consumers.
         copy : bool, optional
-            Default: zero-copy for payloads of 64 kB or more. A zero-copy send reads
+            Default (False): pyzmq decides, by the socket's ``copy_threshold``: payloads of
+            64 kB or more are sent zero-copy, smaller ones copied. A zero-copy send reads
             ``frames`` after this call returns: don't overwrite it in place right away
             (pass ``copy=True`` when reusing an acquisition buffer).
 
@@ -187,9 +166,7 @@ class Publisher(_SocketClient):
             self.stream, arr, seq=seq, t_ns=time.time_ns() if t_ns is None else t_ns,
             fs=self.fs, meta=meta,
         )
-        if copy is None:
-            copy = arr.nbytes < COPY_THRESHOLD
-        self._socket.send_multipart(parts, copy=copy)
+        self._socket.send_multipart(parts, copy=bool(copy))
         self._shape, self._dtype = arr.shape[1:], arr.dtype
         self.next_seq = int(seq) + arr.shape[0]
         return int(seq)
@@ -252,18 +229,10 @@ class Subscriber(_SocketClient):
         self.drop_invalid = drop_invalid
         self.rejected: collections.Counter = collections.Counter()
         self._limits = dict(max_header_bytes=max_header_bytes, max_payload_bytes=max_payload_bytes)
-        keys = security.client_keys(curve_keys)
-        self._socket = (context or zmq.Context.instance()).socket(zmq.SUB)
-        try:
-            security.apply_client(self._socket, keys)
-            self._socket.setsockopt(zmq.RCVHWM, rcvhwm)
-            for topic in [wire.topic_for(kind)] if self.streams is None else \
-                    [wire.topic_for(kind, s) for s in sorted(self.streams)]:
-                self._socket.setsockopt(zmq.SUBSCRIBE, topic)
-            self.address = _bind_or_connect(self._socket, address, bind)
-        except Exception:
-            self._socket.close(linger=0)
-            raise
+        topics = [wire.topic_for(kind)] if self.streams is None else \
+            [wire.topic_for(kind, s) for s in sorted(self.streams)]
+        self._socket, self.address = open_client(zmq.SUB, address, bind=bind, curve_keys=curve_keys, context=context,
+                                                 options=[(zmq.RCVHWM, rcvhwm)] + [(zmq.SUBSCRIBE, t) for t in topics])
 
     def recv(self, timeout: float | None = None) -> tuple[dict, np.ndarray]:
         """Receive the next valid message of the subscribed streams.

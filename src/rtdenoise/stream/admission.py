@@ -1,0 +1,142 @@
+"""Admission: may a decoded message of frames enter its stream? A pure function, no sockets.
+
+The service's rules, beyond the wire's (:func:`rtdenoise.stream.wire.decode`), checked in
+this order, so a message breaking several is counted once, by the first:
+
+1. a **new** stream: its frames must have the shape the model takes (``frame_shape``;
+   None where any size goes, as an image's height and width),
+   and the service must hold fewer than ``max_streams`` streams (``too_many_streams``);
+   then its first message fixes the stream's shape and dtype;
+2. a known stream: the same frame shape (``shape_change``) and dtype (``dtype_change``)
+   as its first message;
+3. the frames themselves, by the engine's own check (:meth:`Engine.check_frames
+   <rtdenoise.backends.base.Engine.check_frames>`): no NaN/inf (``bad_frames``). This is the
+   only validation of the frames: the engine then steps them with ``checked=True``.
+
+A new stream gets its place in the table even when its first frames are then refused
+(``bad_frames``), as the service counts that rejection against it.
+
+Examples
+--------
+>>> import numpy as np
+>>> limits = Limits(frame_shape=(4,), max_streams=1)
+>>> streams = {}
+>>> header = {"stream": "rig1", "seq": 0, "n": 1, "shape": [4]}
+>>> a = admit(header, np.zeros((1, 4), "<u2"), streams, limits)
+>>> a.accepted, a.new
+(True, True)
+>>> streams["rig1"] = StreamFormat((4,), np.dtype("<u2"))       # what the caller keeps
+>>> admit(header, np.zeros((1, 4), "<f4"), streams, limits).reason
+'dtype_change'
+>>> admit({**header, "stream": "rig2"}, np.zeros((1, 4), "<u2"), streams, limits).reason
+'too_many_streams'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, NamedTuple
+
+import numpy as np
+
+from rtdenoise.stream import wire
+
+__all__ = ["SERVICE_REASONS", "Limits", "StreamFormat", "Admission", "admit", "check_finite"]
+
+#: Reasons the service rejects a well-formed message, beyond the wire's :data:`wire.REASONS`.
+SERVICE_REASONS = (
+    "frame_shape",  # first message of a stream: frames not of the shape the model takes
+    "shape_change",  # frame shape differs from the stream's first message
+    "dtype_change",  # dtype differs from the stream's first message
+    "too_many_streams",  # a new stream beyond max_streams
+    "bad_frames",  # NaN/inf samples, or the engine refused the chunk (ValueError/TypeError)
+    "internal_error",  # a bug: logged with its traceback; the service keeps serving
+)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What admission checks a message against (the service's config and its model)."""
+
+    frame_shape: tuple[int | None, ...]  # one frame's shape, as the model takes it; None: any size (images)
+    max_streams: int  # streams held at once
+    model: str = "?"  # the model's name, for the messages
+    max_header_bytes: int = wire.MAX_HEADER_BYTES  # for wire.decode
+    max_payload_bytes: int = wire.MAX_PAYLOAD_BYTES  # for wire.decode
+
+    def decode(self, parts) -> tuple[str, dict, np.ndarray]:
+        """:func:`wire.decode` of a ``frames/`` message under these limits (raises WireError)."""
+        return wire.decode(parts, kind=wire.FRAMES, max_header_bytes=self.max_header_bytes,
+                           max_payload_bytes=self.max_payload_bytes)
+
+
+class StreamFormat(NamedTuple):
+    """What a stream's first message fixed (any object with ``shape`` and ``dtype`` will do)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+class Admission(NamedTuple):
+    """The verdict on one message."""
+
+    reason: str | None  # None: accepted; else the rejection reason (SERVICE_REASONS)
+    message: str  # for the log: what was received and what was expected ("" when accepted)
+    new: bool  # the stream is not in the table and gets a place (also when its frames are refused)
+
+    @property
+    def accepted(self) -> bool:
+        return self.reason is None
+
+
+_ACCEPTED = {False: Admission(None, "", False), True: Admission(None, "", True)}  # made once: the hot path
+
+
+def check_finite(frames: np.ndarray) -> np.ndarray:
+    """The frame check when no engine is at hand: NaN/inf refused (ValueError)."""
+    if np.issubdtype(frames.dtype, np.floating) and not np.isfinite(frames).all():
+        raise ValueError("NaN/inf samples")
+    return frames
+
+
+def admit(header: dict, frames: np.ndarray, streams: Mapping[str, Any], limits: Limits, *,
+          check_frames: Callable[[np.ndarray], Any] = check_finite) -> Admission:
+    """Decide on a message decoded by :func:`wire.decode` (``header``, ``frames`` (n, *shape)).
+
+    Parameters
+    ----------
+    streams : mapping
+        The streams held so far, name -> their :class:`StreamFormat` (or anything with
+        ``shape`` and ``dtype``). Only read: adding a new stream is the caller's part.
+    limits : Limits
+    check_frames : callable
+        Validates the frames, raising ValueError/TypeError: the engine's
+        :meth:`~rtdenoise.backends.base.Engine.check_frames`, called once per message.
+
+    Returns
+    -------
+    Admission
+    """
+    name = header["stream"]
+    shape, dtype = tuple(header["shape"]), frames.dtype
+    known = streams.get(name)
+    new = known is None
+    if new:
+        if len(shape) != len(limits.frame_shape) or any(w is not None and w != g for w, g in zip(limits.frame_shape, shape)):
+            return Admission("frame_shape", f"frames of shape {shape}; model {limits.model!r} takes "
+                             f"{tuple(limits.frame_shape)}", False)
+        if len(streams) >= limits.max_streams:
+            return Admission("too_many_streams", f"already {len(streams)} streams (max_streams="
+                             f"{limits.max_streams})", False)
+    elif shape != known.shape:
+        return Admission("shape_change", f"frames of shape {shape}, the stream started with {known.shape}", False)
+    elif dtype != known.dtype:
+        return Admission("dtype_change", f"dtype {dtype.str!r}, the stream started with {known.dtype.str!r}", False)
+    try:
+        check_frames(frames)
+    except (ValueError, TypeError) as e:
+        seq, n = header["seq"], header["n"]
+        # Shape and dtype are settled above: for float frames what is left to refuse is NaN/inf.
+        what = "NaN/inf samples" if dtype.kind == "f" else f"frames refused ({e})"
+        return Admission("bad_frames", f"{what} in seq {seq}..{seq + n - 1}; dropped", new)
+    return _ACCEPTED[new]

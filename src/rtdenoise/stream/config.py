@@ -1,0 +1,63 @@
+"""The live service's configuration: one field per choice, with its reason, validated whole."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from rtdenoise.stream import wire
+
+__all__ = ["ServiceConfig", "MAX_INPUT_HEADER"]
+
+# An output header repeats the input's keys and adds ~100 bytes (t_recv_ns, model, ...): an
+# input header must leave that room under the wire's limit, or its outputs could not be sent.
+MAX_INPUT_HEADER = wire.MAX_HEADER_BYTES - 1024
+
+
+@dataclass
+class ServiceConfig:
+    """Everything the service needs; one field per choice, with its reason.
+
+    Addresses are ZeroMQ endpoints; ``tcp://127.0.0.1:*`` binds a free port (read the
+    chosen one from :attr:`Service.addresses`).
+    """
+
+    model: Any = None  # checkpoint path, shipped name, Checkpoint, or None = the shipped default
+    backend: str = "auto"  # torch | onnxruntime | tensorrt | auto (the fastest measured for the model here)
+    sub: str = "tcp://127.0.0.1:5555"  # input frames; connects to an acquisition PUB that binds
+    bind_sub: bool = False  # bind the input instead (many publishers connect to one service)
+    pub: str = "tcp://127.0.0.1:5556"  # output, always bound: consumers connect
+    control: str = "tcp://127.0.0.1:5557"  # REP for status/reset/stop, always bound
+    subscribe: tuple[str, ...] = ("",)  # stream-name prefixes to take (one service per share of streams)
+    max_queue: int = 1000  # frames per stream waiting for the engine; beyond, the oldest are dropped
+    max_streams: int = 64  # streams held at once; messages of more are rejected
+    max_header_bytes: int = MAX_INPUT_HEADER  # passed to wire.decode; room left for what outputs add
+    max_payload_bytes: int = wire.MAX_PAYLOAD_BYTES  # passed to wire.decode and ZMQ_MAXMSGSIZE
+    rcvhwm: int = 10_000  # messages libzmq buffers before the receive thread reads them
+    latency_window: int = 1000  # recent messages the latency percentiles cover
+    threads: int | None = None  # engine threads (None: the engine's default, 1 on the CPU backends)
+    curve_keys: Any = None  # directory with server.key_secret and authorized/*.key: CURVE on every socket
+
+    def validate(self) -> None:
+        if isinstance(self.max_header_bytes, int) and self.max_header_bytes > MAX_INPUT_HEADER:
+            raise ValueError(f"max_header_bytes must be <= {MAX_INPUT_HEADER} (the wire's {wire.MAX_HEADER_BYTES} less "
+                             f"room for the keys output headers add), got {self.max_header_bytes}")
+        for name in ("max_queue", "max_streams", "max_header_bytes", "max_payload_bytes", "rcvhwm",
+                     "latency_window"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"threads must be an int >= 1 or None, got {self.threads!r}")
+        for name in ("sub", "pub", "control"):
+            v = getattr(self, name)
+            if not isinstance(v, str) or "://" not in v:
+                raise ValueError(f"{name} must be a ZeroMQ endpoint like 'tcp://127.0.0.1:5555', got {v!r}")
+        if isinstance(self.subscribe, str):
+            self.subscribe = (self.subscribe,)
+        self.subscribe = tuple(self.subscribe)
+        if not self.subscribe or not all(isinstance(s, str) for s in self.subscribe):
+            raise ValueError(f"subscribe must be stream-name prefixes ('' = all), got {self.subscribe!r}")
+        if self.curve_keys is not None and not isinstance(self.curve_keys, (str, os.PathLike)):
+            raise TypeError(f"curve_keys must be a directory path (made by `rtdenoise keys DIR`), got {self.curve_keys!r}")

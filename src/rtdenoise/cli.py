@@ -46,7 +46,7 @@ def cmd_simulate(args) -> int:
     import numpy as np
 
     from rtdenoise.io import save_frames
-    from rtdenoise.synth import DetectorConfig, DetectorNoise, SpectralConfig, noise_from_args, simulate
+    from rtdenoise.synth import SpectralConfig, noise_from_args, simulate
 
     if args.frames < 1:
         raise ValueError(f"--frames must be >= 1, got {args.frames}")
@@ -55,11 +55,7 @@ def cmd_simulate(args) -> int:
     if args.shape:
         raise ValueError("--shape is for --modality imaging; a spectrum's width comes from the signal model")
     signal = SpectralConfig() if args.fs is None else SpectralConfig(fs=args.fs)
-    noise = noise_from_args(args.dark, args.light, n_bins=signal.n_bins)
-    if args.read_noise is not None:
-        if args.dark:
-            raise ValueError("--read-noise applies to the detector model; it cannot be combined with --dark/--light")
-        noise = DetectorNoise(DetectorConfig(read_noise=(args.read_noise, args.read_noise)))
+    noise = noise_from_args(args.dark, args.light, n_bins=signal.n_bins, read_noise=args.read_noise)
     rec = simulate(args.frames, seed=args.seed, photons=args.photons, signal=signal, noise=noise)
     config = {"signal": signal.to_dict(), "noise": noise.describe(), "seed": args.seed, "photons": args.photons}
     noisy = rec.pop("noisy")
@@ -318,25 +314,29 @@ def cmd_build_engine(args) -> int:
 
 
 def _add_serve(sub) -> None:
+    from rtdenoise.stream.config import ServiceConfig
+
+    d = ServiceConfig()
     p = sub.add_parser("serve", help="run the live service: frames in over ZeroMQ, denoised frames out")
-    p.add_argument("--model", default=None, help="a .pt file or shipped model name (default: the shipped default)")
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
+    p.add_argument("--model", default=d.model, help="a .pt file or shipped model name (default: the shipped default)")
+    p.add_argument("--backend", choices=BACKENDS, default=d.backend,
                    help="auto: TensorRT on a GPU, else CUDA torch, else the fastest CPU backend measured for the model")
-    p.add_argument("--sub", default="tcp://127.0.0.1:5555", help="input endpoint (connects; see --bind-sub)")
-    p.add_argument("--bind-sub", action="store_true", help="bind the input instead of connecting to the acquisition")
-    p.add_argument("--pub", default="tcp://127.0.0.1:5556", help="output endpoint (bound); 'tcp://127.0.0.1:*' = a free port")
-    p.add_argument("--control", default="tcp://127.0.0.1:5557", help="control endpoint (bound, JSON status/reset/stop)")
-    p.add_argument("--max-queue", type=int, default=1000, help="frames per stream waiting for the engine; beyond, the oldest are dropped")
-    p.add_argument("--max-streams", type=int, default=64, help="streams held at once; messages of more are rejected")
-    p.add_argument("--max-header-bytes", type=int, default=63 * 1024, help="larger headers are rejected (too_large); at most 63 KiB")
-    p.add_argument("--max-payload-bytes", type=int, default=256 * 1024 * 1024,
+    p.add_argument("--sub", default=d.sub, help="input endpoint (connects; see --bind-sub)")
+    p.add_argument("--bind-sub", action="store_true", default=d.bind_sub, help="bind the input instead of connecting to the acquisition")
+    p.add_argument("--pub", default=d.pub, help="output endpoint (bound); 'tcp://127.0.0.1:*' = a free port")
+    p.add_argument("--control", default=d.control, help="control endpoint (bound, JSON status/reset/stop)")
+    p.add_argument("--max-queue", type=int, default=d.max_queue, help="frames per stream waiting for the engine; beyond, the oldest are dropped")
+    p.add_argument("--max-streams", type=int, default=d.max_streams, help="streams held at once; messages of more are rejected")
+    p.add_argument("--max-header-bytes", type=int, default=d.max_header_bytes,
+                   help=f"larger headers are rejected (too_large); at most {d.max_header_bytes // 1024} KiB")
+    p.add_argument("--max-payload-bytes", type=int, default=d.max_payload_bytes,
                    help="larger payloads are rejected; a part over this (ZMQ_MAXMSGSIZE) closes its connection")
-    p.add_argument("--curve-keys", default=None, metavar="DIR",
+    p.add_argument("--curve-keys", default=d.curve_keys, metavar="DIR",
                    help="CURVE encryption + authentication on every socket: DIR holds server.key_secret and "
                         "authorized/*.key (make them with `rtdenoise keys DIR`)")
     p.add_argument("--subscribe", action="append", default=None, metavar="PREFIX",
                    help="take only streams whose name starts with PREFIX (repeatable; default all)")
-    p.add_argument("--threads", type=int, default=None, help="the engine's CPU threads (default 1: lowest latency for one frame)")
+    p.add_argument("--threads", type=int, default=d.threads, help="the engine's CPU threads (default 1: lowest latency for one frame)")
     p.add_argument("--json", action="store_true", help="print the final stats as JSON")
     p.add_argument("--verbose", action="store_true", help="log every rejection (default: first ones and every 1000th)")
     p.set_defaults(func=cmd_serve)
@@ -345,14 +345,16 @@ def _add_serve(sub) -> None:
 def cmd_serve(args) -> int:
     import logging
 
-    from rtdenoise.stream.service import ServiceConfig, format_status, serve
+    from rtdenoise.stream.config import ServiceConfig
+    from rtdenoise.stream.service import format_status, serve
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="rtdenoise serve: %(levelname)s: %(message)s")
     cfg = ServiceConfig(
         model=args.model, backend=args.backend, sub=args.sub, bind_sub=args.bind_sub, pub=args.pub,
         control=args.control, max_queue=args.max_queue, max_streams=args.max_streams,
-        subscribe=tuple(args.subscribe or ("",)), threads=args.threads, curve_keys=args.curve_keys,
+        subscribe=tuple(args.subscribe) if args.subscribe else ServiceConfig.subscribe, threads=args.threads,
+        curve_keys=args.curve_keys,
         max_header_bytes=args.max_header_bytes, max_payload_bytes=args.max_payload_bytes,
     )
 
@@ -373,9 +375,11 @@ def cmd_serve(args) -> int:
 
 
 def _add_replay(sub) -> None:
+    from rtdenoise.stream.config import ServiceConfig
+
     p = sub.add_parser("replay", help="publish a recording over ZeroMQ at its frame rate, as if live")
-    p.add_argument("input", help=".npy/.npz/.tif/.h5/.mat, frames × wavelengths")
-    p.add_argument("--pub", default="tcp://127.0.0.1:5555", help="endpoint (bound by default: `serve` connects to it)")
+    p.add_argument("input", help=".npy/.npz/.tif/.h5/.mat, time first: frames × wavelengths, or frames × H × W")
+    p.add_argument("--pub", default=ServiceConfig.sub, help="endpoint (bound by default: `serve` connects to it)")
     p.add_argument("--rate", type=float, required=True, help="frames per second")
     p.add_argument("--chunk", type=int, default=1, help="frames per message")
     p.add_argument("--loop", action="store_true", help="start over at the end (seq counts on); stop with Ctrl-C or --duration")
@@ -412,8 +416,10 @@ def cmd_replay(args) -> int:
 
 
 def _add_status(sub) -> None:
+    from rtdenoise.stream.config import ServiceConfig
+
     p = sub.add_parser("status", help="ask a running service for its per-stream counters and latencies")
-    p.add_argument("--control", default="tcp://127.0.0.1:5557", help="the service's control endpoint")
+    p.add_argument("--control", default=ServiceConfig.control, help="the service's control endpoint")
     p.add_argument("--json", action="store_true", help="the full reply as JSON")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the reply")
     _add_client_keys(p)
@@ -421,7 +427,7 @@ def _add_status(sub) -> None:
 
 
 def cmd_status(args) -> int:
-    from rtdenoise.stream.service import control, format_status
+    from rtdenoise.stream.control import control, format_status
 
     try:
         reply = control(args.control, "status", timeout=args.timeout, curve_keys=_client_keys(args))
@@ -525,9 +531,11 @@ def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="measure a running service from outside")
     what = p.add_subparsers(dest="what", metavar="WHAT")
     what.required = True
+    from rtdenoise.stream.config import ServiceConfig
+
     q = what.add_parser("latency", help="open-loop paced frames in, latency from each frame's due time out")
-    q.add_argument("--pub", default="tcp://127.0.0.1:5555", help="where to publish frames (the service's --sub)")
-    q.add_argument("--sub", default="tcp://127.0.0.1:5556", help="where the service publishes (its --pub)")
+    q.add_argument("--pub", default=ServiceConfig.sub, help="where to publish frames (the service's --sub)")
+    q.add_argument("--sub", default=ServiceConfig.pub, help="where the service publishes (its --pub)")
     q.add_argument("--connect", action="store_true", help="connect --pub (for a service run with --bind-sub); default: bind it")
     q.add_argument("--rate", type=float, default=100.0, help="frames/s per stream")
     q.add_argument("--seconds", type=float, default=10.0)

@@ -184,12 +184,17 @@ def poisson(rng: np.random.Generator, lam: np.ndarray) -> np.ndarray:
     return np.maximum(out, 0.0)
 
 
-def noise_from_args(dark=None, light=None, *, n_bins: int | None = None):
-    """Recorded noise when both files are given, the detector model when neither is."""
+def noise_from_args(dark=None, light=None, *, n_bins: int | None = None, read_noise: float | None = None):
+    """Recorded noise when both files are given, the detector model when neither is.
+
+    ``read_noise`` (counts rms) fixes the detector model's read noise instead of drawing it.
+    """
     if (dark is None) != (light is None):
         raise ValueError("give both --dark and --light recordings, or neither (the detector model is used then)")
     if dark is None:
-        return DetectorNoise()
+        return DetectorNoise(None if read_noise is None else DetectorConfig(read_noise=(read_noise, read_noise)))
+    if read_noise is not None:
+        raise ValueError("--read-noise applies to the detector model; it cannot be combined with --dark/--light")
     return RecordedNoise.from_files(dark, light, n_bins=n_bins)
 
 

@@ -192,7 +192,8 @@ class Engine:
             a = a[None]
         if a.ndim != rank + 2:
             self._shape_error(a.shape)
-        self._check_shape(a.shape[2:])
+        if a.shape[2:] != self.frame_shape:  # a fixed shape that matches needs nothing more
+            self._check_shape(a.shape[2:])
         if shape is not None and a.shape[2:] != tuple(shape):
             raise ValueError(f"frames of shape {a.shape[2:]}, but the stream started with {tuple(shape)}; "
                              "a new frame size is a new stream")

@@ -197,7 +197,7 @@ def test_contiguous_chunks_are_one_step_and_one_message_fs_or_meta_split_runs(en
     base, ck = engines("spectral", 0)
     engine = _Recorder(base)
     x = rec(20)
-    seq = Sequencer(engine, "r", first_seq=0)
+    seq = Sequencer(engine, "r", first_seq=0, checked=True)  # as the service makes it: admission checked each
     outs = outputs(seq.feed([chunk(x[0:3], 0, t_recv=7), chunk(x[3:6], 3, t_recv=5), chunk(x[6:9], 6, t_recv=9)]))
     assert [len(o.frames) for o in outs] == [9] and engine.steps == [(9, True)]  # one step, checked on arrival
     assert outs[0].header["t_recv_ns"] == 5 and len(outs[0].chunks) == 3  # the oldest arrival
@@ -215,9 +215,21 @@ def test_a_big_run_is_stepped_in_bounded_pieces(engines, rec):
     base, ck = engines("spectral", 0)
     engine = _Recorder(base)
     x = rec(10)
-    (out,) = outputs(Sequencer(engine, "big", max_step=4).feed([chunk(x[:6], 0), chunk(x[6:], 6)]))
+    (out,) = outputs(Sequencer(engine, "big", max_step=4, checked=True).feed([chunk(x[:6], 0), chunk(x[6:], 6)]))
     assert engine.steps == [(4, True), (4, True), (2, True)] and len(out.frames) == 10
     assert_same(out.frames, denoise(x, model=ck))
+
+
+def test_on_its_own_a_sequencer_validates_what_it_steps(engines, rec):
+    base, ck = engines("spectral", 0)
+    engine = _Recorder(base)
+    x = rec(6)
+    bad = x[2:4].copy()
+    bad[1, 7] = np.nan
+    seq = Sequencer(engine, "alone", first_seq=0)
+    items = list(seq.feed([chunk(x[:2], 0)])) + list(seq.feed([chunk(bad, 2)]))
+    assert [type(o) for o in items] == [Output, Refused] and "NaN" in items[1].message
+    assert engine.steps[0] == (2, False) and int(seq.state.seen[0]) == 2  # the bad run touched no state
 
 
 def test_a_run_the_engine_refuses_is_reported_and_the_next_shows_the_jump(engines, rec):

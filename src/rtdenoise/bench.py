@@ -44,7 +44,7 @@ class LoadResult:
 
     def latency_summary(self) -> dict:
         e = np.concatenate([v[~np.isnan(v)] for v in self.e2e_ms.values()])
-        out = percentiles(e, (50, 90, 99, 99.9))
+        out = percentiles(e, (50, 90, 99, 99.9), empty=float("nan"))  # printed as nan when nothing came back
         out["stages_p50"] = {
             k: float(np.nanmedian(np.concatenate([s[k] for s in self.stage_ms.values()]))) for k in ("in", "service", "out")
         }

@@ -43,50 +43,10 @@ def _add_simulate(sub) -> None:
 
 
 def cmd_simulate(args) -> int:
-    import numpy as np
+    from rtdenoise.synth import simulate_file
 
-    from rtdenoise.io import save_frames
-    from rtdenoise.synth import SpectralConfig, noise_from_args, simulate
-
-    if args.frames < 1:
-        raise ValueError(f"--frames must be >= 1, got {args.frames}")
-    if args.modality == "imaging":
-        return _simulate_movie(args)
-    if args.shape:
-        raise ValueError("--shape is for --modality imaging; a spectrum's width comes from the signal model")
-    signal = SpectralConfig() if args.fs is None else SpectralConfig(fs=args.fs)
-    noise = noise_from_args(args.dark, args.light, n_bins=signal.n_bins, read_noise=args.read_noise)
-    rec = simulate(args.frames, seed=args.seed, photons=args.photons, signal=signal, noise=noise)
-    config = {"signal": signal.to_dict(), "noise": noise.describe(), "seed": args.seed, "photons": args.photons}
-    noisy = rec.pop("noisy")
-    # JSON as UTF-8 bytes: every container format stores a uint8 array, none needs pickle.
-    rec["config_json"] = np.frombuffer(json.dumps(config).encode(), dtype=np.uint8)
-    save_frames(args.out, noisy, key="noisy", extra=rec)
-    print(f"wrote {args.out}: {args.frames} frames × {signal.n_bins} bins at {signal.fs:g} Hz ({noise.kind} noise)")
-    return 0
-
-
-def _simulate_movie(args) -> int:
-    import numpy as np
-
-    from rtdenoise.io import save_frames
-    from rtdenoise.synth import ImagingConfig, simulate_movie
-
-    if args.dark or args.light or args.read_noise is not None:
-        raise ValueError("--dark, --light and --read-noise are for spectra; movies use the two-photon detector model")
-    config = ImagingConfig() if args.fs is None else ImagingConfig(fs=(args.fs, args.fs))
-    shape = tuple(args.shape) if args.shape else config.shape
-    rec = simulate_movie(args.frames, seed=args.seed, shape=shape, photons=args.photons, config=config)
-    foot = rec.pop("footprints")  # (N, H, W), mostly zeros: stored as (neuron, pixel, weight) triplets
-    n, p = np.nonzero(foot.reshape(len(foot), -1))
-    rec.update(footprint_neuron=n.astype(np.int32), footprint_pixel=p.astype(np.int32),
-               footprint_weight=foot.reshape(len(foot), -1)[n, p].astype(np.float32))
-    meta = {"modality": "imaging", "signal": config.to_dict(), "noise": "pmt", "seed": args.seed, "photons": args.photons}
-    rec["config_json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    noisy = rec.pop("noisy")
-    save_frames(args.out, noisy, key="noisy", extra=rec)
-    print(f"wrote {args.out}: {args.frames} frames of {shape[0]} × {shape[1]} px at {float(rec['fs']):.1f} Hz, "
-          f"{len(foot)} neurons, {float(rec['photons']):.2f} photons at the brightest somata (PMT noise)")
+    print(simulate_file(args.out, args.frames, modality=args.modality, seed=args.seed, photons=args.photons,
+                        fs=args.fs, shape=args.shape, read_noise=args.read_noise, dark=args.dark, light=args.light))
     return 0
 
 
@@ -115,7 +75,8 @@ def _add_train(sub) -> None:
     p.add_argument("--batch", type=int, default=t.batch)
     p.add_argument("--window", type=int, default=t.window, help="frames per instance (default 256 spectral, 32 imaging)")
     p.add_argument("--lr", type=float, default=t.lr)
-    p.add_argument("--workers", type=int, default=t.workers)
+    p.add_argument("--workers", type=int, default=t.workers, help="processes making instances beside the optimizer")
+    p.add_argument("--threads", type=int, default=t.threads, help="torch threads (default: the cores the workers leave)")
     p.add_argument("--seed", type=int, default=t.seed)
     p.add_argument("--dark", help="recorded dark frames; with --light replaces the detector model")
     p.add_argument("--light", help="recorded steady-light frames")
@@ -125,20 +86,16 @@ def _add_train(sub) -> None:
 
 
 def cmd_train(args) -> int:
-    from rtdenoise.model.config import ModelConfig, default_config
+    from rtdenoise.model.config import default_config
     from rtdenoise.synth import SpectralConfig, noise_from_args
     from rtdenoise.train import TrainConfig, train
 
-    base = default_config(args.modality)
     given = {k: getattr(args, k) for k in ("arch", "depth", "width") if getattr(args, k) is not None}
     dilations = None if args.dilations is None else [int(d) for d in args.dilations.split(",") if d.strip()]
-    model = ModelConfig(**(base.to_dict() | given | {"lag": args.lag, "rank": args.rank, "taps": args.taps,
-                                                      "dilations": dilations}))
-    if model.family.modality != args.modality:
-        raise ValueError(f"--arch {model.arch} is a {model.family.modality} model; give --modality {model.family.modality}")
+    model = default_config(args.modality, **given, lag=args.lag, rank=args.rank, taps=args.taps, dilations=dilations)
     cfg = TrainConfig(
         steps=args.steps, minutes=args.minutes, batch=args.batch, window=args.window, lr=args.lr,
-        workers=args.workers, seed=args.seed, patch=tuple(args.patch),
+        workers=args.workers, seed=args.seed, patch=tuple(args.patch), threads=args.threads,
     )
     if args.modality == "imaging":
         if args.dark or args.light:
@@ -172,38 +129,13 @@ def _add_info(sub) -> None:
 
 
 def cmd_info(args) -> int:
-    from rtdenoise.model.checkpoint import load
+    from rtdenoise.model.checkpoint import format_info, load
 
     info = load(args.model).info()
     if args.json:
         _print_json(info)
         return 0
-    pv = info["provenance"]
-    wl = info["wavelengths"]
-    lines = [
-        f"model          {info['name']}  ({info['path']})",
-        f"format         {info['format']} v{info['format_version']}",
-        f"modality       {info['modality']}, frames "
-        + (" × ".join("any" if d is None else str(d) for d in info["frame_shape"])),
-        f"wavelengths    {wl[0]:.1f}–{wl[-1]:.1f} nm in {len(wl)} bins" if wl else "wavelengths    -",
-        f"frame rate     {info['fs']:g} Hz",
-        f"lag            {info['lag']} frames ({info['lag'] / info['fs']:.2f} s)",
-        f"receptive field {info['receptive_field']} frames ({info['receptive_field'] / info['fs']:.1f} s)",
-        "architecture   " + ", ".join(f"{k}={v}" for k, v in info["config"].items()),
-        "normalization  " + ", ".join(f"{k}={v}" for k, v in info["normalization"].items()),
-        f"parameters     {info['parameters']:,}",
-    ]
-    if pv:
-        lines += [
-            f"trained        {pv.get('steps')} steps, {pv.get('instances')} instances, "
-            f"{pv.get('wall_time_s', 0) / 60:.1f} min on {pv.get('machine')}, seed {pv.get('train', {}).get('seed')}",
-            f"val loss       {pv.get('final_val_loss'):.4f} (identity {pv.get('val_loss_raw'):.4f})",
-            f"noise          {pv.get('noise', {}).get('kind')}",
-            f"command        {pv.get('command')}",
-        ]
-    for k, v in info.get("metrics", {}).items():
-        lines.append(f"metric         {k}: {v}")
-    print("\n".join(lines))
+    print(format_info(info))
     return 0
 
 
@@ -473,29 +405,9 @@ def _add_keys(sub) -> None:
 
 
 def cmd_keys(args) -> int:
-    import shutil
+    from rtdenoise.security import make_keys
 
-    from rtdenoise.security import AUTHORIZED, SERVER_NAME, create_keys
-
-    if args.authorize and args.name == SERVER_NAME:
-        raise ValueError("--authorize copies a client's key; give the client a --name")
-    if args.authorize and not (Path(args.authorize) / AUTHORIZED).is_dir():
-        raise FileNotFoundError(f"{Path(args.authorize) / AUTHORIZED} does not exist; "
-                                f"make the service's keys first: rtdenoise keys {args.authorize}")
-    public, secret = create_keys(args.dir, args.name, force=args.force)
-    print(f"wrote {public} (public) and {secret} (secret, mode 600)")
-    if args.name == SERVER_NAME:
-        print(f"serve with: rtdenoise serve --curve-keys {args.dir}  (allowed clients' NAME.key go in "
-              f"{Path(args.dir) / AUTHORIZED}/)")
-        print(f"clients need {public}: e.g. rtdenoise status --client-key CLIENT.key_secret --server-key {public}")
-    else:
-        if args.authorize:
-            dst = Path(args.authorize) / AUTHORIZED / public.name
-            shutil.copyfile(public, dst)
-            print(f"authorized: copied {public.name} to {dst}")
-        else:
-            print(f"copy {public} into the service's DIR/{AUTHORIZED}/ to let this client in")
-        print(f"this client uses: --client-key {secret} --server-key <service DIR>/server.key")
+    print("\n".join(make_keys(args.dir, args.name, authorize=args.authorize, force=args.force)))
     return 0
 
 

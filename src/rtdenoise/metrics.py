@@ -363,8 +363,8 @@ def _check_pair(frames, clean) -> tuple[np.ndarray, np.ndarray]:
     return x, c
 
 
-def percentiles(values, qs: Sequence[float] = (50, 90, 99), *, digits: int | None = None) -> dict:
-    """``{"n", "p50", "p90", ..., "max"}`` of ``values`` (latencies, say); None for each with no values.
+def percentiles(values, qs: Sequence[float] = (50, 90, 99), *, digits: int | None = None, empty=None) -> dict:
+    """``{"n", "p50", "p90", ..., "max"}`` of ``values`` (latencies, say); ``empty`` for each with no values.
 
     ``qs`` are percent; ``p99.9`` is keyed ``"p999"``. ``digits`` rounds the results.
 
@@ -376,8 +376,62 @@ def percentiles(values, qs: Sequence[float] = (50, 90, 99), *, digits: int | Non
     keys = ["p" + f"{q:g}".replace(".", "") for q in qs]
     a = np.asarray(values, dtype=np.float64).ravel()
     if a.size == 0:
-        return {"n": 0, **{k: None for k in keys}, "max": None}
+        return {"n": 0, **{k: empty for k in keys}, "max": empty}
     out = dict(zip(keys, (float(v) for v in np.percentile(a, list(qs)))), max=float(a.max()))
     if digits is not None:
         out = {k: round(v, digits) for k, v in out.items()}
     return {"n": int(a.size), **out}
+
+
+# --------------------------------------------------------------------------- movies
+
+
+def psnr_db(estimate, clean) -> float:
+    """Peak SNR in dB: ``10 log10(peak² / mean (x − c)²)``, peak = the clean movie's range.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> round(psnr_db(np.array([[0.0, 1.5]]), np.array([[0.0, 2.0]])), 2)   # range 2, mse 0.125
+    15.05
+    """
+    x, c = np.asarray(estimate, dtype=np.float64), np.asarray(clean, dtype=np.float64)
+    _same_shape(x, c, "estimate", "clean")
+    mse = float(np.mean((x - c) ** 2))
+    peak = float(c.max() - c.min())
+    return math.inf if mse == 0 else 10 * math.log10(peak**2 / mse)
+
+
+def neuron_traces(movie, footprints) -> np.ndarray:
+    """Each neuron's trace: the footprint-weighted mean of ``movie`` (T, H, W) per frame.
+
+    ``footprints`` (N, H, W), non-negative weights; returns (N, T) float64.
+    """
+    m = np.asarray(movie, dtype=np.float64)
+    f = np.asarray(footprints, dtype=np.float64)
+    if m.ndim != 3 or f.ndim != 3 or m.shape[1:] != f.shape[1:]:
+        raise ValueError(f"expected a movie (T, H, W) and footprints (N, H, W) of the same frame size, "
+                         f"got {m.shape} and {f.shape}")
+    w = f.reshape(len(f), -1)
+    return (w @ m.reshape(len(m), -1).T) / np.maximum(w.sum(axis=1, keepdims=True), 1e-12)
+
+
+def neuron_correlation(estimate, clean, footprints) -> np.ndarray:
+    """Per neuron, the Pearson correlation of its trace in ``estimate`` with that in ``clean``.
+
+    Returns (N,); NaN for a neuron whose clean trace is constant.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> t = np.sin(np.arange(50) / 5.0)
+    >>> clean = t[:, None, None] * np.ones((1, 4, 4))
+    >>> neuron_correlation(clean + 1.0, clean, np.ones((1, 4, 4))).round(3).tolist()
+    [1.0]
+    """
+    a, b = neuron_traces(estimate, footprints), neuron_traces(clean, footprints)
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    den = np.sqrt((a**2).sum(axis=1) * (b**2).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (a * b).sum(axis=1) / den, np.nan)

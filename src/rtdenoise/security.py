@@ -149,6 +149,35 @@ class ClientKeys:
     server_public: bytes
 
 
+
+
+def make_keys(directory: str | os.PathLike, name: str = SERVER_NAME, *, authorize: str | os.PathLike | None = None,
+              force: bool = False) -> list[str]:
+    """``rtdenoise keys``: :func:`create_keys`, optionally authorizing a client's key with a
+    service (copied into ``authorize/authorized/``). Returns what to tell the user, a line each."""
+    import shutil
+
+    if authorize and name == SERVER_NAME:
+        raise ValueError("--authorize copies a client's key; give the client a --name")
+    if authorize and not (Path(authorize) / AUTHORIZED).is_dir():
+        raise FileNotFoundError(f"{Path(authorize) / AUTHORIZED} does not exist; "
+                                f"make the service's keys first: rtdenoise keys {authorize}")
+    public, secret = create_keys(directory, name, force=force)
+    lines = [f"wrote {public} (public) and {secret} (secret, mode 600)"]
+    if name == SERVER_NAME:
+        lines += [f"serve with: rtdenoise serve --curve-keys {directory}  (allowed clients' NAME.key go in "
+                  f"{Path(directory) / AUTHORIZED}/)",
+                  f"clients need {public}: e.g. rtdenoise status --client-key CLIENT.key_secret --server-key {public}"]
+        return lines
+    if authorize:
+        dst = Path(authorize) / AUTHORIZED / public.name
+        shutil.copyfile(public, dst)
+        lines.append(f"authorized: copied {public.name} to {dst}")
+    else:
+        lines.append(f"copy {public} into the service's DIR/{AUTHORIZED}/ to let this client in")
+    lines.append(f"this client uses: --client-key {secret} --server-key <service DIR>/server.key")
+    return lines
+
 def _load(path: Path, what: str, *, secret: bool) -> tuple[bytes, bytes | None]:
     import zmq.auth
 

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from rtdenoise.model.frontend import FrontEnd
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+MAX_STEP_FRAMES = 1024  # most frames per step offline and in the service ...
+MAX_STEP_VALUES = 2**21  # ... and most values: 8 frames of 512 x 512 (the front end works in float64)
 MAX_CHUNK_SHAPES = 8  # per-chunk-length buffers an engine keeps per state (chunk lengths are usually few)
 
 
@@ -73,7 +75,7 @@ class StreamState:
     net: Any  # backend-specific: named tensors/arrays, allocated once, updated in place
     batch: int
     seen: np.ndarray = field(default=None)  # frames stepped per stream since the last reset
-    last: np.ndarray | None = None  # (batch, *frame) the last frame stepped: what a flush repeats
+    last: np.ndarray | None = None  # (batch, *frame) float64, the last frame stepped: what a flush repeats
     shape: tuple[int, ...] | None = None  # the frames' shape, once known
 
     def __post_init__(self):
@@ -114,9 +116,15 @@ class Engine:
 
     def state_shapes(self, batch: int, frame: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
         """The network state's arrays for ``batch`` streams of frames of shape ``frame``, by name."""
+        return self.layout.state_shapes(batch, frame)
+
+    @property
+    def layout(self):
+        """The network's layer structure (for state names and shapes); engines that run a graph
+        build it once with random weights, which are never used."""
         if getattr(self, "_layout", None) is None:
-            self._layout = self.config.build()  # the layer structure only; its weights are unused
-        return self._layout.state_shapes(batch, frame)
+            self._layout = self.config.build()
+        return self._layout
 
     def _check_exported(self, meta: dict, source) -> None:
         """An exported graph or plan must come from this engine's model config."""
@@ -139,13 +147,18 @@ class Engine:
         if frame is None and None not in self.frame_shape:
             frame = self.frame_shape
         if frame is not None:
-            self._allocate(state, self._check_shape(tuple(frame)))
+            self._allocate(state, self.check_shape(tuple(frame)))
         return state
 
     def _allocate(self, state: StreamState, frame: tuple[int, ...]) -> None:
         state.frontend = self.config.frontend(state.batch, frame)
         state.net = self._new_net_state(state.batch, frame)
+        state.last = np.zeros((state.batch, *frame))  # written in place at every step
         state.shape = frame
+
+    def max_step(self, frame: tuple[int, ...]) -> int:
+        """Most frames of shape ``frame`` per engine step: bounded memory for any frame size."""
+        return max(1, min(MAX_STEP_FRAMES, MAX_STEP_VALUES // max(1, int(np.prod(frame)))))
 
     def reset(self, state: StreamState, index: int | None = None) -> None:
         """Forget the past of stream ``index`` of ``state`` (every stream if None)."""
@@ -153,12 +166,9 @@ class Engine:
             return
         state.frontend.reset(index)
         self._reset_net(state.net, index)
-        sl = slice(None) if index is None else index
-        state.seen[sl] = 0
-        if index is None:
-            state.last = None
+        state.seen[slice(None) if index is None else index] = 0
 
-    def _check_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+    def check_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         """``shape`` if frames of it fit this model, else ValueError with the fix."""
         w = self.frame_shape
         if len(shape) != len(w) or any(d is not None and d != g for d, g in zip(w, shape)):
@@ -193,7 +203,7 @@ class Engine:
         if a.ndim != rank + 2:
             self._shape_error(a.shape)
         if a.shape[2:] != self.frame_shape:  # a fixed shape that matches needs nothing more
-            self._check_shape(a.shape[2:])
+            self.check_shape(a.shape[2:])
         if shape is not None and a.shape[2:] != tuple(shape):
             raise ValueError(f"frames of shape {a.shape[2:]}, but the stream started with {tuple(shape)}; "
                              "a new frame size is a new stream")
@@ -231,7 +241,7 @@ class Engine:
         out = self._net_step(norm.features, state.net)
         y = state.frontend.to_counts(out, norm).astype(np.float32)
         state.seen += x.shape[1]
-        state.last = x[:, -1].copy()
+        np.copyto(state.last, x[:, -1])
         return y[0] if single else y
 
     def flush(self, state: StreamState, frames: np.ndarray | None = None, *, chunk: int | None = None):
@@ -257,7 +267,7 @@ class Engine:
         """:meth:`flush` of checked frames ``x`` (B, n, *frame) or None."""
         n = 0 if x is None else x.shape[1]
         shape = state.shape if x is None else x.shape[2:]
-        if state.last is None and n == 0:  # nothing stepped since the reset: nothing owed
+        if n == 0 and not state.seen.any():  # nothing stepped since the reset: nothing owed
             y = np.empty((state.batch, 0, *(shape or ())), dtype=np.float32)
         else:
             last = x[:, -1] if n else state.last
@@ -284,7 +294,8 @@ class Engine:
     def run(self, frames: np.ndarray, *, chunk: int | None = None, progress: bool = False) -> np.ndarray:
         """Denoise a whole recording (T, *frame): as many output frames as input frames.
 
-        Steps through it ``chunk`` frames at a time (default 1024: bounded memory); the last
+        Steps through it ``chunk`` frames at a time (default: :meth:`max_step`, bounded
+        memory whatever the frame size); the last
         piece goes through :meth:`flush` with the lag, so the last ``lag`` frames get
         outputs too. The result does not depend on ``chunk``.
         """
@@ -292,7 +303,7 @@ class Engine:
             self._shape_error(np.shape(frames)[1:])
         x = self.check_frames(frames)
         t = x.shape[1]
-        step = 1024 if chunk is None else chunk
+        step = self.max_step(x.shape[2:]) if chunk is None else chunk
         if step < 1:
             raise ValueError(f"chunk must be >= 1 frame, got {step}")
         state = self.new_state(1, x.shape[2:])

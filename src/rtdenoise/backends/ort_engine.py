@@ -93,6 +93,10 @@ class OrtEngine(Engine):
                 f"{onnx_path or 'the exported graph'} has inputs {got_in} and outputs {got_out}; "
                 f"its metadata says {self.io['inputs']} and {self.io['outputs']}"
             )
+        names = self.layout.state_names()  # built here, not on the first frame
+        if sorted(self.states + self.omitted_states) != sorted(names):
+            raise ValueError(f"{onnx_path or 'the exported graph'} has states {self.states + self.omitted_states}; "
+                             f"model {checkpoint.name!r} has {names}; re-export it with `rtdenoise export`")
         # Bound host arrays only make sense where the graph runs on the host.
         self.io_binding = bool(io_binding) and self.providers[0] == "CPUExecutionProvider"
 

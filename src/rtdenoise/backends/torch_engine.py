@@ -38,6 +38,7 @@ class TorchEngine(Engine):
 
     def _new_net_state(self, batch: int, frame: tuple[int, ...]) -> dict[str, torch.Tensor]:
         state = self.net.init_state(batch, frame=frame, device=self.device)
+        self.net.check_state(state)
         return _GraphState(state) if self.cuda_graph else state
 
     @torch.inference_mode()

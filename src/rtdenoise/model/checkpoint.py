@@ -137,6 +137,9 @@ def checkpoint_from_info(info: dict, state_dict: dict, path: str | None) -> Chec
             f"{path} comes from checkpoint format version {info.get('format_version')}, "
             f"this rtdenoise reads {FORMAT_VERSION}; upgrade rtdenoise or re-export the model"
         )
+    missing = [k for k in ("name", "config", "modality", "wavelengths", "fs") if k not in info]
+    if missing:
+        raise ValueError(f"{path}: its model metadata lacks {missing}; re-export the model with this rtdenoise")
     return Checkpoint(
         name=info["name"],
         config=ModelConfig.from_dict(info["config"]),
@@ -174,3 +177,33 @@ def load(model: str | os.PathLike | None = None) -> Checkpoint:
     except (KeyError, TypeError, RuntimeError) as e:
         raise ValueError(f"{path} is a damaged rtdenoise checkpoint: {type(e).__name__}: {e}") from e
     return ckpt
+
+
+def format_info(info: dict) -> str:
+    """:meth:`Checkpoint.info` as the lines ``rtdenoise info`` prints."""
+    pv = info["provenance"]
+    wl = info["wavelengths"]
+    lines = [
+        f"model          {info['name']}  ({info['path']})",
+        f"format         {info['format']} v{info['format_version']}",
+        f"modality       {info['modality']}, frames "
+        + (" × ".join("any" if d is None else str(d) for d in info["frame_shape"])),
+        f"wavelengths    {wl[0]:.1f}–{wl[-1]:.1f} nm in {len(wl)} bins" if wl else "wavelengths    -",
+        f"frame rate     {info['fs']:g} Hz",
+        f"lag            {info['lag']} frames ({info['lag'] / info['fs']:.2f} s)",
+        f"receptive field {info['receptive_field']} frames ({info['receptive_field'] / info['fs']:.1f} s)",
+        "architecture   " + ", ".join(f"{k}={v}" for k, v in info["config"].items()),
+        "normalization  " + ", ".join(f"{k}={v}" for k, v in info["normalization"].items()),
+        f"parameters     {info['parameters']:,}",
+    ]
+    if pv:
+        lines += [
+            f"trained        {pv.get('steps')} steps, {pv.get('instances')} instances, "
+            f"{pv.get('wall_time_s', 0) / 60:.1f} min on {pv.get('machine')}, seed {pv.get('train', {}).get('seed')}",
+            f"val loss       {pv.get('final_val_loss'):.4f} (identity {pv.get('val_loss_raw'):.4f})",
+            f"noise          {pv.get('noise', {}).get('kind')}",
+            f"command        {pv.get('command')}",
+        ]
+    for k, v in info.get("metrics", {}).items():
+        lines.append(f"metric         {k}: {v}")
+    return "\n".join(lines)

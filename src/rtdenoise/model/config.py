@@ -29,15 +29,18 @@ def family(arch: str):
 MODALITIES = ("spectral", "imaging")
 
 
-def default_config(modality: str = "spectral") -> "ModelConfig":
-    """The model a modality trains by default: the subspace model for spectra; for movies a
-    causal U-Net with a 31-frame temporal field, a 10 s per-pixel baseline at 30 Hz and a
-    variance floor of 1 photon²."""
+def default_config(modality: str = "spectral", **changes) -> "ModelConfig":
+    """The model a modality trains by default, with ``changes``: the subspace model for
+    spectra; for movies a causal U-Net with a 31-frame temporal field, a 10 s per-pixel
+    baseline at 30 Hz and a variance floor of 1 photon². An ``arch`` of another modality
+    is a ValueError."""
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
-    if modality == "imaging":
-        return ModelConfig(arch="imaging-unet", depth=4, width=8, horizon=300, floor=1.0)
-    return ModelConfig()
+    base = dict(arch="imaging-unet", depth=4, width=8, horizon=300, floor=1.0) if modality == "imaging" else {}
+    config = ModelConfig(**(base | changes))
+    if config.family.modality != modality:
+        raise ValueError(f"arch {config.arch!r} is a {config.family.modality} model; give --modality {config.family.modality}")
+    return config
 
 
 @dataclass

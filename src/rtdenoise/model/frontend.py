@@ -1,6 +1,6 @@
 """Causal front end: per-stream running statistics that put frames in the network's units.
 
-1. **Baseline and scale** (every architecture). Per wavelength,
+1. **Baseline and scale** (every architecture). Per wavelength (per pixel for images),
 
        b_t = running mean of x up to and including t
        s_t = sqrt(max(b_t, 0) + floor)        (a Poisson count's noise std is about √b)
@@ -16,13 +16,13 @@
    keeps ``U`` continuous in time: no eigen-solver spikes, no sign flips. The network then
    sees the coefficients ``z = Uᵀ xn`` and the log eigenvalues (how much signal each
    direction carries), and returns denoised coefficients ``ẑ``; the frame is ``U ẑ``.
+   This is the classical causal PCA projection, kept up to date, with a learned temporal
+   denoiser on top.
 
 :meth:`FrontEnd.normalize` advances the statistics by a chunk and returns a
 :class:`Normalized` record; :meth:`FrontEnd.to_counts` maps the network's output back with
 it and changes nothing, :meth:`FrontEnd.target` turns a clean chunk into the network's
 training target.
-   This is the classical causal PCA projection, kept up to date, with a learned temporal
-   denoiser on top.
 
 Everything uses only the past, and all of it is state updated in place per stream, so a
 stream can be processed in chunks of any size with identical results. It runs on the host

@@ -53,8 +53,8 @@ class ResidualModel(CausalModel):
     def _to_trunk(self, xn: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _from_trunk(self, h: torch.Tensor, xn: torch.Tensor) -> torch.Tensor:
-        """The trunk's ``(B, C, T, ...)`` back to frames shaped like ``xn``."""
+    def _from_trunk(self, h: torch.Tensor) -> torch.Tensor:
+        """The trunk's ``(B, C, T, ...)`` back to frames ``(B, T, ...)``."""
         raise NotImplementedError
 
     def step(self, xn: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
@@ -63,7 +63,7 @@ class ResidualModel(CausalModel):
         new = {}
         past, new[self.delay.state_name] = self.delay(h, state[self.delay.state_name])
         h = self._trunk(h, state, new)
-        return self._from_trunk(past[:, :, :t] - h, xn), new  # remove the predicted noise of frame t - lag
+        return self._from_trunk(past[:, :, :t] - h), new  # remove the predicted noise of frame t - lag
 
 
 class ChannelsModel(ResidualModel):
@@ -77,7 +77,7 @@ class ChannelsModel(ResidualModel):
     def _to_trunk(self, xn: torch.Tensor) -> torch.Tensor:
         return xn.transpose(1, 2)  # (B, W, T)
 
-    def _from_trunk(self, h: torch.Tensor, xn: torch.Tensor) -> torch.Tensor:
+    def _from_trunk(self, h: torch.Tensor) -> torch.Tensor:
         return h.transpose(1, 2)
 
 
@@ -93,5 +93,5 @@ class DeepDenoise2D(ResidualModel):
     def _to_trunk(self, xn: torch.Tensor) -> torch.Tensor:
         return xn.unsqueeze(1)  # (B, 1, T, W)
 
-    def _from_trunk(self, h: torch.Tensor, xn: torch.Tensor) -> torch.Tensor:
+    def _from_trunk(self, h: torch.Tensor) -> torch.Tensor:
         return h.squeeze(1)

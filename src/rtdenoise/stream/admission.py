@@ -4,7 +4,8 @@ The service's rules, beyond the wire's (:func:`rtdenoise.stream.wire.decode`), c
 this order, so a message breaking several is counted once, by the first:
 
 1. a **new** stream: its frames must have the shape the model takes (``frame_shape``;
-   None where any size goes, as an image's height and width),
+   None where any size goes, as an image's height and width, and the model's own rules,
+   ``check_shape``, pass: an image model refuses frames too small for it),
    and the service must hold fewer than ``max_streams`` streams (``too_many_streams``);
    then its first message fixes the stream's shape and dtype;
 2. a known stream: the same frame shape (``shape_change``) and dtype (``dtype_change``)
@@ -63,6 +64,8 @@ class Limits:
     model: str = "?"  # the model's name, for the messages
     max_header_bytes: int = wire.MAX_HEADER_BYTES  # for wire.decode
     max_payload_bytes: int = wire.MAX_PAYLOAD_BYTES  # for wire.decode
+    check_shape: Callable[[tuple], Any] | None = None  # the model's own rules for a new stream's frame shape
+                                                       # (ValueError: e.g. images too small), Engine.check_shape
 
     def decode(self, parts) -> tuple[str, dict, np.ndarray]:
         """:func:`wire.decode` of a ``frames/`` message under these limits (raises WireError)."""
@@ -125,6 +128,11 @@ def admit(header: dict, frames: np.ndarray, streams: Mapping[str, Any], limits: 
         if len(shape) != len(limits.frame_shape) or any(w is not None and w != g for w, g in zip(limits.frame_shape, shape)):
             return Admission("frame_shape", f"frames of shape {shape}; model {limits.model!r} takes "
                              f"{tuple(limits.frame_shape)}", False)
+        if limits.check_shape is not None:
+            try:
+                limits.check_shape(shape)
+            except ValueError as e:
+                return Admission("frame_shape", f"frames of shape {shape}: {e}", False)
         if len(streams) >= limits.max_streams:
             return Admission("too_many_streams", f"already {len(streams)} streams (max_streams="
                              f"{limits.max_streams})", False)
@@ -136,7 +144,7 @@ def admit(header: dict, frames: np.ndarray, streams: Mapping[str, Any], limits: 
         check_frames(frames)
     except (ValueError, TypeError) as e:
         seq, n = header["seq"], header["n"]
-        # Shape and dtype are settled above: for float frames what is left to refuse is NaN/inf.
-        what = "NaN/inf samples" if dtype.kind == "f" else f"frames refused ({e})"
+        # Shape and dtype are settled above: what the engine's check has left is NaN/inf, as a rule.
+        what = "NaN/inf samples" if "NaN/inf" in str(e) else f"frames refused ({e})"
         return Admission("bad_frames", f"{what} in seq {seq}..{seq + n - 1}; dropped", new)
     return _ACCEPTED[new]

@@ -151,12 +151,16 @@ class Sequencer:
     max_step : int
         Most frames per engine step.
 
-    Chunks reach it already checked (:func:`rtdenoise.stream.admission.admit` ran
-    :meth:`Engine.check_frames` on each as it arrived), so it steps with ``checked=True``.
+    checked : bool
+        The chunks were validated already: in the service :func:`rtdenoise.stream.admission.admit`
+        ran :meth:`Engine.check_frames` on each as it arrived, so it steps with
+        ``checked=True``. False (the default, for use on its own) validates every run.
     """
 
-    def __init__(self, engine: Any, stream: str, *, first_seq: int | None = None, max_step: int = MAX_STEP):
+    def __init__(self, engine: Any, stream: str, *, first_seq: int | None = None, max_step: int = MAX_STEP,
+                 checked: bool = False):
         self.engine, self.stream, self.lag, self.max_step = engine, stream, int(engine.lag), max_step
+        self.checked = checked
         self.state = None  # engine StreamState, made on first use
         self.next_seq = first_seq  # seq expected next (None: any, after a reset)
         self.fresh = True  # no frame stepped since the last reset
@@ -232,14 +236,16 @@ class Sequencer:
         x = run[0].frames if len(run) == 1 else np.concatenate([c.frames for c in run])
         n = x.shape[0]
         seen = int(self.state.seen[0])
-        step, state = self.engine.step, self.state
+        step, state, checked = self.engine.step, self.state, self.checked
+        most = min(self.max_step, self.engine.max_step(x.shape[1:]))  # bounded memory for any frame size
         t0 = time.perf_counter_ns()
         try:
-            if n <= self.max_step:
-                y = step(x, state, checked=True)
+            if n <= most:
+                y = step(x, state, checked=checked)
             else:  # bounded memory whatever the backlog or the message size
-                y = np.concatenate([step(x[i:i + self.max_step], state, checked=True)
-                                    for i in range(0, n, self.max_step)])
+                if not checked:
+                    self.engine.check_frames(x)
+                y = np.concatenate([step(x[i:i + most], state, checked=True) for i in range(0, n, most)])
         except (ValueError, TypeError) as e:  # the engine refused the chunk
             yield Refused(n, f"seq {seq0}..{seq0 + n - 1}: {e}")
             return

@@ -128,7 +128,8 @@ class Service:
         self.engine = engine
         self.lag = int(engine.lag)
         self._limits = admission.Limits(tuple(engine.frame_shape), config.max_streams, engine.name,
-                                        config.max_header_bytes, config.max_payload_bytes)
+                                        config.max_header_bytes, config.max_payload_bytes,
+                                        check_shape=getattr(engine, "check_shape", None))
         self._stats = Stats(ServiceSockets.NAMES)
         self._lock = self._stats.lock  # one lock for the counters and the work handed between threads
         self._cv = threading.Condition(self._lock)
@@ -281,7 +282,7 @@ class Service:
                 # first_seq: so frames dropped before the engine's first step show as a gap
                 st = self._streams[name] = StreamRecord(
                     name, tuple(header["shape"]), frames.dtype, inbox=Inbox(self.config.max_queue),
-                    seq=Sequencer(self.engine, name, first_seq=header["seq"]), window=self.config.latency_window)
+                    seq=Sequencer(self.engine, name, first_seq=header["seq"], checked=True), window=self.config.latency_window)
             if not verdict.accepted:
                 self._stats.reject(verdict.reason, verdict.message, st, name=name)
                 return

@@ -36,6 +36,7 @@ __all__ = [
     "sample_instance",
     "sample_scene",
     "simulate",
+    "simulate_file",
     "simulate_movie",
 ]
 
@@ -174,3 +175,50 @@ def pure_noise_movie(
     """
     config = ImagingConfig.steady_light(shape=tuple(shape), fs=(fs, fs))
     return simulate_movie(n_frames, seed=seed, photons=photons, config=config, noise=noise)
+
+
+def simulate_file(out, n_frames: int, *, modality: str = "spectral", seed: int = 0, photons: float | None = None,
+                  fs: float | None = None, shape=None, read_noise: float | None = None, dark=None, light=None) -> str:
+    """``rtdenoise simulate``: write a synthetic recording and its ground truth to ``out``.
+
+    Spectra (:func:`simulate`; ``dark``/``light`` recordings or the detector model with
+    ``read_noise``) or a movie (:func:`simulate_movie`, two-photon PMT noise, frames
+    ``shape``; its footprints, mostly zeros, are stored as ``footprint_neuron``,
+    ``footprint_pixel``, ``footprint_weight`` triplets). The noisy frames go under
+    ``noisy``, the configuration as JSON bytes under ``config_json``. Returns a one-line
+    summary.
+    """
+    import json
+
+    from rtdenoise.io import save_frames
+
+    if n_frames < 1:
+        raise ValueError(f"--frames must be >= 1, got {n_frames}")
+    if modality == "imaging":
+        if dark or light or read_noise is not None:
+            raise ValueError("--dark, --light and --read-noise are for spectra; movies use the two-photon detector model")
+        config = ImagingConfig() if fs is None else ImagingConfig(fs=(fs, fs))
+        shape = tuple(shape) if shape else config.shape
+        rec = simulate_movie(n_frames, seed=seed, shape=shape, photons=photons, config=config)
+        foot = rec.pop("footprints").reshape(len(rec["traces"]), -1)
+        n, p = np.nonzero(foot)
+        rec.update(footprint_neuron=n.astype(np.int32), footprint_pixel=p.astype(np.int32),
+                   footprint_weight=foot[n, p].astype(np.float32))
+        meta = {"modality": modality, "signal": config.to_dict(), "noise": PMTNoise().describe(), "seed": seed,
+                "photons": photons}
+        summary = (f"{n_frames} frames of {shape[0]} × {shape[1]} px at {float(rec['fs']):.1f} Hz, {len(foot)} neurons, "
+                   f"{float(rec['photons']):.2f} photons at the brightest somata (PMT noise)")
+    elif modality == "spectral":
+        if shape:
+            raise ValueError("--shape is for --modality imaging; a spectrum's width comes from the signal model")
+        signal = SpectralConfig() if fs is None else SpectralConfig(fs=fs)
+        noise = noise_from_args(dark, light, n_bins=signal.n_bins, read_noise=read_noise)
+        rec = simulate(n_frames, seed=seed, photons=photons, signal=signal, noise=noise)
+        meta = {"signal": signal.to_dict(), "noise": noise.describe(), "seed": seed, "photons": photons}
+        summary = f"{n_frames} frames × {signal.n_bins} bins at {signal.fs:g} Hz ({noise.kind} noise)"
+    else:
+        raise ValueError(f"modality must be 'spectral' or 'imaging', got {modality!r}")
+    # JSON as UTF-8 bytes: every container format stores a uint8 array, none needs pickle.
+    rec["config_json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    save_frames(out, rec.pop("noisy"), key="noisy", extra=rec)
+    return f"wrote {out}: {summary}"

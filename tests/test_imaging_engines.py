@@ -143,3 +143,16 @@ def test_the_live_service_denoises_a_movie_as_offline_unchanged(imaging_engine, 
         finally:
             pub.close(linger=0)
             sub.close()
+
+
+def test_admission_refuses_a_new_stream_of_frames_too_small_by_the_models_own_rule(imaging_engine):
+    from rtdenoise.stream import admission
+
+    eng = imaging_engine("torch")
+    limits = admission.Limits(eng.frame_shape, 4, eng.name, check_shape=eng.check_shape)
+    header = {"stream": "cam", "seq": 0, "n": 1, "shape": [8, 8]}
+    verdict = admission.admit(header, np.zeros((1, 8, 8), "<f4"), {}, limits, check_frames=eng.check_frames)
+    assert (verdict.reason, verdict.new) == ("frame_shape", False) and "16 × 16" in verdict.message
+    ok = admission.admit(header | {"shape": [40, 64]}, np.zeros((1, 40, 64), "<u2"), {}, limits,
+                         check_frames=eng.check_frames)
+    assert ok.accepted and ok.new

@@ -295,9 +295,9 @@ class Engine:
         """Denoise a whole recording (T, *frame): as many output frames as input frames.
 
         Steps through it ``chunk`` frames at a time (default: :meth:`max_step`, bounded
-        memory whatever the frame size); the last
-        piece goes through :meth:`flush` with the lag, so the last ``lag`` frames get
-        outputs too. The result does not depend on ``chunk``.
+        memory whatever the frame size); the last piece goes through :meth:`flush` with the
+        lag, so the last ``lag`` frames get outputs too. The result does not depend on
+        ``chunk``.
         """
         if np.ndim(frames) != len(self.frame_shape) + 1:  # one recording, time first
             self._shape_error(np.shape(frames)[1:])

@@ -144,12 +144,15 @@ def cmd_info(args) -> int:
 
 def _add_denoise(sub) -> None:
     p = sub.add_parser("denoise", help="denoise a recording file (time first) with a trained model")
-    p.add_argument("input", help=".npy/.npz/.tif/.h5/.mat, frames × wavelengths")
-    p.add_argument("output", help="where to write the denoised frames (same formats)")
+    p.add_argument("input", help=".npy/.npz/.tif/.h5/.mat, time first: frames × wavelengths or frames × H × W "
+                   "(npy, TIFF stacks and HDF5 are read block by block: files larger than memory are fine)")
+    p.add_argument("output", help="where to write the denoised frames (same formats); written only when complete")
     p.add_argument("--model", default=None, help="a .pt file or shipped model name (default: the shipped default)")
     p.add_argument("--backend", choices=BACKENDS, default="torch")
     p.add_argument("--chunk", type=int, default=None, help="frames per engine step (1 = frame by frame, as the live service); any value gives the same frames (default 1024)")
     p.add_argument("--key", default=None, help="array name inside .npz/.h5/.mat (default: noisy, frames or data)")
+    p.add_argument("--dtype", choices=["float32", "input"], default="float32",
+                   help="output type: float32, or the input's own (integers rounded and clipped to its range)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_denoise)
 
@@ -159,7 +162,7 @@ def cmd_denoise(args) -> int:
 
     s = denoise_file(
         args.input, args.output, model=args.model, backend=args.backend, chunk=args.chunk, key=args.key,
-        progress=not args.quiet,
+        dtype=args.dtype, progress=not args.quiet,
     )
     print(
         f"wrote {s['output']}: {s['frames']} frames with {s['model']} on {s['backend']} "

@@ -55,31 +55,57 @@ def denoise_file(
     backend: str = "torch",
     chunk: int | None = None,
     key: str | None = None,
+    dtype: str = "float32",
     progress: bool = True,
 ) -> dict:
-    """Read ``src``, denoise, write ``dst`` atomically (never half-written). Returns a summary."""
+    """Read ``src``, denoise, write ``dst`` atomically (never half-written). Returns a summary.
+
+    The file goes through block by block (:mod:`rtdenoise.blocks`): ``.npy``, TIFF stacks and
+    HDF5 larger than memory are read and written a block at a time, with the causal state
+    carried across blocks, so the result equals one pass. ``dtype``: ``"float32"`` (the
+    default) or ``"input"``, the input's own type (integers rounded and clipped to its range).
+    """
     import time
 
-    from rtdenoise.backends import load_engine
-    from rtdenoise.io import load_frames, save_frames, validate_frames
+    from tqdm import tqdm
 
+    from rtdenoise.backends import load_engine
+    from rtdenoise.blocks import FrameWriter, open_frames
+    from rtdenoise.io import validate_frames
+
+    if dtype not in ("float32", "input"):
+        raise ValueError(f"dtype must be 'float32' or 'input', got {dtype!r}")
     engine = load_engine(model, backend=backend)  # bad model or backend fails before reading
-    frames = load_frames(src, key=key)
-    validate_frames(frames, frame_shape=engine.frame_shape, name=str(src))
-    if np.issubdtype(frames.dtype, np.integer) and frames.dtype.itemsize >= 8:
-        if np.abs(frames).max() > 2**53:
-            raise ValueError(f"{src}: integer counts above 2**53 cannot be represented exactly; check the file")
-    t0 = time.perf_counter()
-    out = engine.run(frames, chunk=chunk, progress=progress)
-    wall = time.perf_counter() - t0
-    save_frames(dst, out, key="denoised")
+    with open_frames(src, key=key) as reader:
+        validate_frames(np.zeros((1, *reader.shape[1:]), reader.dtype), frame_shape=engine.frame_shape, name=str(src))  # the shape
+        engine.check_shape(reader.shape[1:])
+        if np.issubdtype(reader.dtype, np.integer) and reader.dtype.itemsize >= 8:
+            raise ValueError(f"{src}: 64-bit integer counts; convert to float64 or a smaller integer type first")
+        out_dtype = reader.dtype if dtype == "input" else np.dtype(np.float32)
+        block = chunk or engine.max_step(reader.shape[1:])
+        t0 = time.perf_counter()
+        with FrameWriter(dst, len(reader), reader.shape[1:], out_dtype, key="denoised") as writer, \
+                tqdm(total=len(reader), disable=not progress, unit="frame", dynamic_ncols=True) as bar:
+            for y in engine.denoise_blocks(reader.blocks(block), chunk=chunk):
+                writer.write(_as(y, out_dtype))
+                bar.update(len(y))
+        wall = time.perf_counter() - t0
     return {
         "input": str(src),
         "output": str(dst),
-        "frames": int(frames.shape[0]),
+        "frames": len(reader),
         "model": engine.name,
         "backend": engine.backend,
         "lag": engine.lag,
+        "dtype": str(out_dtype),
         "seconds": wall,
-        "ms_per_frame": 1e3 * wall / max(1, frames.shape[0]),
+        "ms_per_frame": 1e3 * wall / max(1, len(reader)),
     }
+
+
+def _as(y: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Denoised float32 frames in ``dtype``: integers rounded and clipped to its range."""
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(y), info.min, info.max).astype(dtype)
+    return y.astype(dtype, copy=False)

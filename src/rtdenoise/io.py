@@ -130,8 +130,9 @@ def _quote(keys) -> str:
 class _Container:
     """Uniform, lazy view of an npz, HDF5 or MAT file: ordered keys, one read per key."""
 
-    def __init__(self, keys: list[str], numeric: list[str], read, close=lambda: None):
+    def __init__(self, keys: list[str], numeric: list[str], read, close=lambda: None, handle=None):
         self.keys = keys
+        self.handle = handle  # the open file (HDF5), for reading datasets in part
         self.numeric = numeric  # keys whose arrays are numeric: candidates for the default
         self._read = read
         self.close = close
@@ -172,7 +173,7 @@ def _open_hdf5(path: Path, *, matlab: bool = False) -> _Container:
         # MATLAB is column-major: h5py sees a T x W MATLAB array as (W, T).
         return arr.T.copy() if matlab else arr
 
-    return _Container(keys, numeric, read, f.close)
+    return _Container(keys, numeric, read, f.close, handle=f)
 
 
 def _open_mat(path: Path) -> _Container:

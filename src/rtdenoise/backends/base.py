@@ -291,31 +291,57 @@ class Engine:
         """Per stream: has it seen a full receptive field (plus the lag) since its reset?"""
         return state.seen >= self.receptive_field + self.lag
 
+    def denoise_blocks(self, blocks, *, chunk: int | None = None, checked: bool = False):
+        """Denoise one recording given as consecutive blocks of frames, ``(n_i, *frame)`` each.
+
+        Yields the denoised frames in order, float32, as many in all as came in (the first
+        ``lag`` outputs, which belong to no frame, are dropped; the last block is stepped
+        with the :meth:`flush`). Memory is bounded by a block, so a file larger than memory
+        goes through block by block; the result does not depend on the blocks. Each block
+        is validated as it comes (a bad one raises, after the blocks before it were
+        yielded; ``checked=True``: the caller validated them). ``chunk``: frames per engine
+        step (default: each block, within :meth:`max_step`).
+        """
+        state, held, drop = None, None, self.lag
+        for block in blocks:
+            if checked:
+                b = np.asarray(block)[None]
+            else:
+                b = self.check_frames(block, shape=None if state is None else state.shape)
+            if b.shape[0] != 1:
+                raise ValueError(f"blocks of one recording are (n, *frame), got {np.shape(block)}")
+            if state is None:
+                state = self.new_state(1, b.shape[2:])
+            if held is not None:
+                step = min(chunk or len(held), self.max_step(state.shape))
+                y = np.concatenate([self.step(held[i : i + step], state, checked=True) for i in range(0, len(held), step)])
+                if drop:
+                    y, drop = y[drop:], max(0, drop - len(y))
+                if len(y):
+                    yield y
+            held = b[0]
+        if held is None:
+            raise ValueError("a recording must hold at least 1 frame, got none")
+        yield self._end(state, held[None], min(chunk or len(held), self.max_step(state.shape)))[0]
+
     def run(self, frames: np.ndarray, *, chunk: int | None = None, progress: bool = False) -> np.ndarray:
         """Denoise a whole recording (T, *frame): as many output frames as input frames.
 
-        Steps through it ``chunk`` frames at a time (default: :meth:`max_step`, bounded
-        memory whatever the frame size); the last piece goes through :meth:`flush` with the
-        lag, so the last ``lag`` frames get outputs too. The result does not depend on
-        ``chunk``.
+        :meth:`denoise_blocks` over pieces of ``chunk`` frames (default: :meth:`max_step`,
+        bounded memory whatever the frame size), so the last ``lag`` frames get outputs
+        too. The result does not depend on ``chunk``.
         """
         if np.ndim(frames) != len(self.frame_shape) + 1:  # one recording, time first
             self._shape_error(np.shape(frames)[1:])
-        x = self.check_frames(frames)
-        t = x.shape[1]
-        step = self.max_step(x.shape[2:]) if chunk is None else chunk
+        x = self.check_frames(frames)[0]
+        step = self.max_step(x.shape[1:]) if chunk is None else chunk
         if step < 1:
             raise ValueError(f"chunk must be >= 1 frame, got {step}")
-        state = self.new_state(1, x.shape[2:])
-        out = np.empty((t + self.lag, *x.shape[2:]), dtype=np.float32)
-        last = ((t - 1) // step) * step  # where the last piece starts: it ends the stream
         from tqdm import tqdm
 
-        with tqdm(total=t, disable=not progress, unit="frame", dynamic_ncols=True) as bar:
-            for pos in range(0, last, step):
-                out[pos : pos + step] = self.step(x[0, pos : pos + step], state, checked=True)
-                bar.update(step)
-            tail = self._end(state, x[:, last:], step)[0]
-            out[t + self.lag - len(tail) :] = tail
-            bar.update(t - last)
-        return out[self.lag :]
+        out = []
+        with tqdm(total=len(x), disable=not progress, unit="frame", dynamic_ncols=True) as bar:
+            for y in self.denoise_blocks((x[i : i + step] for i in range(0, len(x), step)), chunk=step, checked=True):
+                out.append(y)
+                bar.update(len(y))
+        return np.concatenate(out)

@@ -1,0 +1,195 @@
+"""Recordings read and written a block of frames at a time, for files larger than memory.
+
+:func:`open_frames` gives a :class:`FrameReader` (``shape``, ``dtype``, ``blocks(n)``) and
+:class:`FrameWriter` writes consecutive blocks, all-or-nothing (a temporary file renamed
+over the destination when it is complete, as every writer in :mod:`rtdenoise.io`).
+
+=================  =============================================  =========================
+format             reading                                        writing
+=================  =============================================  =========================
+``.npy``           memory-mapped                                  into a memory-mapped file
+``.tif``/``.tiff`` page by page (a multi-page stack: ScanImage,   images page by page
+                   ImageJ); every page must have one shape         (BigTIFF); spectra whole
+``.h5``/``.hdf5``  dataset slices                                 dataset slices
+``.npz``, ``.mat``  whole (these formats cannot be read in part)   whole, at the end
+=================  =============================================  =========================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from rtdenoise.atomic import atomic_path
+from rtdenoise.io import _existing, _format_of, load_frames, save_frames
+
+__all__ = ["FrameReader", "FrameWriter", "open_frames"]
+
+
+class FrameReader:
+    """Frames of a recording file, time first; read in blocks with :meth:`blocks`."""
+
+    def __init__(self, read, shape: tuple[int, ...], dtype: np.dtype, close=None, name: str = ""):
+        self._read, self.shape, self.dtype, self._close, self.name = read, tuple(shape), np.dtype(dtype), close, name
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Frames ``start:stop`` as an array in memory."""
+        return np.asarray(self._read(start, min(stop, len(self))))
+
+    def blocks(self, size: int) -> Iterator[np.ndarray]:
+        """Consecutive blocks of ``size`` frames (the last may be shorter)."""
+        for start in range(0, len(self), size):
+            yield self.read(start, start + size)
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
+            self._close = None
+
+    def __enter__(self) -> FrameReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_frames(path: str | os.PathLike, *, key: str | None = None) -> FrameReader:
+    """A :class:`FrameReader` for a recording file (see the module's table).
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for one that is not a
+    recording (too few dimensions, a TIFF whose pages differ in shape, ...).
+    """
+    path, fmt = _existing(path)
+    name = str(path)
+    if fmt == "npy":
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        reader = FrameReader(lambda a, b: arr[a:b], arr.shape, arr.dtype, name=name)
+    elif fmt == "tiff":
+        reader = _tiff_reader(path)
+    elif fmt == "hdf5":
+        reader = _hdf5_reader(path, key)
+    else:  # npz, mat: whole
+        arr = load_frames(path, key=key)
+        reader = FrameReader(lambda a, b: arr[a:b], arr.shape, arr.dtype, name=name)
+    if len(reader.shape) < 2 or reader.shape[0] < 1:
+        reader.close()
+        raise ValueError(f"{name} holds an array of shape {reader.shape}; a recording is time first, (T, W) or (T, H, W)")
+    return reader
+
+
+def _tiff_reader(path: Path) -> FrameReader:
+    try:
+        import tifffile
+    except ImportError as e:
+        raise ImportError(f"reading TIFF needs tifffile: pip install 'rtdenoise[io]' ({e})") from e
+    tif = tifffile.TiffFile(path)
+    try:
+        pages = tif.pages
+        first = pages.first if hasattr(pages, "first") else pages[0]
+        shapes = {tuple(p.shape) for p in pages}
+        dtypes = {np.dtype(p.dtype) for p in pages}
+        if len(shapes) > 1 or len(dtypes) > 1:
+            raise ValueError(
+                f"{path} is a TIFF whose pages differ: shapes {sorted(shapes)}, dtypes {sorted(map(str, dtypes))}; "
+                "one movie has one frame shape and type: split it into one file per acquisition"
+            )
+        if len(pages) > 1 and len(first.shape) == 2:  # a stack of 2-D pages: one frame each, read page by page
+            reader = FrameReader(lambda a, b: tif.asarray(key=range(a, b)).reshape(b - a, *first.shape),
+                                 (len(pages), *first.shape), first.dtype, close=tif.close, name=str(path))
+        else:  # one page holding the whole recording ((T, W) spectra, as load_frames reads it)
+            arr = tif.asarray()
+            reader = FrameReader(lambda a, b: arr[a:b], arr.shape, arr.dtype, close=tif.close, name=str(path))
+    except Exception:
+        tif.close()
+        raise
+    return reader
+
+
+def _hdf5_reader(path: Path, key: str | None) -> FrameReader:
+    from rtdenoise.io import _open_container, _pick_key
+
+    c = _open_container(path, "hdf5")
+    try:
+        name = _pick_key(path, c, key)
+        ds = c.handle[name]
+    except Exception:
+        c.close()
+        raise
+    return FrameReader(lambda a, b: ds[a:b], ds.shape, ds.dtype, close=c.close, name=f"{path}:{name}")
+
+
+class FrameWriter:
+    """Writes a recording of ``n_frames`` frames of ``frame_shape`` and ``dtype`` block by
+    block; the file appears at ``path`` only when :meth:`close` runs after every frame was
+    written (a context manager closes it; an exception inside discards it)."""
+
+    def __init__(self, path: str | os.PathLike, n_frames: int, frame_shape: tuple[int, ...], dtype, *,
+                 key: str = "denoised"):
+        self.path, fmt = _format_of(path)
+        self.fmt, self.n, self.frame_shape, self.dtype, self.key = fmt, int(n_frames), tuple(frame_shape), np.dtype(dtype), key
+        self.written = 0
+        # Written as they come: npy, HDF5, and TIFF stacks of images (a page per frame); spectra
+        # into a TIFF are one page, so they are gathered like npz and mat.
+        self.streamed = fmt in ("npy", "hdf5") or (fmt == "tiff" and len(self.frame_shape) == 2)
+        self._stack = contextlib.ExitStack()
+        self._tmp = self._stack.enter_context(atomic_path(self.path)) if self.streamed else None
+        shape = (self.n, *self.frame_shape)
+        if not self.streamed:
+            self._out = np.empty(shape, dtype=self.dtype)
+        elif fmt == "npy":
+            self._out = np.lib.format.open_memmap(self._tmp, mode="w+", dtype=self.dtype, shape=shape)
+        elif fmt == "tiff":
+            import tifffile
+
+            self._out = self._stack.enter_context(tifffile.TiffWriter(self._tmp, bigtiff=True))
+        elif fmt == "hdf5":
+            import h5py
+
+            f = self._stack.enter_context(h5py.File(self._tmp, "w"))
+            self._out = f.create_dataset(key, shape=shape, dtype=self.dtype)
+
+    def write(self, block: np.ndarray) -> None:
+        """The next ``len(block)`` frames."""
+        block = np.asarray(block, dtype=self.dtype)
+        n = len(block)
+        if block.shape[1:] != self.frame_shape or self.written + n > self.n:
+            raise ValueError(f"block of shape {block.shape} does not fit frames {self.written}.. of {(self.n, *self.frame_shape)}")
+        if self.streamed and self.fmt == "tiff":
+            for frame in block:
+                self._out.write(frame, contiguous=True)
+        else:
+            self._out[self.written : self.written + n] = block
+        self.written += n
+
+    def close(self) -> None:
+        """Finish the file; it replaces ``path`` only if every frame was written."""
+        if self.written != self.n:
+            raise RuntimeError(f"{self.path}: {self.written} of {self.n} frames written; nothing was saved")
+        if not self.streamed:
+            save_frames(self.path, self._out, key=self.key)
+        elif self.fmt == "npy":
+            self._out.flush()
+            del self._out
+        self._stack.close()  # closes the writer, then renames the temporary file over path
+
+    def abort(self) -> None:
+        """Discard what was written; ``path`` is left as it was."""
+        self._out = None
+        with contextlib.suppress(Exception):
+            self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+    def __enter__(self) -> FrameWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -82,6 +82,10 @@ def _add_train(sub) -> None:
     p.add_argument("--light", help="recorded steady-light frames")
     p.add_argument("--name", help="model name stored in the checkpoint (default: file stem)")
     p.add_argument("--resume", action="store_true", help="continue from OUT and OUT.state")
+    p.add_argument("--self-supervised", default=None, metavar="MOVIE",
+                   help="imaging: fine-tune --init on your own noisy movie (T, H, W), causal blind-spot training, "
+                        "no clean data needed (default budget 5 min)")
+    p.add_argument("--init", default=None, metavar="MODEL", help="with --self-supervised: the imaging model to start from")
     p.set_defaults(func=cmd_train)
 
 
@@ -90,6 +94,8 @@ def cmd_train(args) -> int:
     from rtdenoise.synth import SpectralConfig, noise_from_args
     from rtdenoise.train import TrainConfig, train
 
+    if args.self_supervised:
+        return _finetune(args)
     given = {k: getattr(args, k) for k in ("arch", "depth", "width") if getattr(args, k) is not None}
     dilations = None if args.dilations is None else [int(d) for d in args.dilations.split(",") if d.strip()]
     model = default_config(args.modality, **given, lag=args.lag, rank=args.rank, taps=args.taps, dilations=dilations)
@@ -115,6 +121,20 @@ def cmd_train(args) -> int:
         f"wrote {args.out}: {pv['steps']} steps, {pv['instances']} instances, val loss {pv['final_val_loss']:.4f} "
         f"(identity {pv['val_loss_raw']:.4f}), {pv['wall_time_s'] / 60:.1f} min"
     )
+    return 0
+
+
+def _finetune(args) -> int:
+    from rtdenoise.selfsup import SelfSupConfig, finetune
+
+    if args.init is None:
+        raise ValueError("--self-supervised needs --init MODEL: the imaging model to start from")
+    cfg = SelfSupConfig(minutes=args.minutes or 5.0, batch=args.batch, window=args.window or 32, patch=tuple(args.patch),
+                        seed=args.seed, threads=args.threads)
+    ck = finetune(args.out, args.self_supervised, model=args.init, config=cfg, command="rtdenoise " + " ".join(sys.argv[1:]))
+    s = ck.provenance["self_supervised"]
+    print(f"wrote {args.out}: {s['steps']} steps on {args.self_supervised}, blind-spot val loss {s['val_loss']:.4f} "
+          f"(before {s['val_loss_before']:.4f}), {s['wall_time_s'] / 60:.1f} min")
     return 0
 
 

@@ -382,20 +382,15 @@ def movie_baseline_table(noisy, clean) -> dict[str, dict]:
         raise ValueError(f"expected two movies (T, H, W) of one shape, got {x.shape} and {c.shape}")
     sigmas, alphas = (0.5, 0.75, 1.0, 1.5, 2.0), (0.1, 0.2, 0.3, 0.5, 0.7)
 
-    def best(params, run):
-        out = None
-        for p in params:
-            est = run(p)
-            score = snr_db(est, c)
-            if out is None or score > out["snr_db"]:
-                out = {"snr_db": score, "param": p, "estimate": est}
-        return out
+    def best(params, run, what):
+        est, p, score = _best(x, c, params, run, what)
+        return {"snr_db": score, "param": p, "estimate": est}
 
     table = {"raw": {"snr_db": snr_db(x, c), "param": None, "estimate": x}}
-    table["gaussian 2-D per frame (causal)"] = best(sigmas, lambda s: gaussian_frames(x, sigma=s))
-    table["ema (causal)"] = best(alphas, lambda a: ema_movie(x, alpha=a))
+    table["gaussian 2-D per frame (causal)"] = best(sigmas, lambda s: gaussian_frames(x, sigma=s), "sigma")
+    table["ema (causal)"] = best(alphas, lambda a: ema_movie(x, alpha=a), "alpha")
     table["gaussian + ema (causal)"] = best([(s, a) for s in sigmas[:4] for a in alphas],
-                                            lambda p: ema_movie(gaussian_frames(x, sigma=p[0]), alpha=p[1]))
+                                            lambda p: ema_movie(gaussian_frames(x, sigma=p[0]), alpha=p[1]), "(sigma, alpha)")
     table["gaussian 3-D (offline)"] = best([(t, s) for t in (0.5, 1.0, 2.0, 3.0) for s in sigmas[:4]],
-                                           lambda p: gaussian_3d(x, sigma_t=p[0], sigma_s=p[1]))
+                                           lambda p: gaussian_3d(x, sigma_t=p[0], sigma_s=p[1]), "(sigma_t, sigma_s)")
     return table

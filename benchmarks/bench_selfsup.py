@@ -8,7 +8,7 @@ training ranges: an sCMOS camera instead of a two-photon PMT, 100 Hz (training 1
 fast 0.15 s decays. ``rtdenoise train --self-supervised`` fine-tunes ``MODEL`` on the noisy
 movie alone for ``--minutes`` of this CPU; both models then denoise the whole movie, scored
 against its ground truth (which the fine-tuning never sees) beside the raw movie and the
-best causal classical baseline. Writes ``benchmarks/results/selfsup.{json,md}``.
+best causal classical baseline. Writes ``benchmarks/results/<name>.{json,md}`` (default ``selfsup``).
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--frames", type=int, default=900)
     ap.add_argument("--seed", type=int, default=77)
+    ap.add_argument("--name", default="selfsup", help="results file stem")
     args = ap.parse_args(argv)
     mov = unlike_training(args.frames, args.seed)
     ref = mov["clean"] + mov["static"]
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
     names = list(rows)
     res["gain_db"] = rows[names[-1]]["snr_db"] - rows[names[-2]]["snr_db"]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "selfsup.json").write_text(json.dumps(res, indent=2, default=str))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(res, indent=2, default=str))
     md = ["# Self-supervised fine-tuning on a movie unlike the training draws", "",
           f"Machine: {res['machine']}. Date: {res['date']}. Command: `{res['command']}`", "",
           f"{args.frames} frames of 128 × 128 px, sCMOS, 100 Hz, 40 photons, 10–12 px somata, 0.15 s decays. "
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
           "| | SNR dB | PSNR dB | trace corr |", "|---|---|---|---|"]
     md += [f"| {k} | {r['snr_db']:.2f} | {r['psnr_db']:.2f} | {r['trace_corr']:.3f} |" for k, r in rows.items()]
     md += ["", f"Gain from fine-tuning: {res['gain_db']:+.2f} dB SNR."]
-    (RESULTS / "selfsup.md").write_text("\n".join(md) + "\n")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0
 

@@ -63,7 +63,7 @@ def main(argv=None) -> int:
         table = baselines.movie_baseline_table(mov["noisy"], ref)
         rows["gaussian + ema (causal, best on the ground truth)"] = score(
             table["gaussian + ema (causal)"]["estimate"], ref, mov["footprints"]) | {"param": table["gaussian + ema (causal)"]["param"]}
-        rows["model, as shipped"] = score(load_engine(args.model, backend="onnxruntime", threads=2).run(mov["noisy"]), ref,
+        rows["model, before fine-tuning"] = score(load_engine(args.model, backend="onnxruntime", threads=2).run(mov["noisy"]), ref,
                                           mov["footprints"])
         rows[f"model, after {args.minutes:g} min self-supervised"] = score(
             load_engine(tuned, backend="onnxruntime", threads=2).run(mov["noisy"]), ref, mov["footprints"])

@@ -260,6 +260,20 @@ class _RangeConfig:
         return cls(**{k: tuple(v) for k, v in d.items()})
 
 
+class _ConfiguredNoise:
+    """A detector model drawn from ranges of a config (``config_type``), validated when made."""
+
+    config_type: type
+    kind = ""
+
+    def __init__(self, config=None):
+        self.config = config or self.config_type()
+        self.config.validate()
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "config": self.config.to_dict()}
+
+
 @dataclass
 class SCMOSConfig(_RangeConfig):
     """Ranges of the sCMOS camera model; each movie draws one value per field (per pixel where said)."""
@@ -282,7 +296,7 @@ class SCMOSConfig(_RangeConfig):
             raise ValueError(f"gain_spread must be below 0.5 (relative rms), got {self.gain_spread}")
 
 
-class SCMOSNoise:
+class SCMOSNoise(_ConfiguredNoise):
     """sCMOS camera: Poisson shot noise, per-pixel gain, offset and read noise with hot pixels.
 
     ``noisy = g_p · Poisson(clean / g_p) + g · σ_p · N(0, 1) + static`` with a per-pixel gain
@@ -295,12 +309,7 @@ class SCMOSNoise:
 
     kind = "scmos"
 
-    def __init__(self, config: SCMOSConfig | None = None):
-        self.config = config or SCMOSConfig()
-        self.config.validate()
-
-    def describe(self) -> dict:
-        return {"kind": self.kind, "config": self.config.to_dict()}
+    config_type = SCMOSConfig
 
     def sample(self, clean: np.ndarray, rng: np.random.Generator, *, fs: float) -> tuple[np.ndarray, np.ndarray]:
         """Noisy movie ``(T, H, W)`` float32 and the static dark level ``(H, W)`` for ``clean``."""
@@ -336,7 +345,7 @@ class PMTConfig(_RangeConfig):
             raise ValueError(f"excess_noise must be >= 1 (a factor on the Poisson variance), got {self.excess_noise}")
 
 
-class PMTNoise:
+class PMTNoise(_ConfiguredNoise):
     """Two-photon detection: Poisson photons, each a pulse of random height, plus electronics.
 
     ``noisy = gain · Σ_{photons} h_k + gain · σ_e · N(0, 1) + static``: photon counts are
@@ -349,12 +358,7 @@ class PMTNoise:
 
     kind = "pmt"
 
-    def __init__(self, config: PMTConfig | None = None):
-        self.config = config or PMTConfig()
-        self.config.validate()
-
-    def describe(self) -> dict:
-        return {"kind": self.kind, "config": self.config.to_dict()}
+    config_type = PMTConfig
 
     def sample(self, clean: np.ndarray, rng: np.random.Generator, *, fs: float) -> tuple[np.ndarray, np.ndarray]:
         """Noisy movie ``(T, H, W)`` float32 and the static offset ``(H, W)`` for ``clean``."""

@@ -147,6 +147,7 @@ def test_imaging_end_to_end_simulate_train_denoise_info(tmp_path, capsys):
     assert main(["info", str(model), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["modality"] == "imaging" and info["frame_shape"] == [None, None] and info["lag"] == 0
+    assert info["frame_sizes"] == {"min": [16, 16], "max": None} and info["fs"] > 0
     assert info["config"]["arch"] == "imaging-unet"
     # a movie into the default (spectral) model: told what to do, nothing written
     assert main(["denoise", str(mov), str(tmp_path / "no.npy"), "--quiet"]) == 2

@@ -88,6 +88,7 @@ class Checkpoint:
         """Everything but the weights, for ``rtdenoise info``."""
         d = self.to_dict()
         d["parameters"] = int(sum(v.numel() for v in self.state_dict.values()))
+        d["frame_sizes"] = self.config.family.frame_sizes(self.config)
         d["path"] = self.path
         del d["state_dict"]
         return d
@@ -190,6 +191,8 @@ def format_info(info: dict) -> str:
         + (" × ".join("any" if d is None else str(d) for d in info["frame_shape"])),
         f"wavelengths    {wl[0]:.1f}–{wl[-1]:.1f} nm in {len(wl)} bins" if wl else "wavelengths    -",
         f"frame rate     {info['fs']:g} Hz",
+        *([f"frame sizes    {' × '.join(map(str, info['frame_sizes']['min']))} pixels and larger"]
+          if info.get("frame_sizes", {}).get("max", 0) is None else []),
         f"lag            {info['lag']} frames ({info['lag'] / info['fs']:.2f} s)",
         f"receptive field {info['receptive_field']} frames ({info['receptive_field'] / info['fs']:.1f} s)",
         "architecture   " + ", ".join(f"{k}={v}" for k, v in info["config"].items()),

@@ -135,6 +135,10 @@ class _ImagingModel(CausalModel):
         return (None, None)
 
     @classmethod
+    def frame_sizes(cls, config) -> dict:
+        return {"min": [MIN_SIDE, MIN_SIDE], "max": None}  # any larger frame: convolutional in space
+
+    @classmethod
     def check_frame_shape(cls, config, shape: tuple[int, ...]) -> None:
         if min(shape) < MIN_SIDE:
             raise ValueError(

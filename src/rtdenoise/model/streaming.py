@@ -138,6 +138,11 @@ class CausalModel(nn.Module):
         return (config.n_bins,)
 
     @classmethod
+    def frame_sizes(cls, config) -> dict:
+        """What frames the model takes, for ``rtdenoise info``: ``{"min": shape, "max": shape}``."""
+        return {"min": list(cls.frame_shape(config)), "max": list(cls.frame_shape(config))}
+
+    @classmethod
     def check_frame_shape(cls, config, shape: tuple[int, ...]) -> None:
         """Raise ValueError, with the fix, for frames of a shape this model cannot take."""
 

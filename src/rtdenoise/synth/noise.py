@@ -16,6 +16,21 @@ import numpy as np
 from rtdenoise.synth.spectral import Range, _draw, lowpass_noise
 
 
+def _checked_recording(a, name: str, axes: str, dtype) -> np.ndarray:
+    """A recorded noise stack as ``dtype``: of ``axes`` (its rank), numeric, finite."""
+    a = np.asarray(a)
+    if a.ndim != axes.count(",") + 1:
+        raise ValueError(f"{name} recording must be {axes}, got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.number):
+        raise ValueError(f"{name} recording must be numeric, got dtype {a.dtype}")
+    a = a.astype(dtype)
+    bad = ~np.isfinite(a)
+    if bad.any():
+        first = int(np.argwhere(bad)[0, 0])
+        raise ValueError(f"{name} recording has {int(bad.sum())} NaN/inf values (first in frame {first})")
+    return a
+
+
 @dataclass
 class DetectorConfig:
     """Ranges of the embedded detector model; each instance draws one value per field."""
@@ -117,16 +132,7 @@ class RecordedNoise:
 
     @staticmethod
     def _check(a: np.ndarray, name: str, n_bins: int | None) -> np.ndarray:
-        a = np.asarray(a)
-        if a.ndim != 2:
-            raise ValueError(f"{name} recording must be (frames, wavelengths), got shape {a.shape}")
-        if not np.issubdtype(a.dtype, np.number):
-            raise ValueError(f"{name} recording must be numeric, got dtype {a.dtype}")
-        a = a.astype(np.float64)
-        bad = ~np.isfinite(a)
-        if bad.any():
-            first = int(np.argwhere(bad)[0, 0])
-            raise ValueError(f"{name} recording has {int(bad.sum())} NaN/inf values (first in frame {first})")
+        a = _checked_recording(a, name, "(frames, wavelengths)", np.float64)
         if n_bins is not None and a.shape[1] != n_bins:
             raise ValueError(
                 f"{name} recording has {a.shape[1]} bins, the signal model has {n_bins}; record the noise on "
@@ -443,16 +449,7 @@ class RecordedMovieNoise:
 
     @staticmethod
     def _check(a: np.ndarray, name: str) -> np.ndarray:
-        a = np.asarray(a)
-        if a.ndim != 3:
-            raise ValueError(f"{name} recording must be (frames, height, width), got shape {a.shape}")
-        if not np.issubdtype(a.dtype, np.number):
-            raise ValueError(f"{name} recording must be numeric, got dtype {a.dtype}")
-        a = a.astype(np.float32)
-        bad = ~np.isfinite(a)
-        if bad.any():
-            first = int(np.argwhere(bad)[0, 0])
-            raise ValueError(f"{name} recording has {int(bad.sum())} NaN/inf values (first in frame {first})")
+        a = _checked_recording(a, name, "(frames, height, width)", np.float32)
         if a.shape[0] < 2:
             raise ValueError(f"{name} recording needs at least 2 frames, got {a.shape[0]}")
         return a

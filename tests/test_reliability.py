@@ -381,6 +381,33 @@ def test_connecting_input_comes_back_after_an_oversized_part(ck):
         acq.close(linger=0)
 
 
+def test_connecting_input_leaves_an_ordinary_restart_to_libzmq(ck):
+    """Regression: after an acquisition that binds closes and comes back, libzmq reconnects
+    the input by itself; the service must not add a connection of its own beside it (two
+    pipes to one address made libzmq abort the whole process: ``!_more (fq.cpp:80)``)."""
+    probe = zmq.Context.instance().socket(zmq.PUB)
+    probe.bind(ANY)
+    addr = probe.getsockopt(zmq.LAST_ENDPOINT).decode()
+    probe.close(linger=0)
+    x = np.full((1, W), 100.0, "<f4")
+    with Service(model=ck, sub=addr, pub=ANY, control=ANY) as svc:
+        with Subscriber(svc.pub_address, streams="acq") as sub:
+            seq = 0
+            for _ in range(3):  # the acquisition starts, sends, stops
+                acq = zmq.Context.instance().socket(zmq.PUB)
+                acq.bind(addr)
+
+                def send():
+                    nonlocal seq
+                    acq.send_multipart(wire.encode_frames("acq", x, seq=seq, t_ns=0))
+                    seq += 1
+
+                _wait_flowing(send, sub, "acq")
+                acq.close(linger=0)
+                time.sleep(0.1)
+            time.sleep(1.0)  # longer than the service waits for libzmq's "retried"
+            c = svc.stats()["connections"]["sub"]
+    assert c["disconnected"] >= 3 and c.get("reconnect", 0) == 0
 class _StepRecorder:
     def __init__(self, engine):
         self._e, self.sizes = engine, []

@@ -72,7 +72,7 @@ from rtdenoise.stream.admission import SERVICE_REASONS
 from rtdenoise.stream.config import ServiceConfig
 from rtdenoise.stream.control import answer, control, format_status
 from rtdenoise.stream.sequencer import Chunk, Inbox, Output, Refused, Sequencer
-from rtdenoise.stream.sockets import ServiceSockets
+from rtdenoise.stream.sockets import RETRYING, ServiceSockets
 from rtdenoise.stream.stats import Stats, StreamRecord
 
 __all__ = ["ServiceConfig", "Service", "serve", "control", "format_status", "SERVICE_REASONS"]
@@ -81,6 +81,7 @@ log = logging.getLogger(__name__)
 
 _WAIT_S = 0.05  # how often idle threads look at the stop flag
 _JOIN_S = 5.0
+_RECONNECT_AFTER_S = 0.5  # an input disconnect with no "retried" from libzmq by then: connect it ourselves
 _DRAIN_MAX = 1000  # messages read per wake-up before looking at the monitors and the stop flag again
 
 
@@ -139,6 +140,7 @@ class Service:
         self._ready: dict[str, None] = {}  # insertion-ordered set of streams with work
         self._threads: list[threading.Thread] = []
         self._errors: list[BaseException] = []
+        self._reconnect_due: float | None = None  # receive thread only: when to connect the input again
         self._t_start: float | None = None
         self._t_stop: float | None = None
         self._sockets = ServiceSockets(
@@ -234,6 +236,7 @@ class Service:
                 for name, mon in monitors.items():
                     if mon in ready:
                         self._on_events(name)
+                self._reconnect_if_due()
                 if sock not in ready:
                     continue
                 for _ in range(_DRAIN_MAX):  # drain what is there (bounded: a flood never blinds the loop)
@@ -259,17 +262,25 @@ class Service:
             self._sockets.close("sub")
 
     def _on_events(self, name: str) -> None:
-        """Count one socket's connection events; connect the input again when libzmq gave up on it."""
+        """Count one socket's connection events; note when libzmq gave up on the input."""
         c = self.config
         for kind in self._sockets.events(name):
+            if kind == RETRYING:  # libzmq connects the input again by itself: nothing for us to do
+                self._reconnect_due = None
+                continue
             self._stats.connection(name, kind, curve=self._sockets.curve,
                                    max_msg_bytes=max(c.max_header_bytes, c.max_payload_bytes))
             if kind == "disconnected" and name == "sub" and not c.bind_sub:
-                # libzmq never retries a connection it closed for a protocol error; retry it here
-                # (harmless after an ordinary disconnect, which it would have retried itself).
-                self._sockets.reconnect_input()
-                with self._lock:
-                    self._stats.connections[name]["reconnect"] += 1
+                # libzmq never retries a connection it closed for a protocol error, and says
+                # "retried" at once after any other: reconnect only when it stays silent.
+                self._reconnect_due = time.monotonic() + _RECONNECT_AFTER_S
+
+    def _reconnect_if_due(self) -> None:
+        if self._reconnect_due is not None and time.monotonic() >= self._reconnect_due:
+            self._reconnect_due = None
+            self._sockets.reconnect_input()
+            with self._lock:
+                self._stats.connections["sub"]["reconnect"] += 1
 
     def _admit(self, header: dict, frames: np.ndarray, t_recv: int) -> None:
         """Admit a decoded message (the frames' only check) and queue it (receive thread)."""

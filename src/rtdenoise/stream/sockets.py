@@ -34,7 +34,9 @@ EVENTS = {
     "EVENT_HANDSHAKE_SUCCEEDED": "handshake_ok", "EVENT_HANDSHAKE_FAILED_AUTH": "auth_refused",
     "EVENT_HANDSHAKE_FAILED_NO_DETAIL": "handshake_failed", "EVENT_HANDSHAKE_FAILED_PROTOCOL": "handshake_failed",
 }
-_EVENT_NAMES = {getattr(zmq, k): v for k, v in EVENTS.items()}
+#: Reported but not counted: libzmq will connect again by itself (after an ordinary disconnect).
+RETRYING = "connect_retried"
+_EVENT_NAMES = {getattr(zmq, k): v for k, v in {**EVENTS, "EVENT_CONNECT_RETRIED": RETRYING}.items()}
 _EVENT_MASK = functools.reduce(operator.or_, _EVENT_NAMES)  # what the monitors report
 _MONITOR_IDS = itertools.count()
 
@@ -171,7 +173,7 @@ class ServiceSockets:
 
     def events(self, name: str) -> Iterator[str]:
         """The connection events waiting on socket ``name``'s monitor, one at a time, as
-        counted names (:data:`EVENTS`); ends when none is left."""
+        names of :data:`EVENTS` or :data:`RETRYING`; ends when none is left."""
         from zmq.utils.monitor import recv_monitor_message
 
         mon = self.monitors[name]
@@ -186,7 +188,12 @@ class ServiceSockets:
 
     def reconnect_input(self) -> None:
         """Connect the input again (a connecting SUB that libzmq dropped for a protocol error,
-        e.g. a part over ``ZMQ_MAXMSGSIZE``: libzmq itself never retries it)."""
+        e.g. a part over ``ZMQ_MAXMSGSIZE``: libzmq itself never retries it).
+
+        Only for that case: after an ordinary disconnect libzmq retries by itself, and a second
+        connection made beside its own makes libzmq 4.3.5 abort the process when one of the
+        two pipes ends in the middle of a multipart read (``Assertion failed: !_more (fq.cpp)``).
+        """
         addr = self.addresses["sub"]
         try:
             self.sub.disconnect(addr)

@@ -1,6 +1,6 @@
 """Imaging quality on held-out synthetic movies: models against classical baselines.
 
-    python benchmarks/bench_imaging_quality.py MODEL.pt [MODEL.pt ...] [--frames 300] [--name NAME]
+    python benchmarks/bench_imaging_quality.py MODEL.pt [MODEL.pt ...] [--frames 600] [--name NAME]
 
 Held-out movies (128 × 128 px, 30 Hz, two-photon PMT noise) are drawn with settings outside
 the training draws where the physics allows: indicator decay 2.5 s (training: 0.05–2 s),
@@ -10,10 +10,14 @@ truth: an optimistic yardstick) and each model are scored:
 
 - SNR of the dynamic part (dB) and PSNR (dB) against ``clean + static``;
 - per-neuron trace correlation with the ground truth (footprint-weighted means), averaged;
+- heights of spike-evoked transients (≥ 0.2 ΔF/F, no other event in the 0.5 s before) on
+  the neuron traces against the clean ones: the share within 10 %;
 - on a pure-noise movie (uniform steady light, no neurons): the largest per-pixel temporal
   std of the output over the raw movie's median (below 1: nothing invented above the noise
   floor), and the largest deviation of a 5 × 5-smoothed output frame from its temporal mean,
-  in units of the raw noise at that smoothing (a blob or transient would stand out).
+  in units of the raw noise at that smoothing (a blob or transient would stand out), and
+  the transients found in 16 region traces (8 × 8 px) at each raw trace's own threshold;
+- DeepCAD-RT, when ``bench_deepcad.py`` has denoised these same movies (its cache, ``--deepcad``).
 
 Writes ``benchmarks/results/<name>.{json,md,png}`` (default name ``imaging_quality``).
 """
@@ -53,12 +57,71 @@ def invented(model_out: np.ndarray, raw: np.ndarray) -> dict:
     return {"max_pixel_std_over_raw": std_ratio, "max_blob_dev_in_raw_sigma": float(dev)}
 
 
-def score(est: np.ndarray, ref: np.ndarray, footprints: np.ndarray) -> dict:
+def region_traces(movie: np.ndarray, size: int = 8, grid: int = 4) -> np.ndarray:
+    """Mean traces of ``grid × grid`` square regions of ``size`` px spread over the frame: (n, T)."""
+    h, w = movie.shape[1:]
+    ys, xs = np.linspace(0, h - size, grid).astype(int), np.linspace(0, w - size, grid).astype(int)
+    return np.stack([movie[:, y : y + size, x : x + size].mean(axis=(1, 2)) for y in ys for x in xs]).astype(np.float64)
+
+
+def invented_transients(model_out: np.ndarray, raw: np.ndarray, fs: float) -> int:
+    """Transients found in region traces of the output, each at its raw trace's threshold."""
     from rtdenoise import metrics
 
-    corr = metrics.neuron_correlation(est, ref, footprints)
+    skip = 60
+    n = 0
+    for r, o in zip(region_traces(raw[skip:]), region_traces(model_out[skip:])):
+        d = np.diff(r)
+        thr = 5 * 1.4826 * np.median(np.abs(d - np.median(d)))
+        n += len(metrics.detect_events(o, fs=fs, threshold=thr))
+    return n
+
+
+def transients(est: np.ndarray, ref: np.ndarray, mov: dict, min_dff: float = 0.2) -> dict:
+    """Heights of spike-evoked transients (no other event in the 0.5 s before, at least
+    ``min_dff`` ΔF/F in the clean trace), estimate against clean: the share within 10 %."""
+    from rtdenoise import metrics
+
+    fs = float(mov["fs"])
+    sep = int(round(fs / 2))
+    t_ref, t_est = metrics.neuron_traces(ref, mov["footprints"]), metrics.neuron_traces(est, mov["footprints"])
+    rel = []
+    for n, sp in enumerate(mov["spikes"]):
+        onsets = [int(t) for t in np.flatnonzero(sp) if 60 <= t <= len(sp) - 2 * sep and not sp[t - sep : t].any()]
+        if not onsets:
+            continue
+        a_ref = metrics.event_amplitudes(t_ref[n], onsets, fs=fs)
+        a_est = metrics.event_amplitudes(t_est[n], onsets, fs=fs)
+        before = np.array([t_ref[n][t - 2 : t].mean() for t in onsets])
+        big = a_ref >= min_dff * before
+        rel += list(np.abs(a_est[big] - a_ref[big]) / a_ref[big])
+    if not rel:
+        return {"events": 0, "within_10pct": None, "median_rel_error": None}
+    rel = np.asarray(rel)
+    return {"events": len(rel), "within_10pct": float(np.mean(rel <= 0.10)), "median_rel_error": float(np.median(rel))}
+
+
+def score(est: np.ndarray, ref: np.ndarray, mov: dict) -> dict:
+    from rtdenoise import metrics
+
+    corr = metrics.neuron_correlation(est, ref, mov["footprints"])
     return {"snr_db": metrics.snr_db(est, ref), "psnr_db": metrics.psnr_db(est, ref),
-            "trace_corr": float(np.nanmean(corr))}
+            "trace_corr": float(np.nanmean(corr)), "transients": transients(est, ref, mov)}
+
+
+def deepcad_result(cache: Path, level: str, photons: float, frames: int, seed: int) -> tuple[str, np.ndarray] | None:
+    """DeepCAD-RT's output for this held-out movie from ``bench_deepcad.py``'s cache, if it made one."""
+    from bench_deepcad import slug
+
+    npz, side = cache / f"{slug(level)}.npz", cache / f"{slug(level)}.json"
+    if not (npz.exists() and side.exists()):
+        return None
+    meta = json.loads(side.read_text())
+    c = meta["config"]
+    if (c["photons"], c["frames"], c["seed"]) != (photons, frames, seed):
+        return None
+    name = f"DeepCAD-RT (offline, {meta['latency_frames']} frames ahead, {meta['train_s'] / 60:.0f} min)"
+    return name, np.load(npz)["denoised"]
 
 
 def main(argv=None) -> int:
@@ -68,9 +131,11 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="+", help="imaging checkpoints (.pt)")
-    ap.add_argument("--frames", type=int, default=300)
+    ap.add_argument("--frames", type=int, default=600)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--name", default="imaging_quality", help="results file stem")
+    ap.add_argument("--deepcad", type=Path, default=Path.home() / ".cache" / "rtdenoise-bench" / "deepcad",
+                    help="bench_deepcad.py's cache: DeepCAD-RT's outputs for these movies are scored too when there")
     args = ap.parse_args(argv)
     engines = {Path(m).stem: load_engine(m, backend="onnxruntime", threads=2) for m in args.models}
     res = {"machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores",
@@ -87,18 +152,25 @@ def main(argv=None) -> int:
         table = baselines.movie_baseline_table(mov["noisy"], ref)
         rows = {}
         for name, b in table.items():
-            rows[name] = score(b["estimate"], ref, mov["footprints"]) | {"param": b["param"]}
+            rows[name] = score(b["estimate"], ref, mov) | {"param": b["param"]}
+        shown[level] = {"noisy": mov["noisy"], "ref": ref, "foot": mov["footprints"], "fs": float(mov["fs"])}
         for name, eng in engines.items():
             out = eng.run(mov["noisy"])
-            rows[name] = score(out, ref, mov["footprints"])
-            shown.setdefault(level, {"noisy": mov["noisy"], "ref": ref, "foot": mov["footprints"], "fs": float(mov["fs"])})[name] = out
+            rows[name] = score(out, ref, mov)
+            shown[level][name] = out
+        dc = deepcad_result(args.deepcad, level, photons, args.frames, args.seed + i)
+        if dc is not None:
+            rows[dc[0]] = score(dc[1], ref, mov)
+            shown[level]["DeepCAD-RT"] = dc[1]
         res["levels"][level] = rows
-        print(level, json.dumps({k: {m: round(v, 3) for m, v in r.items() if m != "param"} for k, r in rows.items()}),
+        print(level, json.dumps({k: {m: round(v, 3) for m, v in r.items() if m not in ("param", "transients")} for k, r in rows.items()}),
               file=sys.stderr, flush=True)
     pure = pure_noise_movie(args.frames, seed=args.seed, shape=(128, 128), photons=5.0)
-    res["pure_noise"] = {"raw": invented(pure["noisy"], pure["noisy"])}
+    fs = float(pure["fs"])
+    res["pure_noise"] = {"raw": invented(pure["noisy"], pure["noisy"]) | {"transients": invented_transients(pure["noisy"], pure["noisy"], fs)}}
     for name, eng in engines.items():
-        res["pure_noise"][name] = invented(eng.run(pure["noisy"]), pure["noisy"])
+        out = eng.run(pure["noisy"])
+        res["pure_noise"][name] = invented(out, pure["noisy"]) | {"transients": invented_transients(out, pure["noisy"], fs)}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(res, indent=2, default=str))
     md = [f"# Imaging quality on held-out synthetic movies ({args.name})", "",
@@ -109,14 +181,17 @@ def main(argv=None) -> int:
         md.append(f"- `{k}`: {m['arch']}, lag {m['lag']}, {m['steps']} steps in {m['minutes']} min of CPU training")
     md.append("")
     for level, rows in res["levels"].items():
-        md += [f"## {level}", "", "| | SNR dB | PSNR dB | trace corr | param |", "|---|---|---|---|---|"]
+        md += [f"## {level}", "", "| | SNR dB | PSNR dB | trace corr | transients within 10 % (median error, n) | param |",
+               "|---|---|---|---|---|---|"]
         for k, r in rows.items():
-            md.append(f"| {k} | {r['snr_db']:.2f} | {r['psnr_db']:.2f} | {r['trace_corr']:.3f} | {r.get('param', '') or ''} |")
+            tr = r["transients"]
+            ev = "-" if tr["within_10pct"] is None else f"{tr['within_10pct']:.0%} ({tr['median_rel_error']:.0%}, n={tr['events']})"
+            md.append(f"| {k} | {r['snr_db']:.2f} | {r['psnr_db']:.2f} | {r['trace_corr']:.3f} | {ev} | {r.get('param', '') or ''} |")
         md.append("")
     md += ["## Pure noise (uniform steady light, 5 photons)", "",
-           "| | max pixel std ÷ raw median | max 5×5 blob deviation (raw σ) |", "|---|---|---|"]
+           "| | max pixel std ÷ raw median | max 5×5 blob deviation (raw σ) | transients in 16 regions |", "|---|---|---|---|"]
     for k, r in res["pure_noise"].items():
-        md.append(f"| {k} | {r['max_pixel_std_over_raw']:.2f} | {r['max_blob_dev_in_raw_sigma']:.2f} |")
+        md.append(f"| {k} | {r['max_pixel_std_over_raw']:.2f} | {r['max_blob_dev_in_raw_sigma']:.2f} | {r['transients']} |")
     (RESULTS / f"{args.name}.md").write_text("\n".join(md) + "\n")
     _figure(shown, RESULTS / f"{args.name}.png")
     print("\n".join(md))
@@ -133,6 +208,8 @@ def _figure(shown: dict, path: Path) -> None:
 
     levels = list(shown)
     models = [k for k in shown[levels[0]] if k not in ("noisy", "ref", "foot", "fs")]
+    if any(m not in shown[lv] for lv in levels for m in models):  # DeepCAD-RT for one level only
+        models = [m for m in models if all(m in shown[lv] for lv in levels)]
     cols = 2 + len(models)
     fig, axes = plt.subplots(2 * len(levels), cols, figsize=(3.2 * cols, 5.6 * len(levels)),
                              gridspec_kw={"height_ratios": [1.6, 1] * len(levels)})

@@ -123,6 +123,31 @@ def test_integers_are_never_bad_frames(limits, engine):
         assert admit(*_msg(f"s{dtype[1:]}", x), {}, limits, check_frames=engine.check_frames).accepted
 
 
+@pytest.mark.parametrize("check", ["engine", "default"])
+@pytest.mark.parametrize("dtype, value", [("<f4", 3e38), ("<f8", 1e300), ("<f8", -5e9), (">f4", 1e10)])
+def test_finite_values_beyond_any_detector_count_are_refused(limits, engine, check, dtype, value):
+    """Reliability B: one such frame used to drive a stream's state to inf for good."""
+    x = np.full((3, W), 100, dtype)
+    x[1, 5] = value
+    kw = {"check_frames": engine.check_frames} if check == "engine" else {}
+    v = admit(*_msg("hot", x, seq=4), {}, limits, **kw)
+    assert v.reason == "value_range" and v.new and "seq 4..6" in v.message
+    x[1, 5] = 2**32 - 1  # a 32-bit detector's full range is fine
+    assert admit(*_msg("hot", x), {}, limits, **kw).accepted
+
+
+def test_frame_times_beyond_uint64_are_refused(limits, engine):
+    """Reliability A: fs=1e-300 or t_ns near 2**64 made the frame times overflow after the
+    engine had used the frames."""
+    x = np.full((2, W), 100.0, "<f4")
+    for t_ns, fs in ((0, 1e-300), (2**64 - 10, 1.0)):
+        _, h, f = wire.decode(wire.encode_frames("t", x, seq=0, t_ns=t_ns, fs=fs), kind=wire.FRAMES)
+        v = admit(h, f, {}, limits, check_frames=engine.check_frames)
+        assert v.reason == "time_range" and "fs" in v.message
+    _, h, f = wire.decode(wire.encode_frames("t", x[:1], seq=0, t_ns=0, fs=1e-300), kind=wire.FRAMES)
+    assert admit(h, f, {}, limits).accepted  # one frame: its time is t_ns itself
+
+
 def test_a_sequence_of_messages_as_the_service_sees_them(limits, engine):
     good = np.full((1, W), 100.0, "<f4")
     messages = [

@@ -273,6 +273,41 @@ def test_fuzz_running_service_good_stream_bit_exact_and_every_rejection_counted(
 # ============================================================================ limits, oversized parts, big messages
 
 
+def test_what_could_not_be_sent_is_refused_on_arrival_and_no_seq_shifts(ck):
+    """Reliability A and D: a meta of float32 values grows past the wire's header limit when
+    the output header is re-encoded, and |u1 frames grow 4x as float32 output: both used to
+    be stepped and then fail to send, shifting every later output's seq. Now both are
+    refused on arrival with a counted reason, and the outputs after them carry their own
+    input's seq, the loss flagged in ``gap``."""
+    x = np.full((2, W), 100, "|u1")
+    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control=ANY) as svc:
+        pub = zmq.Context.instance().socket(zmq.PUB)
+        pub.connect(svc.sub_address)
+        sub = Subscriber(svc.pub_address)
+        try:
+            _wait_flowing(lambda: pub.send_multipart(wire.encode_frames("w", x[:1], seq=0, t_ns=0)), sub, "w")
+            pub.send_multipart(wire.encode_frames("s", x, seq=0, t_ns=0))
+            h = msgpack.unpackb(bytes(wire.encode_frames("s", x, seq=2, t_ns=0)[1]))
+            meta = {"v": [np.float32(0.5)] * 12_000}  # 60 kB as float32, 108 kB as the float64 it comes back as
+            packed = msgpack.packb({**h, "meta": meta}, use_single_float=True, default=float)
+            assert len(packed) < wire.MAX_HEADER_BYTES
+            pub.send_multipart([b"frames/s", packed, x.tobytes()])
+            big = np.full((wire.MAX_PAYLOAD_BYTES // (4 * W) + 1, W), 7, "|u1")  # fits as u1, not as float32
+            pub.send_multipart(wire.encode_frames("s", big, seq=4, t_ns=0))
+            pub.send_multipart(wire.encode_frames("s", x, seq=4 + len(big), t_ns=0))
+            got = []
+            while len(got) < 2:
+                h2, _ = sub.recv(timeout=10)
+                if h2["stream"] == "s":
+                    got.append(h2)
+            st_ = control(svc.control_address, "status")["streams"]["s"]
+        finally:
+            pub.close(linger=0)
+            sub.close()
+    assert [(g["seq"], g["gap"]) for g in got] == [(0, 0), (4 + len(big), 2 + len(big))]
+    assert st_["rejected_by_reason"] == {"output_too_large": 2} and st_["frames_out"] == 4
+
+
 def test_limits_are_configurable_and_rejections_say_what_broke(ck, caplog):
     caplog.set_level(logging.WARNING, logger="rtdenoise.stream.service")
     with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control=ANY, max_streams=2,

@@ -244,6 +244,56 @@ def test_a_run_the_engine_refuses_is_reported_and_the_next_shows_the_jump(engine
     np.testing.assert_array_equal(items[2].frames, denoise(x[4:], model=ck))  # a fresh context
 
 
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")
+@pytest.mark.parametrize("arch,lag", [("subspace", 0), ("subspace", 2)])
+def test_a_non_finite_step_is_never_published_the_stream_resets_and_the_gap_says_so(engines, rec, arch, lag):
+    """Reliability B: one extreme frame that slips past validation (as ``checked=True`` trusts
+    admission) drives the state to inf; nothing non-finite leaves, the outputs owed are
+    dropped and counted, the stream starts afresh right after, seq and gap stay true."""
+    engine, ck = engines(arch, lag)
+    x = rec(30).astype("<f4")
+    x[10] = 3e38
+    seq = Sequencer(engine, "hot", first_seq=0, checked=True)
+    items = [o for i in range(0, 30, 5) for o in seq.feed([chunk(x[i:i + 5], i)])]
+    outs = [o for o in items if isinstance(o, Output)]
+    lost = [o for o in items if isinstance(o, Refused)]
+    assert all(np.isfinite(o.frames).all() for o in outs)
+    assert len(lost) == 1 and lost[0].reason == "non_finite_output" and lost[0].n == 5 + lag
+    after = [o for o in outs if o.header["seq"] >= 15]
+    assert after[0].header["seq"] == 15 and after[0].header["gap"] == 5 + lag
+    assert sum(len(o.frames) for o in outs) + lost[0].n + seq.in_flight == 30  # every frame accounted for
+    s = 0
+    for o in outs:  # every output labelled with its own input's seq
+        s = o.header["seq"] if o.header["gap"] else s
+        assert o.header["seq"] == s
+        s += len(o.frames)
+    assert_same(frames_of(after), denoise(x[15:], model=ck)[: sum(len(o.frames) for o in after)])  # a fresh context
+
+
+def test_frame_times_that_overflow_are_refused_before_the_engine_steps(engines, rec):
+    """Reliability A: fs=1e-300 used to fail after the engine had used the frames, and every
+    later output of the stream carried the wrong seq."""
+    base, ck = engines("spectral", 0)
+    engine = _Recorder(base)
+    x = rec(6)
+    seq = Sequencer(engine, "slow", first_seq=0)
+    first = list(seq.feed([chunk(x[:2], 0)]))
+    bad = list(seq.feed([Chunk({"seq": 2, "n": 2, "t_ns": 0, "fs": 1e-300}, x[2:4], 0)]))
+    assert [type(o) for o in bad] == [Refused] and bad[0].reason == "time_range" and len(engine.steps) == 1
+    after = outputs(seq.feed([chunk(x[4:], 4)]))
+    assert (after[0].header["seq"], after[0].header["gap"]) == (4, 2) and len(first[0].frames) == 2
+
+
+def test_an_output_that_could_not_be_sent_shows_as_a_gap_not_a_shifted_seq(engines, rec):
+    engine, _ = engines("spectral", 0)
+    x = rec(6)
+    seq = Sequencer(engine, "s", first_seq=0)
+    outputs(seq.feed([chunk(x[:3], 0)]))
+    seq.lost(3)  # what the service does when the send of that output fails
+    nxt = outputs(seq.feed([chunk(x[3:], 3)]))[0]
+    assert (nxt.header["seq"], nxt.header["gap"]) == (3, 3)
+
+
 def test_frame_times_without_fs_are_the_chunks_own():
     c = chunk(np.zeros((3, 4)), 0, fs=None)
     assert c.frame_times() == [123, 123, 123] and c.fs is None

@@ -10,9 +10,16 @@ this order, so a message breaking several is counted once, by the first:
    then its first message fixes the stream's shape and dtype;
 2. a known stream: the same frame shape (``shape_change``) and dtype (``dtype_change``)
    as its first message;
-3. the frames themselves, by the engine's own check (:meth:`Engine.check_frames
-   <rtdenoise.backends.base.Engine.check_frames>`): no NaN/inf (``bad_frames``). This is the
-   only validation of the frames: the engine then steps them with ``checked=True``.
+3. the output must be sendable: ``t_ns`` plus ``(n − 1)`` frame periods (``1/fs``) must fit
+   the wire's uint64 nanoseconds (``time_range``), and the output message its limits
+   (``output_too_large``): float32 frames (a ``|u1`` input grows 4×) within
+   ``MAX_PAYLOAD_BYTES``, the header with ``meta`` re-encoded (msgpack float32 values come
+   back as float64) within ``MAX_HEADER_BYTES``;
+4. the frames themselves, by the engine's own check (:meth:`Engine.check_frames
+   <rtdenoise.backends.base.Engine.check_frames>`): no NaN/inf (``bad_frames``), no finite
+   value beyond ±2³² counts (``value_range``: more than any detector counts, and enough to
+   overflow the stream's state). This is the only validation of the frames: the engine
+   then steps them with ``checked=True``.
 
 A new stream gets its place in the table even when its first frames are then refused
 (``bad_frames``), as the service counts that rejection against it.
@@ -38,8 +45,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, NamedTuple
 
+import msgpack
 import numpy as np
 
+from rtdenoise.backends.base import MAX_COUNT, ValueRangeError
 from rtdenoise.stream import wire
 
 __all__ = ["SERVICE_REASONS", "Limits", "StreamFormat", "Admission", "admit", "check_finite"]
@@ -51,6 +60,10 @@ SERVICE_REASONS = (
     "dtype_change",  # dtype differs from the stream's first message
     "too_many_streams",  # a new stream beyond max_streams
     "bad_frames",  # NaN/inf samples, or the engine refused the chunk (ValueError/TypeError)
+    "value_range",  # finite samples beyond ±MAX_COUNT (2**32) counts: they would overflow the stream's state
+    "time_range",  # t_ns and fs put a frame's time beyond 2**64 - 1 ns (e.g. fs=1e-300)
+    "non_finite_output",  # the stream's state went non-finite: its frames since are dropped, the stream reset
+    "output_too_large",  # the output message would break the wire's limits (float32 frames, re-encoded meta)
     "internal_error",  # a bug: logged with its traceback; the service keeps serving
 )
 
@@ -95,10 +108,17 @@ class Admission(NamedTuple):
 _ACCEPTED = {False: Admission(None, "", False), True: Admission(None, "", True)}  # made once: the hot path
 
 
+_MAX_T_NS = 2**64 - 1
+_OUTPUT_KEYS_BYTES = 128  # what the output header adds beyond the input's and the model's name (t_recv_ns, ...)
+
+
 def check_finite(frames: np.ndarray) -> np.ndarray:
-    """The frame check when no engine is at hand: NaN/inf refused (ValueError)."""
+    """The frame check when no engine is at hand: NaN/inf (ValueError) and values beyond
+    ±:data:`~rtdenoise.backends.base.MAX_COUNT` (ValueRangeError) refused."""
     if np.issubdtype(frames.dtype, np.floating) and not np.isfinite(frames).all():
         raise ValueError("NaN/inf samples")
+    if (np.issubdtype(frames.dtype, np.floating) or frames.dtype.itemsize >= 8) and not (np.abs(frames) <= MAX_COUNT).all():
+        raise ValueRangeError(f"values beyond ±{MAX_COUNT:.3g} counts")
     return frames
 
 
@@ -140,10 +160,25 @@ def admit(header: dict, frames: np.ndarray, streams: Mapping[str, Any], limits: 
         return Admission("shape_change", f"frames of shape {shape}, the stream started with {known.shape}", False)
     elif dtype != known.dtype:
         return Admission("dtype_change", f"dtype {dtype.str!r}, the stream started with {known.dtype.str!r}", False)
+    seq, n = header["seq"], header["n"]
+    fs = header.get("fs")
+    if fs and header["t_ns"] + (n - 1) * 1e9 / fs > _MAX_T_NS:
+        return Admission("time_range", f"t_ns {header['t_ns']} and fs {fs!r} put the last of {n} frames beyond "
+                         f"{_MAX_T_NS} ns; send a smaller t_ns or a larger fs", new)
+    out_bytes = frames.size * 4
+    if out_bytes > wire.MAX_PAYLOAD_BYTES:
+        return Admission("output_too_large", f"{n} frames give {out_bytes} bytes of float32 output, over the wire's "
+                         f"{wire.MAX_PAYLOAD_BYTES}; send fewer frames per message", new)
+    if "meta" in header:
+        size = len(msgpack.packb(header, use_bin_type=True)) + _OUTPUT_KEYS_BYTES + len(limits.model)
+        if size > wire.MAX_HEADER_BYTES:
+            return Admission("output_too_large", f"the output header would be about {size} bytes with this meta, "
+                             f"over the wire's {wire.MAX_HEADER_BYTES}; send less meta", new)
     try:
         check_frames(frames)
+    except ValueRangeError as e:
+        return Admission("value_range", f"seq {seq}..{seq + n - 1}: {e}", new)
     except (ValueError, TypeError) as e:
-        seq, n = header["seq"], header["n"]
         # Shape and dtype are settled above: what the engine's check has left is NaN/inf, as a rule.
         what = "NaN/inf samples" if "NaN/inf" in str(e) else f"frames refused ({e})"
         return Admission("bad_frames", f"{what} in seq {seq}..{seq + n - 1}; dropped", new)

@@ -129,10 +129,17 @@ class Output:
 
 @dataclass
 class Refused:
-    """The engine refused a run of ``n`` frames (ValueError/TypeError); nothing was stepped."""
+    """Frames that get no output: counted as discarded, with the reason.
+
+    ``bad_frames``: the engine refused a run of ``n`` frames (ValueError/TypeError), nothing
+    was stepped. ``non_finite_output``: the stream's state went non-finite; the ``n`` frames
+    whose outputs were not yet published are dropped, the state is reset and the next
+    output's ``gap`` counts them.
+    """
 
     n: int
     message: str
+    reason: str = "bad_frames"
 
 
 class Sequencer:
@@ -235,6 +242,11 @@ class Sequencer:
             self.out_seq, self.fresh = seq0, False
         x = run[0].frames if len(run) == 1 else np.concatenate([c.frames for c in run])
         n = x.shape[0]
+        try:  # before the engine sees a frame: a failure here loses nothing and shifts no seq
+            times = [t for c in run for t in c.frame_times()]
+        except (OverflowError, ValueError) as e:
+            yield Refused(n, f"seq {seq0}..{seq0 + n - 1}: frame times from t_ns and fs: {e}", "time_range")
+            return
         seen = int(self.state.seen[0])
         step, state, checked = self.engine.step, self.state, self.checked
         most = min(self.max_step, self.engine.max_step(x.shape[1:]))  # bounded memory for any frame size
@@ -252,14 +264,27 @@ class Sequencer:
         t1 = time.perf_counter_ns()
         self.next_seq = seq0 + n
         self.last_fs, self.last_meta = run[-1].fs, run[-1].meta
-        for c in run:
-            self.pending_t.extend(c.frame_times())
+        self.pending_t.extend(times)
+        if not np.isfinite(y).all():  # never published: drop what is owed, start afresh after it
+            lost = len(self.pending_t)
+            self.engine.reset(self.state)
+            self.pending_t.clear()
+            self.out_index, self.fresh, self.warm = 0, True, False
+            self.pending_gap += lost
+            yield Refused(lost, f"seq {seq0}..{seq0 + n - 1}: the model's output went non-finite; the stream was "
+                          f"reset and the {lost} frames owed an output dropped", "non_finite_output")
+            return
         owed_before = max(0, self.lag - seen)  # outputs that belong to frames before the reset
         valid = max(0, n - owed_before)
         if valid:
             yield self._output(y[n - valid:], run, t1 - t0, meta=run[-1].meta, fs=run[-1].fs)
         else:
             self.warm = bool(self.engine.warm(self.state)[0])
+
+    def lost(self, n: int) -> None:
+        """``n`` output frames made by this sequencer were not published (the send failed):
+        the next output's ``gap`` counts them, its ``seq`` is already right."""
+        self.pending_gap += n
 
     def _output(self, y: np.ndarray, run: list[Chunk] | None, engine_ns: int, *, meta, fs,
                 t_recv: int | None = None) -> Output:

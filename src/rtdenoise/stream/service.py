@@ -343,15 +343,27 @@ class Service:
             if isinstance(out, Refused):
                 with self._lock:
                     st.discarded += out.n
-                    self._stats.reject("bad_frames", out.message, st)
+                    self._stats.reject(out.reason, out.message, st)
             else:
                 self._publish(st, out)
 
     def _publish(self, st: StreamRecord, out: Output) -> None:
+        """Send one output; one that cannot be sent is counted as discarded with its reason,
+        and the stream's next output flags it in ``gap`` (its ``seq`` stays the input's)."""
         header, y = out.header, out.frames
         t_p0 = time.perf_counter_ns()
         header["t_pub_ns"] = t_pub = time.time_ns()
-        parts = wire.encode_denoised(header, y)
+        try:
+            if not np.isfinite(y).all():  # the sequencer resets a stream whose step went non-finite: a last guard
+                raise _Unsendable("non_finite_output", "the model's output went non-finite")
+            parts = wire.encode_denoised(header, y)
+        except Exception as e:  # noqa: BLE001 - every failure is counted, none shifts a seq
+            reason, why = (e.reason, str(e)) if isinstance(e, _Unsendable) else ("internal_error", f"{type(e).__name__}: {e}")
+            st.seq.lost(y.shape[0])
+            with self._lock:
+                st.discarded += y.shape[0]
+                self._stats.reject(reason, f"seq {header['seq']}..{header['seq'] + y.shape[0] - 1} not sent: {why}", st)
+            return
         with self._lock:  # counted before the send, so a consumer never sees more than status says
             st.frames_out += y.shape[0]
             st.messages_out += 1
@@ -415,6 +427,12 @@ class Service:
             "n_streams": report["n_streams"], "streams": report["streams"],
             "running": bool(self._threads) and not self._stop.is_set(),
         }
+
+
+class _Unsendable(Exception):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 def serve(config: ServiceConfig | None = None, *, on_ready: Callable[[Service], None] | None = None,

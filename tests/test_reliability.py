@@ -624,3 +624,21 @@ def test_process_soak_at_1khz_with_faults_memory_flat_and_every_loss_accounted(s
     assert f["upstream_gap"]["injected"] >= 3 and f["acquisition_restart"]["injected"] >= 1
     assert f["slow_consumer"]["frames_lost"] > 0 and f["burst_over_capacity"]["frames_lost"] > 0
     assert r["memory"]["growth_pct"] < 5.0, r["memory"]
+
+
+def test_error_logs_are_rate_limited_and_carry_their_count_and_traceback(caplog):
+    """Reliability H: a bug hit on every message used to log a full traceback each time."""
+    from rtdenoise.stream.stats import Stats
+
+    caplog.set_level(logging.WARNING, logger="rtdenoise.stream.service")
+    stats = Stats()
+    for _ in range(2500):
+        try:
+            raise KeyError("the same bug")
+        except KeyError as e:
+            with stats.lock:
+                stats.reject("internal_error", f"{type(e).__name__}: {e}", exc_info=True)
+    logged = [r for r in caplog.records if "internal_error" in r.getMessage()]
+    assert stats.rejected["internal_error"] == 2500
+    assert [r.getMessage().split("#")[1].split(")")[0] for r in logged] == [str(k) for k in (*range(1, 11), 1000, 2000)]
+    assert all(r.exc_info and r.exc_info[0] is KeyError for r in logged)

@@ -31,6 +31,7 @@ import zmq
 
 from rtdenoise import security
 from rtdenoise.stream.sockets import open_client
+from rtdenoise.stream.stats import rate_limited
 
 __all__ = ["COMMANDS", "handle", "answer", "control", "format_status"]
 
@@ -91,7 +92,9 @@ def handle(parts: list[bytes], *, status: Callable[[], dict],
 def answer(sock: zmq.Socket, stop: threading.Event, *, status: Callable[[], dict],
            reset: Callable[[str | None], dict], wait_s: float = 0.05) -> None:
     """Answer the requests arriving on REP ``sock`` until ``stop`` is set (a ``stop`` request
-    sets it once its reply is sent). A request that raises gets an error reply; the loop goes on."""
+    sets it once its reply is sent). A request that raises gets an error reply (logged,
+    rate-limited); the loop goes on."""
+    errors = 0
     while not stop.is_set():
         if not sock.poll(int(wait_s * 1000), zmq.POLLIN):
             continue
@@ -100,7 +103,9 @@ def answer(sock: zmq.Socket, stop: threading.Event, *, status: Callable[[], dict
         try:
             reply, stop_after = handle(parts, status=status, reset=reset)
         except Exception as e:  # never crash on a request
-            log.exception("rtdenoise service: control request %r", parts[:1])
+            errors += 1
+            if not rate_limited(errors):
+                log.exception("rtdenoise service: control request %r (error #%d)", parts[:1], errors)
             reply = {"ok": False, "error": f"internal error: {type(e).__name__}: {e}"}
         sock.send(json.dumps(reply, default=str).encode())
         if stop_after:

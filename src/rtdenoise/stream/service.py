@@ -256,8 +256,8 @@ class Service:
                         self._admit(header, frames, t_recv)
                     except Exception as e:  # a bug: count it, keep receiving
                         with self._lock:
-                            self._stats.reject("internal_error", f"{type(e).__name__}: {e}", name=header.get("stream"))
-                        log.exception("rtdenoise service: receiving stream %r", header.get("stream"))
+                            self._stats.reject("internal_error", f"{type(e).__name__}: {e}", name=header.get("stream"),
+                                               exc_info=True)
         finally:
             self._sockets.close("sub")
 
@@ -325,10 +325,9 @@ class Service:
         for st, items, reset in work:
             try:
                 self._process(st, items, reset, t_deq)
-            except Exception as e:  # a bug: count it, log it with the stream, keep serving
+            except Exception as e:  # a bug: count it, log it (rate-limited) with the stream, keep serving
                 with self._lock:
-                    self._stats.reject("internal_error", f"{type(e).__name__}: {e}", st)
-                log.exception("rtdenoise service: processing stream %r", st.name)
+                    self._stats.reject("internal_error", f"{type(e).__name__}: {e}", st, exc_info=True)
 
     def _process(self, st: StreamRecord, items, reset: bool, t_deq: int) -> None:
         if reset:

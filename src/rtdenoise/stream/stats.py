@@ -24,7 +24,9 @@ __all__ = ["StreamRecord", "Stats"]
 log = logging.getLogger("rtdenoise.stream.service")
 
 
-def _rate_limited(k: int) -> bool:
+def rate_limited(k: int) -> bool:
+    """Whether the ``k``-th occurrence of a kind of event goes unlogged: the first 10 are
+    logged, then every 1000th (each line carries its count)."""
     return not (k <= 10 or k % 1000 == 0)
 
 
@@ -79,15 +81,18 @@ class Stats:
         self.connections = {name: collections.Counter() for name in sockets}
         self._log_counts: collections.Counter = collections.Counter()
 
-    def reject(self, reason: str, message: str, stream: StreamRecord | None = None, name: str | None = None) -> None:
-        """Count a rejected message (the caller holds the lock) and log it, rate-limited."""
+    def reject(self, reason: str, message: str, stream: StreamRecord | None = None, name: str | None = None, *,
+               exc_info: bool = False) -> None:
+        """Count a rejected message (the caller holds the lock) and log it, rate-limited
+        (``exc_info``: with the traceback of the exception being handled, for a bug)."""
         self.rejected[reason] += 1
         if stream is not None:
             stream.rejected[reason] += 1
         k = self._log_counts[reason] = self._log_counts[reason] + 1
-        if not _rate_limited(k):
+        if not rate_limited(k):
             where = f"stream {name or (stream.name if stream else '?')!r}: " if (name or stream) else ""
-            log.warning("rtdenoise service: rejected a message (%s, #%d): %s%s", reason, k, where, message)
+            log.warning("rtdenoise service: rejected a message (%s, #%d): %s%s", reason, k, where, message,
+                        exc_info=exc_info)
 
     def connection(self, name: str, kind: str, *, curve=None, max_msg_bytes: int = 0) -> None:
         """Count a connection event of socket ``name`` (takes the lock) and log it, rate-limited.
@@ -98,7 +103,7 @@ class Stats:
         with self.lock:
             self.connections[name][kind] += 1
             k = self._log_counts[f"{name}.{kind}"] = self._log_counts[f"{name}.{kind}"] + 1
-        if _rate_limited(k):
+        if rate_limited(k):
             return
         if kind == "auth_refused":
             log.warning("rtdenoise service: refused a client on %s (#%d): its CURVE public key is not in %s",

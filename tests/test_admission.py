@@ -195,7 +195,7 @@ def test_limits_decode_applies_the_size_limits():
     assert e.value.reason == "too_large"
     with pytest.raises(wire.WireError) as e:
         limits.decode(wire.encode_denoised({"stream": "a", "seq": 0, "t_ns": 0, "t_recv_ns": 0, "t_pub_ns": 0,
-                                            "lag": 0, "model": "m", "gap": 0, "warm": True}, np.ones((1, W), "<f4")))
+                                            "lag": 0, "model": "m", "gap": 0, "warm": True, "epoch": 1}, np.ones((1, W), "<f4")))
     assert e.value.reason == "topic"  # frames/ only
     assert limits.decode(parts[:1] + wire.encode_frames("a", np.ones((8, W), "<f4"), seq=0, t_ns=0)[1:])[1]["n"] == 8
 

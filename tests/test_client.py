@@ -142,7 +142,7 @@ def test_recv_timeout():
 
 def _denoised(stream: str, seq: int):
     header = {"stream": stream, "seq": seq, "t_ns": 0, "t_recv_ns": 1, "t_pub_ns": 2, "lag": 0,
-              "model": "m", "gap": 0, "warm": True}
+              "model": "m", "gap": 0, "warm": True, "epoch": 1}
     return wire.encode_denoised(header, np.full((1, 4), seq, "<f4"))
 
 

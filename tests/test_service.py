@@ -176,6 +176,7 @@ def test_stream_equals_offline(ckpt, rec, arch, lag, chunk):
     for h, _ in msgs:
         assert h["warm"] == (h["seq"] + 1 >= rf), h
     assert not msgs[0][0]["warm"]
+    assert {h["epoch"] for h, _ in msgs} == {r.svc.stats()["epoch"]}  # the service's, in every output
     s = r.svc.stats()["streams"]["rig1"]
     assert (s["frames_in"], s["frames_out"], s["in_flight"], s["gaps"], s["resets"]) == (120, 120, 0, 0, 1)
 
@@ -612,3 +613,13 @@ def test_reset_with_a_stream_that_is_not_a_name_is_an_error_reply(ckpt):
         assert reply["ok"] is False and "stream name" in reply["error"]
         assert control(svc.control_address, "status")["ok"] is True  # still serving
         assert svc.stats()["rejected_by_reason"].get("internal_error", 0) == 0
+
+
+def test_every_start_of_the_service_has_its_own_epoch(ckpt):
+    """Reliability G: a consumer tells a restart of the service (new epoch) from a gap."""
+    ck = ckpt("spectral", 0)
+    epochs = set()
+    for _ in range(2):
+        with rig(ck) as r:
+            epochs.add(r.status()["epoch"])
+    assert len(epochs) == 2 and all(0 <= e < 2**63 for e in epochs)

@@ -76,7 +76,7 @@ def test_roundtrip_denoised_and_copy():
     frames = np.linspace(0, 1, 12, dtype="<f4").reshape(3, 4)
     inp = _valid_header(n=99, shape=[1], dtype="<u2")  # derived keys are replaced
     out_h = inp | {"t_recv_ns": 10, "t_pub_ns": 11, "lag": 0, "model": "dncnn-152@abc", "gap": 1,
-                   "warm": True}
+                   "warm": True, "epoch": 7}
     parts = wire.encode_denoised(out_h, frames)
     assert parts[0] == b"denoised/rig1"
     topic, header, out = wire.decode(parts, copy=True, kind="denoised")
@@ -227,12 +227,13 @@ def test_every_rule_has_a_reason_and_shows_what_it_got(parts, reason, shown):
 
 
 def test_denoised_headers_need_output_keys_and_right_types():
-    base = _valid_header() | {"t_recv_ns": 1, "t_pub_ns": 2, "lag": 0, "model": "m", "gap": 0, "warm": False}
+    base = _valid_header() | {"t_recv_ns": 1, "t_pub_ns": 2, "lag": 0, "model": "m", "gap": 0, "warm": False,
+                              "epoch": 5}
     assert wire.decode(_parts(base, topic=b"denoised/rig1"))[1]["warm"] is False
     for key in wire.OUTPUT_KEYS:
         h = {k: v for k, v in base.items() if k != key}
         assert _reason(_parts(h, topic=b"denoised/rig1")) == "header_missing"
-    for key, bad in [("warm", 1), ("lag", -1), ("gap", -2), ("model", 3), ("t_pub_ns", 1.5)]:
+    for key, bad in [("warm", 1), ("lag", -1), ("gap", -2), ("model", 3), ("t_pub_ns", 1.5), ("epoch", -1)]:
         assert _reason(_parts(base | {key: bad}, topic=b"denoised/rig1")) == "header_value", key
     # kind= pins the topic kind
     assert _reason(_parts(), kind="denoised") == "topic"

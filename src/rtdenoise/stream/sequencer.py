@@ -29,6 +29,7 @@ Output headers (``denoised/<stream>``), beyond the wire's rules:
   them (lost upstream *or* dropped on overflow).
 - ``warm``: every frame of the message was computed with a full receptive field
   (for ``n = 1`` this is ``engine.warm(state)``).
+- ``epoch``: the service's, drawn at each start: a change means the service restarted.
 - ``t_recv_ns``: arrival of the oldest input message the output was computed with (for a
   flush: of what caused it); ``fs``/``meta``: from the latest input message. The
   publisher adds ``t_pub_ns`` just before the send.
@@ -158,6 +159,8 @@ class Sequencer:
     max_step : int
         Most frames per engine step.
 
+    epoch : int
+        The service's epoch, carried by every output header (a new one at each start).
     checked : bool
         The chunks were validated already: in the service :func:`rtdenoise.stream.admission.admit`
         ran :meth:`Engine.check_frames` on each as it arrived, so it steps with
@@ -165,8 +168,9 @@ class Sequencer:
     """
 
     def __init__(self, engine: Any, stream: str, *, first_seq: int | None = None, max_step: int = MAX_STEP,
-                 checked: bool = False):
+                 checked: bool = False, epoch: int = 0):
         self.engine, self.stream, self.lag, self.max_step = engine, stream, int(engine.lag), max_step
+        self.epoch = epoch
         self.checked = checked
         self.state = None  # engine StreamState, made on first use
         self.next_seq = first_seq  # seq expected next (None: any, after a reset)
@@ -298,7 +302,8 @@ class Sequencer:
         if run:
             t_recv = min(c.t_recv_ns for c in run)  # the oldest: latency of the worst frame
         header = {"stream": self.stream, "seq": self.out_seq, "t_ns": times[0], "t_recv_ns": t_recv,
-                  "lag": self.lag, "model": self.engine.name, "gap": self.pending_gap, "warm": bool(warm)}
+                  "lag": self.lag, "model": self.engine.name, "gap": self.pending_gap, "warm": bool(warm),
+                  "epoch": self.epoch}
         if fs is not None:
             header["fs"] = fs
         if meta is not None:

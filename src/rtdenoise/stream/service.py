@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
 import signal
 import threading
 import time
@@ -141,6 +142,7 @@ class Service:
         self._threads: list[threading.Thread] = []
         self._errors: list[BaseException] = []
         self._reconnect_due: float | None = None  # receive thread only: when to connect the input again
+        self.epoch = secrets.randbits(63)  # in every output header: a consumer tells a restart from a gap
         self._t_start: float | None = None
         self._t_stop: float | None = None
         self._sockets = ServiceSockets(
@@ -293,7 +295,8 @@ class Service:
                 # first_seq: so frames dropped before the engine's first step show as a gap
                 st = self._streams[name] = StreamRecord(
                     name, tuple(header["shape"]), frames.dtype, inbox=Inbox(self.config.max_queue),
-                    seq=Sequencer(self.engine, name, first_seq=header["seq"], checked=True), window=self.config.latency_window)
+                    seq=Sequencer(self.engine, name, first_seq=header["seq"], checked=True, epoch=self.epoch),
+                    window=self.config.latency_window)
             if not verdict.accepted:
                 self._stats.reject(verdict.reason, verdict.message, st, name=name)
                 return
@@ -413,7 +416,7 @@ class Service:
         end = self._t_stop if self._t_stop is not None else time.monotonic()
         curve = self._sockets.curve
         return {
-            "model": self.engine.name, "backend": self.engine.backend, "lag": self.lag,
+            "model": self.engine.name, "backend": self.engine.backend, "lag": self.lag, "epoch": self.epoch,
             "receptive_field": int(self.engine.receptive_field),
             "frame_shape": list(self.engine.frame_shape),
             "uptime_s": round(end - self._t_start, 3) if self._t_start is not None else 0.0,

@@ -86,7 +86,7 @@ REQUIRED_KEYS = ("v", "stream", "seq", "n", "shape", "dtype", "t_ns")
 #: Keys a header may carry.
 OPTIONAL_KEYS = ("fs", "meta")
 #: Keys every ``denoised/`` header carries in addition (and ``frames/`` headers never do).
-OUTPUT_KEYS = ("t_recv_ns", "t_pub_ns", "lag", "model", "gap", "warm")
+OUTPUT_KEYS = ("t_recv_ns", "t_pub_ns", "lag", "model", "gap", "warm", "epoch")
 
 # Numeric dtypes only. Multi-byte types need an explicit byte order ('<' or '>') so the
 # payload means the same on every machine; single-byte types may omit it.
@@ -251,6 +251,7 @@ def validate_header(h: Any, *, kind: str = FRAMES) -> dict:
         _check_int(h, "t_pub_ns")
         _check_int(h, "lag", 0)
         _check_int(h, "gap", 0)
+        _check_int(h, "epoch", 0)
         if not isinstance(h["warm"], bool):
             raise WireError("header_value", f"warm must be a bool, got {_show(h['warm'])}")
         model = h["model"]

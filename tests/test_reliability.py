@@ -642,3 +642,48 @@ def test_error_logs_are_rate_limited_and_carry_their_count_and_traceback(caplog)
     assert stats.rejected["internal_error"] == 2500
     assert [r.getMessage().split("#")[1].split(")")[0] for r in logged] == [str(k) for k in (*range(1, 11), 1000, 2000)]
     assert all(r.exc_info and r.exc_info[0] is KeyError for r in logged)
+
+
+def test_idle_streams_are_flushed_and_forgotten_so_junk_names_cannot_lock_out_new_streams(tiny_checkpoint):
+    """Reliability E: stream names filled the table for good (64 junk names locked out every
+    new stream until a restart). Idle streams now owe nothing and leave the table."""
+    ck = tiny_checkpoint("subspace", 2)
+    x = np.full((5, W), 100.0, "<f4")
+    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control=ANY, max_streams=3, stream_idle_s=0.6) as svc:
+        pub = zmq.Context.instance().socket(zmq.PUB)
+        pub.connect(svc.sub_address)
+        sub = Subscriber(svc.pub_address)
+        try:
+            _wait_flowing(lambda: pub.send_multipart(wire.encode_frames("a", x, seq=0, t_ns=0)), sub, "a")
+            for name in ("b", "c", "d"):  # "d" is one too many
+                pub.send_multipart(wire.encode_frames(name, x, seq=0, t_ns=0))
+            time.sleep(0.3)
+            full = svc.stats()
+            got = collections.Counter()
+            deadline = time.monotonic() + 10
+            while svc.stats()["streams_expired"] < 3:  # every stream idle: flushed, then forgotten
+                assert time.monotonic() < deadline, svc.stats()
+                with contextlib.suppress(TimeoutError):
+                    h, f = sub.recv(timeout=0.2)
+                    got[h["stream"]] += len(f)
+            got.update(h["stream"] for h, f in _drain_all(sub) for _ in range(len(f)))
+            pub.send_multipart(wire.encode_frames("d", x, seq=0, t_ns=0))  # a new stream gets in now
+            deadline = time.monotonic() + 10
+            while "d" not in svc.stats()["streams"]:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            after = svc.stats()
+        finally:
+            pub.close(linger=0)
+            sub.close()
+    assert full["rejected_by_reason"] == {"too_many_streams": 1} and full["streams"]["b"]["in_flight"] == 2
+    assert got["b"] == got["c"] == 5  # what the lag-2 model owed was flushed before the streams left
+    assert after["streams_expired"] == 3 and set(after["streams"]) == {"d"} and after["stream_idle_s"] == 0.6
+
+
+def _drain_all(sub, seconds=0.3):
+    out = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            out.append(sub.recv(timeout=seconds))
+    return out

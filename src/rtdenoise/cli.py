@@ -282,6 +282,8 @@ def _add_serve(sub) -> None:
     p.add_argument("--control", default=d.control, help="control endpoint (bound, JSON status/reset/stop)")
     p.add_argument("--max-queue", type=int, default=d.max_queue, help="frames per stream waiting for the engine; beyond, the oldest are dropped")
     p.add_argument("--max-streams", type=int, default=d.max_streams, help="streams held at once; messages of more are rejected")
+    p.add_argument("--stream-idle", type=float, default=d.stream_idle_s, metavar="SECONDS",
+                   help=f"forget a stream after this long without a message, flushing what it owes (0: never; default {d.stream_idle_s:g})")
     p.add_argument("--max-header-bytes", type=int, default=d.max_header_bytes,
                    help=f"larger headers are rejected (too_large); at most {d.max_header_bytes // 1024} KiB")
     p.add_argument("--max-payload-bytes", type=int, default=d.max_payload_bytes,
@@ -307,7 +309,7 @@ def cmd_serve(args) -> int:
                         format="rtdenoise serve: %(levelname)s: %(message)s")
     cfg = ServiceConfig(
         model=args.model, backend=args.backend, sub=args.sub, bind_sub=args.bind_sub, pub=args.pub,
-        control=args.control, max_queue=args.max_queue, max_streams=args.max_streams,
+        control=args.control, max_queue=args.max_queue, max_streams=args.max_streams, stream_idle_s=args.stream_idle,
         subscribe=tuple(args.subscribe) if args.subscribe else ServiceConfig.subscribe, threads=args.threads,
         curve_keys=args.curve_keys,
         max_header_bytes=args.max_header_bytes, max_payload_bytes=args.max_payload_bytes,

@@ -32,6 +32,7 @@ class ServiceConfig:
     subscribe: tuple[str, ...] = ("",)  # stream-name prefixes to take (one service per share of streams)
     max_queue: int = 1000  # frames per stream waiting for the engine; beyond, the oldest are dropped
     max_streams: int = 64  # streams held at once; messages of more are rejected
+    stream_idle_s: float = 300.0  # a stream with no message for this long is flushed and forgotten (0: never)
     max_header_bytes: int = MAX_INPUT_HEADER  # passed to wire.decode; room left for what outputs add
     max_payload_bytes: int = wire.MAX_PAYLOAD_BYTES  # passed to wire.decode and ZMQ_MAXMSGSIZE
     rcvhwm: int = 10_000  # messages libzmq buffers before the receive thread reads them
@@ -48,6 +49,9 @@ class ServiceConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        v = self.stream_idle_s
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
+            raise ValueError(f"stream_idle_s must be a number of seconds >= 0 (0: never), got {v!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"threads must be an int >= 1 or None, got {self.threads!r}")
         for name in ("sub", "pub", "control"):

@@ -159,7 +159,8 @@ def format_status(stats: dict) -> str:
     (what ``rtdenoise status`` prints)."""
     lines = [
         f"model {stats['model']} ({stats['backend']}, lag {stats['lag']}), up {stats['uptime_s']:.1f} s, "
-        f"{stats['n_streams']} stream(s), {stats['messages_in']} messages in, {stats['rejected']} rejected",
+        f"{stats['n_streams']} stream(s), {stats['messages_in']} messages in, {stats['rejected']} rejected"
+        + (f", {stats['streams_expired']} idle stream(s) forgotten" if stats.get("streams_expired") else ""),
     ]
     if stats["rejected_by_reason"]:
         lines.append("rejected: " + ", ".join(f"{k}={v}" for k, v in sorted(stats["rejected_by_reason"].items())))

@@ -195,10 +195,14 @@ class Sequencer:
     def reset(self, t_recv: int) -> Output | None:
         """A reset request: flush what is owed (returned, if anything), then a fresh context.
         ``t_recv``: when the request arrived."""
-        self._ensure_state()
-        out = self._restart(t_recv)
+        out = self.end(t_recv)
         self.resets += 1
         return out
+
+    def end(self, t_recv: int) -> Output | None:
+        """The end of the stream (it went idle): the outputs owed, if any; then a fresh context."""
+        self._ensure_state()
+        return self._restart(t_recv)
 
     def feed(self, chunks: Iterable[Chunk]) -> Iterator[Output | Refused]:
         """Step the engine on ``chunks`` (oldest first) and yield what to publish, as soon as

@@ -142,6 +142,7 @@ class Service:
         self._threads: list[threading.Thread] = []
         self._errors: list[BaseException] = []
         self._reconnect_due: float | None = None  # receive thread only: when to connect the input again
+        self._next_idle_scan = 0.0  # receive thread only
         self.epoch = secrets.randbits(63)  # in every output header: a consumer tells a restart from a gap
         self._t_start: float | None = None
         self._t_stop: float | None = None
@@ -239,6 +240,7 @@ class Service:
                     if mon in ready:
                         self._on_events(name)
                 self._reconnect_if_due()
+                self._expire_idle()
                 if sock not in ready:
                     continue
                 for _ in range(_DRAIN_MAX):  # drain what is there (bounded: a flood never blinds the loop)
@@ -284,6 +286,26 @@ class Service:
             with self._lock:
                 self._stats.connections["sub"]["reconnect"] += 1
 
+    def _expire_idle(self) -> None:
+        """Forget streams idle for ``stream_idle_s`` (receive thread, the table's only writer):
+        first the engine thread flushes what they owe, then they leave the table."""
+        idle, now = self.config.stream_idle_s, time.monotonic()
+        if not idle or now < self._next_idle_scan:
+            return
+        self._next_idle_scan = now + min(1.0, idle / 4)
+        with self._cv:
+            for name, st in list(self._streams.items()):
+                if now - st.last_arrival < idle:
+                    continue
+                if st.expired and name not in self._ready:
+                    del self._streams[name]
+                    self._stats.streams_expired += 1
+                    log.info("rtdenoise service: stream %r forgotten after %.0f s without a message", name, idle)
+                elif not st.expiring:
+                    st.expiring = True
+                    self._ready[name] = None
+                    self._cv.notify()
+
     def _admit(self, header: dict, frames: np.ndarray, t_recv: int) -> None:
         """Admit a decoded message (the frames' only check) and queue it (receive thread)."""
         verdict = admission.admit(header, frames, self._streams, self._limits, check_frames=self.engine.check_frames)
@@ -297,6 +319,8 @@ class Service:
                     name, tuple(header["shape"]), frames.dtype, inbox=Inbox(self.config.max_queue),
                     seq=Sequencer(self.engine, name, first_seq=header["seq"], checked=True, epoch=self.epoch),
                     window=self.config.latency_window)
+            if st is not None:
+                st.last_arrival, st.expiring, st.expired = time.monotonic(), False, False
             if not verdict.accepted:
                 self._stats.reject(verdict.reason, verdict.message, st, name=name)
                 return
@@ -321,13 +345,19 @@ class Service:
             work = []
             for name in self._ready:
                 st = self._streams[name]
-                work.append((st, st.inbox.take(), st.reset_requested))
+                work.append((st, st.inbox.take(), st.reset_requested, st.expiring and not st.expired))
                 st.reset_requested = False
             self._ready.clear()
         t_deq = time.time_ns()
-        for st, items, reset in work:
+        for st, items, reset, expire in work:
             try:
                 self._process(st, items, reset, t_deq)
+                if expire and not items:  # idle: flush what it owes; the receive thread then forgets it
+                    out = st.seq.end(time.time_ns())
+                    if out is not None:
+                        self._publish(st, out)
+                    with self._lock:
+                        st.expired = st.expiring  # unless a message came meanwhile
             except Exception as e:  # a bug: count it, log it (rate-limited) with the stream, keep serving
                 with self._lock:
                     self._stats.reject("internal_error", f"{type(e).__name__}: {e}", st, exc_info=True)
@@ -426,7 +456,8 @@ class Service:
             "rejected": report["rejected"], "rejected_by_reason": report["rejected_by_reason"],
             "connections": report["connections"],
             "security": {"curve": curve is not None, "authorized_keys": curve.n_authorized if curve else 0},
-            "n_streams": report["n_streams"], "streams": report["streams"],
+            "n_streams": report["n_streams"], "streams_expired": report["streams_expired"],
+            "stream_idle_s": self.config.stream_idle_s, "streams": report["streams"],
             "running": bool(self._threads) and not self._stop.is_set(),
         }
 

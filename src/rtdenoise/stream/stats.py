@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 
 import numpy as np
 
@@ -40,6 +41,8 @@ class StreamRecord:
         self.inbox, self.seq = inbox, seq
         self.rejected: collections.Counter = collections.Counter()
         self.reset_requested = False
+        self.last_arrival = time.monotonic()  # of its latest message, accepted or not (receive thread)
+        self.expiring = self.expired = False  # idle: asked to flush / flushed by the engine thread
         self.frames_out = self.messages_out = self.discarded = 0
         self.latency_ms = collections.deque(maxlen=window)
         self.queue_ms = collections.deque(maxlen=window)
@@ -77,6 +80,7 @@ class Stats:
     def __init__(self, sockets=("sub", "pub", "control")):
         self.lock = threading.Lock()
         self.messages_in = 0
+        self.streams_expired = 0
         self.rejected: collections.Counter = collections.Counter()
         self.connections = {name: collections.Counter() for name in sockets}
         self._log_counts: collections.Counter = collections.Counter()
@@ -122,18 +126,18 @@ class Stats:
                 "as a seq gap", k, max_msg_bytes)
 
     def report(self, streams: dict[str, StreamRecord]) -> dict:
-        """``messages_in``, ``rejected``, ``rejected_by_reason``, ``connections``, ``n_streams``
-        and ``streams`` of ``status`` (takes the lock to copy, computes percentiles outside it).
+        """``messages_in``, ``rejected``, ``rejected_by_reason``, ``connections``, ``n_streams``,
+        ``streams_expired`` and ``streams`` of ``status`` (takes the lock to copy, computes percentiles outside it).
 
         Latencies are ms over the records' windows, as ``{"n", "p50", "p90", "p99", "max"}``.
         """
         with self.lock:
             snaps = {name: st.snapshot() for name, st in streams.items()}
             rejected = dict(self.rejected)
-            messages_in = self.messages_in
+            messages_in, expired = self.messages_in, self.streams_expired
             connections = {name: dict(c) for name, c in self.connections.items()}
         for s in snaps.values():
             s["latency_ms"] = percentiles(s["latency_ms"], digits=4)
             s["stages_ms"] = {k: percentiles(v, digits=4) for k, v in s["stages_ms"].items()}
         return {"messages_in": messages_in, "rejected": sum(rejected.values()), "rejected_by_reason": rejected,
-                "connections": connections, "n_streams": len(snaps), "streams": snaps}
+                "connections": connections, "n_streams": len(snaps), "streams_expired": expired, "streams": snaps}

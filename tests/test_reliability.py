@@ -443,6 +443,8 @@ def test_connecting_input_leaves_an_ordinary_restart_to_libzmq(ck):
             time.sleep(1.0)  # longer than the service waits for libzmq's "retried"
             c = svc.stats()["connections"]["sub"]
     assert c["disconnected"] >= 3 and c.get("reconnect", 0) == 0
+
+
 class _StepRecorder:
     def __init__(self, engine):
         self._e, self.sizes = engine, []
@@ -457,7 +459,8 @@ class _StepRecorder:
 
 def test_a_huge_message_is_stepped_in_bounded_pieces(ck):
     """Regression: one valid 3000-frame message (or a backlog) was stepped as one chunk, its memory
-    unbounded (a 256 MiB payload of frames could exhaust the host); now pieces of at most 1024."""
+    unbounded (a 256 MiB payload of frames could exhaust the host); now pieces of at most 1024,
+    each published as it is done, the seq of each output its own first frame's."""
     from rtdenoise.backends import load_engine
 
     eng = _StepRecorder(load_engine(ck))
@@ -467,11 +470,14 @@ def test_a_huge_message_is_stepped_in_bounded_pieces(ck):
             _wait_flowing(lambda: pub.send(x[:1], seq=0), sub, "big")
             eng.sizes.clear()
             pub.send(x, seq=10_000)
-            h, f = sub.recv(timeout=20)
-            while h["seq"] != 10_000:
+            got = []
+            while sum(len(f) for _, f in got) < 3000:
                 h, f = sub.recv(timeout=20)
-    assert h["n"] == 3000 and max(eng.sizes) <= 1024 and sum(eng.sizes) == 3000
-    np.testing.assert_allclose(f, denoise(x, model=ck), rtol=1e-5, atol=1e-3)
+                if h["seq"] >= 10_000:
+                    got.append((h, np.array(f)))
+    assert max(eng.sizes) <= 1024 and sum(eng.sizes) == 3000
+    assert [h["seq"] for h, _ in got] == list(10_000 + np.cumsum([0] + [len(f) for _, f in got[:-1]]))
+    np.testing.assert_allclose(np.concatenate([f for _, f in got]), denoise(x, model=ck), rtol=1e-5, atol=1e-3)
 
 
 # ============================================================================ real processes
@@ -687,3 +693,33 @@ def _drain_all(sub, seconds=0.3):
         while True:
             out.append(sub.recv(timeout=seconds))
     return out
+
+
+def test_a_huge_message_takes_turns_with_the_other_streams(ck):
+    """Reliability C: one legal 20,000-frame message used to stall every other stream until
+    the engine had worked it all off; it is now worked in engine-step pieces, each stream
+    taking a turn between them, and its outputs are those of one pass."""
+    big = np.random.default_rng(0).integers(80, 120, (20_000, W)).astype("|u1")
+    x = np.full((1, W), 100, "|u1")
+    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control=ANY, max_queue=50_000) as svc:
+        pub = zmq.Context.instance().socket(zmq.PUB)
+        pub.connect(svc.sub_address)
+        sub = Subscriber(svc.pub_address)
+        try:
+            _wait_flowing(lambda: pub.send_multipart(wire.encode_frames("small", x, seq=0, t_ns=0)), sub, "small")
+            _drain_all(sub, 0.2)
+            pub.send_multipart(wire.encode_frames("big", big, seq=0, t_ns=0))
+            time.sleep(0.05)
+            pub.send_multipart(wire.encode_frames("small", x, seq=10_000, t_ns=0))
+            order, frames = [], []
+            while sum(len(f) for f in frames) < len(big):
+                h, f = sub.recv(timeout=30)
+                order.append(h["stream"])
+                if h["stream"] == "big":
+                    frames.append(np.array(f))
+        finally:
+            pub.close(linger=0)
+            sub.close()
+    assert "small" in order and order.index("small") < len(order) - 1  # served before the big one was done
+    assert order.count("big") > 10  # worked in pieces
+    np.testing.assert_allclose(np.concatenate(frames), denoise(big, model=ck), rtol=1e-4, atol=1e-3)

@@ -294,6 +294,35 @@ def test_an_output_that_could_not_be_sent_shows_as_a_gap_not_a_shifted_seq(engin
     assert (nxt.header["seq"], nxt.header["gap"]) == (3, 3)
 
 
+@settings(max_examples=25, deadline=None)
+@given(sizes=st.lists(st.integers(1, 9), min_size=1, max_size=6), limit=st.integers(1, 7), fs=st.sampled_from([None, 3.0]))
+def test_taking_pieces_of_the_queue_changes_nothing_downstream(engines, rec, sizes, limit, fs):
+    """Fair scheduling hands the engine one piece at a time; outputs, seq and t_ns are those
+    of taking everything at once."""
+    engine, _ = engines("subspace", 2)
+    x = rec(sum(sizes))
+    starts = np.cumsum([0] + sizes[:-1])
+
+    def run(piece):
+        box, seq, outs = Inbox(1000), Sequencer(engine, "s", first_seq=0), []
+        for a, n in zip(starts, sizes):
+            box.put(chunk(x[a:a + n], int(a), fs=fs))
+        while box.queued:
+            before = box.queued
+            outs += outputs(seq.feed(box.take(piece)))
+            assert before - box.queued == min(before, piece or before)
+        return outs
+
+    whole, pieces = run(None), run(limit)
+    assert sum(len(o.frames) for o in pieces) == sum(len(o.frames) for o in whole) == max(0, sum(sizes) - 2)
+    if whole:
+        np.testing.assert_allclose(frames_of(pieces), frames_of(whole), rtol=1e-5, atol=1e-3)
+    for o in pieces:  # each output's first frame keeps its own time within the message it came in
+        s0 = o.header["seq"]
+        a = max(int(b) for b in starts if b <= s0)
+        assert o.header["t_ns"] == (t_of(a) + round((s0 - a) * 1e9 / fs) if fs else 123)
+
+
 def test_frame_times_without_fs_are_the_chunks_own():
     c = chunk(np.zeros((3, 4)), 0, fs=None)
     assert c.frame_times() == [123, 123, 123] and c.fs is None

@@ -7,6 +7,9 @@ Two halves, one per thread of the service:
   engine, at most ``max_queue`` frames: on overflow the **oldest** are dropped (counted as
   ``dropped``), since a closed-loop controller wants the newest frames. A single message
   larger than ``max_queue`` is still accepted whole.
+- :meth:`Inbox.take` hands the engine thread at most one piece of frames at a time when
+  asked (the service asks for one engine step's worth), so a stream with a huge message
+  takes turns with the others instead of stalling them.
 - :class:`Sequencer` (engine thread) takes the chunks, steps the engine on each run of
   contiguous chunks (same ``fs`` and ``meta``) as one chunk, so a backlog is worked off in
   big, cheap steps, and yields what to publish: one :class:`Output` per run.
@@ -67,18 +70,27 @@ MAX_STEP = 1024  # most frames per engine step (a backlog or a huge message is s
 class Chunk:
     """One received message of frames, decoded and admitted, waiting for the engine."""
 
-    __slots__ = ("seq", "n", "frames", "t_ns", "fs", "meta", "t_recv_ns")
+    __slots__ = ("seq", "n", "frames", "t_ns", "fs", "meta", "t_recv_ns", "first")
 
     def __init__(self, header: dict, frames: np.ndarray, t_recv_ns: int):
         self.seq, self.n, self.t_ns = header["seq"], header["n"], header["t_ns"]
         self.fs, self.meta = header.get("fs"), header.get("meta")
         self.frames, self.t_recv_ns = frames, t_recv_ns  # frames: (n, *shape), checked on arrival
+        self.first = 0  # index of frames[0] in the message it came in (a split chunk's rest: > 0)
 
     def frame_times(self) -> list[int]:
-        """t_ns of each frame: from ``fs`` when given, else the chunk's t_ns for all."""
+        """t_ns of each frame: from ``fs`` when given, else the message's t_ns for all."""
         if not self.fs:
             return [self.t_ns] * self.n
-        return [self.t_ns + round(j * 1e9 / self.fs) for j in range(self.n)]
+        return [self.t_ns + round(j * 1e9 / self.fs) for j in range(self.first, self.first + self.n)]
+
+    def split(self, k: int) -> tuple[Chunk, Chunk]:
+        """The first ``k`` frames and the rest, as two chunks of the same message."""
+        head, rest = object.__new__(Chunk), object.__new__(Chunk)
+        for c, lo, hi in ((head, 0, k), (rest, k, self.n)):
+            c.seq, c.n, c.t_ns, c.fs, c.meta = self.seq + lo, hi - lo, self.t_ns, self.fs, self.meta
+            c.frames, c.t_recv_ns, c.first = self.frames[lo:hi], self.t_recv_ns, self.first + lo
+        return head, rest
 
 
 class Inbox:
@@ -112,9 +124,23 @@ class Inbox:
         self.queue.append(chunk)
         self.queued += n
 
-    def take(self) -> collections.deque[Chunk]:
-        """Every chunk waiting, oldest first; the queue is empty afterwards."""
-        items, self.queue, self.queued = self.queue, collections.deque(), 0
+    def take(self, limit: int | None = None) -> collections.deque[Chunk]:
+        """The chunks waiting, oldest first: all of them, or the first ``limit`` frames (a
+        chunk is split where the limit falls; its rest stays first in the queue)."""
+        if limit is None or self.queued <= limit:
+            items, self.queue, self.queued = self.queue, collections.deque(), 0
+            return items
+        items: collections.deque[Chunk] = collections.deque()
+        left = limit
+        while left > 0:
+            c = self.queue[0]
+            if c.n > left:
+                c, self.queue[0] = c.split(left)
+            else:
+                self.queue.popleft()
+            items.append(c)
+            left -= c.n
+            self.queued -= c.n
         return items
 
 

@@ -72,7 +72,7 @@ from rtdenoise.stream import admission, wire
 from rtdenoise.stream.admission import SERVICE_REASONS
 from rtdenoise.stream.config import ServiceConfig
 from rtdenoise.stream.control import answer, control, format_status
-from rtdenoise.stream.sequencer import Chunk, Inbox, Output, Refused, Sequencer
+from rtdenoise.stream.sequencer import MAX_STEP, Chunk, Inbox, Output, Refused, Sequencer
 from rtdenoise.stream.sockets import RETRYING, ServiceSockets
 from rtdenoise.stream.stats import Stats, StreamRecord
 
@@ -343,11 +343,15 @@ class Service:
         """Step and publish every stream with pending frames (engine thread)."""
         with self._cv:
             work = []
-            for name in self._ready:
+            for name in self._ready:  # one piece per stream per round: a huge message takes turns
                 st = self._streams[name]
-                work.append((st, st.inbox.take(), st.reset_requested, st.expiring and not st.expired))
+                piece = min(MAX_STEP, self.engine.max_step(st.shape))
+                work.append((st, st.inbox.take(piece), st.reset_requested, st.expiring and not st.expired))
                 st.reset_requested = False
             self._ready.clear()
+            for st, *_ in work:
+                if st.inbox.queued:  # the rest of a big message: after every other stream's turn
+                    self._ready[st.name] = None
         t_deq = time.time_ns()
         for st, items, reset, expire in work:
             try:

@@ -291,6 +291,7 @@ def test_untrained_imaging_model_is_close_to_the_identity_lag_frames_late():
 @pytest.mark.parametrize("kw, match", [
     pytest.param(dict(arch="imaging-unet", width=0), "width", id="no-width"),
     pytest.param(dict(arch="imaging-fact", kernel_w=4), "odd", id="even-kernel"),
+    pytest.param(dict(arch="imaging-unet", lag=3), "lag <= 2", id="unet-lag-out-of-view"),
 ])
 def test_bad_imaging_configs_raise(kw, match):
     with pytest.raises(ValueError, match=match):

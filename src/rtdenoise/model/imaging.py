@@ -202,6 +202,20 @@ class CausalUNet(_ImagingModel):
     arch = "imaging-unet"
     multiple = 4
 
+    @classmethod
+    def check_config(cls, config) -> None:
+        super().check_config(config)
+        d0 = (config.dilations or [1])[0]
+        most = (config.kernel_t - 1) * d0
+        if config.lag > most:
+            # Only the first temporal layer sees frames at ½ resolution; the frame being denoised
+            # (t − lag) must be among its taps, or its detail reaches the output only through ¼.
+            raise ValueError(
+                f"imaging-unet with kernel_t={config.kernel_t} and a first dilation of {d0} takes lag <= {most}; "
+                f"got lag {config.lag}: the frame being denoised would be out of its finest temporal layer's view "
+                f"(use a smaller lag, or the imaging-fact family)"
+            )
+
     def _build(self) -> None:
         c, k, kt = self.config.width, self.config.kernel_w, self.config.kernel_t
         d = self.config.dilations or [1] * self.config.depth

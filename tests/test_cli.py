@@ -148,11 +148,26 @@ def test_imaging_end_to_end_simulate_train_denoise_info(tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["modality"] == "imaging" and info["frame_shape"] == [None, None] and info["lag"] == 0
     assert info["frame_sizes"] == {"min": [16, 16], "max": None} and info["fs"] > 0
-    assert info["config"]["arch"] == "imaging-unet"
-    # a movie into the default (spectral) model: told what to do, nothing written
-    assert main(["denoise", str(mov), str(tmp_path / "no.npy"), "--quiet"]) == 2
+    assert info["config"]["arch"] == "imaging-unet" and info["fs_range"] == [10.0, 90.0]
+    # a movie into a spectral model: told what to do, nothing written
+    assert main(["denoise", str(mov), str(tmp_path / "no.npy"), "--model", "spectral-lag0", "--quiet"]) == 2
     assert "pick an imaging model" in capsys.readouterr().err
     assert not (tmp_path / "no.npy").exists()
+    # ...and without --model, a movie gets the shipped imaging default
+    assert main(["denoise", str(mov), str(tmp_path / "default.npy"), "--quiet"]) == 0
+    np.testing.assert_array_equal(load_frames(tmp_path / "default.npy"), denoise(load_arrays(mov)["noisy"], model="imaging-lag0"))
+
+
+def test_shipped_defaults_follow_the_frames():
+    from rtdenoise.model.checkpoint import default_model, load
+
+    assert default_model(1) == "spectral-lag0" and default_model(2) == "imaging-lag0"
+    with pytest.raises(ValueError, match="spectra .* or images"):
+        default_model(3)  # a colour movie (T, H, W, 3)
+    for name in ("imaging-lag0", "imaging-lag2"):
+        ck = load(name)
+        assert ck.modality == "imaging" and 25 <= ck.fs <= 35
+    assert load("imaging-lag0").lag == 0 and load("imaging-lag2").lag == 2
 
 
 def test_train_refuses_an_arch_of_another_modality(tmp_path, capsys):

@@ -85,7 +85,7 @@ def _add_train(sub) -> None:
     p.add_argument("--self-supervised", default=None, metavar="MOVIE",
                    help="imaging: fine-tune --init on your own noisy movie (T, H, W), causal blind-spot training, "
                         "no clean data needed (default budget 5 min)")
-    p.add_argument("--init", default=None, metavar="MODEL", help="with --self-supervised: the imaging model to start from")
+    p.add_argument("--init", default=None, metavar="MODEL", help="with --self-supervised: the imaging model to start from (default: imaging-lag0)")
     p.set_defaults(func=cmd_train)
 
 
@@ -125,13 +125,12 @@ def cmd_train(args) -> int:
 
 
 def _finetune(args) -> int:
+    from rtdenoise.model.checkpoint import DEFAULT_MODELS
     from rtdenoise.selfsup import SelfSupConfig, finetune
 
-    if args.init is None:
-        raise ValueError("--self-supervised needs --init MODEL: the imaging model to start from")
     cfg = SelfSupConfig(minutes=args.minutes or 5.0, batch=args.batch, window=args.window or 32, patch=tuple(args.patch),
                         seed=args.seed, threads=args.threads)
-    ck = finetune(args.out, args.self_supervised, model=args.init, config=cfg, command="rtdenoise " + " ".join(sys.argv[1:]))
+    ck = finetune(args.out, args.self_supervised, model=args.init or DEFAULT_MODELS["imaging"], config=cfg, command="rtdenoise " + " ".join(sys.argv[1:]))
     s = ck.provenance["self_supervised"]
     print(f"wrote {args.out}: {s['steps']} steps on {args.self_supervised}, blind-spot val loss {s['val_loss']:.4f} "
           f"(before {s['val_loss_before']:.4f}), {s['wall_time_s'] / 60:.1f} min")
@@ -167,7 +166,7 @@ def _add_denoise(sub) -> None:
     p.add_argument("input", help=".npy/.npz/.tif/.h5/.mat, time first: frames × wavelengths or frames × H × W "
                    "(npy, TIFF stacks and HDF5 are read block by block: files larger than memory are fine)")
     p.add_argument("output", help="where to write the denoised frames (same formats); written only when complete")
-    p.add_argument("--model", default=None, help="a .pt file or shipped model name (default: the shipped default)")
+    p.add_argument("--model", default=None, help="a .pt file or shipped model name (default: spectral-lag0 for spectra, imaging-lag0 for movies)")
     p.add_argument("--backend", choices=BACKENDS, default="torch")
     p.add_argument("--chunk", type=int, default=None, help="frames per engine step (1 = frame by frame, as the live service); any value gives the same frames (default 1024)")
     p.add_argument("--key", default=None, help="array name inside .npz/.h5/.mat (default: noisy, frames or data)")

@@ -19,10 +19,11 @@ def denoise(
 
     Parameters
     ----------
-    frames : array (T, W)
-        Time first, counts (any integer or float dtype).
+    frames : array (T, W) or (T, H, W)
+        Time first, counts (any integer or float dtype): spectra or a movie.
     model : Checkpoint, str, path or None
-        A checkpoint, a shipped model name, or a ``.pt`` path; None = the shipped default.
+        A checkpoint, a shipped model name, or a ``.pt`` path; None = the shipped default
+        for the frames (``spectral-lag0`` for spectra, ``imaging-lag0`` for movies).
     backend : {"torch", "onnxruntime", "tensorrt", "auto"}
     chunk : int, optional
         Frames per engine step: ``chunk=1`` is exactly what the live service does frame by
@@ -30,7 +31,7 @@ def denoise(
 
     Returns
     -------
-    array (T, W) float32
+    array (T, W) or (T, H, W) float32
         One output frame per input frame. With a lookahead model (lag k) the last k frames
         are computed by repeating the last frame, since their future never arrives.
 
@@ -42,7 +43,10 @@ def denoise(
     (200, 152)
     """
     from rtdenoise.backends import Engine, load_engine
+    from rtdenoise.model.checkpoint import default_model
 
+    if model is None:
+        model = default_model(max(1, np.ndim(frames) - 1))  # a 1-D array gets the spectral error
     engine = model if isinstance(model, Engine) else load_engine(model, backend=backend)
     return engine.run(frames, chunk=chunk, progress=progress)
 
@@ -72,11 +76,14 @@ def denoise_file(
     from rtdenoise.backends import load_engine
     from rtdenoise.blocks import FrameWriter, open_frames
     from rtdenoise.io import validate_frames
+    from rtdenoise.model.checkpoint import default_model
 
     if dtype not in ("float32", "input"):
         raise ValueError(f"dtype must be 'float32' or 'input', got {dtype!r}")
-    engine = load_engine(model, backend=backend)  # bad model or backend fails before reading
+    engine = None if model is None else load_engine(model, backend=backend)  # bad model or backend: before reading
     with open_frames(src, key=key) as reader:
+        if engine is None:  # the shipped default for these frames: spectra or images
+            engine = load_engine(default_model(len(reader.shape) - 1), backend=backend)
         validate_frames(np.zeros((1, *reader.shape[1:]), reader.dtype), frame_shape=engine.frame_shape, name=str(src))  # the shape
         engine.check_shape(reader.shape[1:])
         if np.issubdtype(reader.dtype, np.integer) and reader.dtype.itemsize >= 8:

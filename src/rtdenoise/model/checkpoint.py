@@ -19,7 +19,8 @@ from rtdenoise.model.streaming import CausalModel
 
 FORMAT = "rtdenoise-checkpoint"
 FORMAT_VERSION = 1
-DEFAULT_MODEL = "spectral-lag0"
+DEFAULT_MODELS = {"spectral": "spectral-lag0", "imaging": "imaging-lag0"}  # the shipped default per modality
+DEFAULT_MODEL = DEFAULT_MODELS["spectral"]
 
 
 @dataclass
@@ -89,6 +90,9 @@ class Checkpoint:
         d = self.to_dict()
         d["parameters"] = int(sum(v.numel() for v in self.state_dict.values()))
         d["frame_sizes"] = self.config.family.frame_sizes(self.config)
+        fs_range = self.provenance.get("signal", {}).get("fs")
+        if isinstance(fs_range, (list, tuple)) and len(fs_range) == 2:  # movies: trained on a range of frame rates
+            d["fs_range"] = [float(fs_range[0]), float(fs_range[1])]
         d["path"] = self.path
         del d["state_dict"]
         return d
@@ -110,8 +114,15 @@ def shipped_models_dir() -> Path:
     return Path(str(resources.files("rtdenoise._shipped")))
 
 
+def default_model(frame_ndim: int = 1) -> str:
+    """The shipped default for frames of ``frame_ndim`` axes: spectra (1) or images (2)."""
+    if frame_ndim not in (1, 2):
+        raise ValueError(f"frames of {frame_ndim} axes: rtdenoise takes spectra (W,) or images (H, W)")
+    return DEFAULT_MODELS["imaging" if frame_ndim == 2 else "spectral"]
+
+
 def resolve(model: str | os.PathLike | None) -> Path:
-    """A path for ``model``: None = the shipped default, a shipped name, or a file path."""
+    """A path for ``model``: None = the shipped default (spectral), a shipped name, or a file path."""
     if model is None:
         model = DEFAULT_MODEL
     p = Path(model)
@@ -190,7 +201,8 @@ def format_info(info: dict) -> str:
         f"modality       {info['modality']}, frames "
         + (" × ".join("any" if d is None else str(d) for d in info["frame_shape"])),
         f"wavelengths    {wl[0]:.1f}–{wl[-1]:.1f} nm in {len(wl)} bins" if wl else "wavelengths    -",
-        f"frame rate     {info['fs']:g} Hz",
+        f"frame rate     {info['fs']:g} Hz"
+        + (f" (trained on {info['fs_range'][0]:g}–{info['fs_range'][1]:g} Hz)" if info.get("fs_range") else ""),
         *([f"frame sizes    {' × '.join(map(str, info['frame_sizes']['min']))} pixels and larger"]
           if info.get("frame_sizes", {}).get("max", 0) is None else []),
         f"lag            {info['lag']} frames ({info['lag'] / info['fs']:.2f} s)",

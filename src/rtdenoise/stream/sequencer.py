@@ -161,7 +161,8 @@ class Refused:
     ``bad_frames``: the engine refused a run of ``n`` frames (ValueError/TypeError), nothing
     was stepped. ``non_finite_output``: the stream's state went non-finite; the ``n`` frames
     whose outputs were not yet published are dropped, the state is reset and the next
-    output's ``gap`` counts them.
+    output's ``gap`` counts them (also for a flush whose outputs went non-finite).
+    ``time_range``: the frame times of a run overflow (nothing was stepped).
     """
 
     n: int
@@ -218,14 +219,14 @@ class Sequencer:
         if self.state is None:
             self.state = self.engine.new_state(1)
 
-    def reset(self, t_recv: int) -> Output | None:
+    def reset(self, t_recv: int) -> Output | Refused | None:
         """A reset request: flush what is owed (returned, if anything), then a fresh context.
         ``t_recv``: when the request arrived."""
         out = self.end(t_recv)
         self.resets += 1
         return out
 
-    def end(self, t_recv: int) -> Output | None:
+    def end(self, t_recv: int) -> Output | Refused | None:
         """The end of the stream (it went idle): the outputs owed, if any; then a fresh context."""
         self._ensure_state()
         return self._restart(t_recv)
@@ -245,7 +246,7 @@ class Sequencer:
         if run:
             yield from self._run(run)
 
-    def _restart(self, t_recv: int) -> Output | None:
+    def _restart(self, t_recv: int) -> Output | Refused | None:
         """Flush the outputs owed for the frames so far, then forget them (a fresh context).
 
         ``t_recv``: arrival of what caused it (the message after a gap, or the command)."""
@@ -254,8 +255,11 @@ class Sequencer:
         t1 = time.perf_counter_ns()
         owed = min(len(y), len(self.pending_t))
         out = None
-        if owed:
+        if owed and np.isfinite(y[len(y) - owed:]).all():
             out = self._output(y[len(y) - owed:], None, t1 - t0, meta=self.last_meta, fs=self.last_fs, t_recv=t_recv)
+        elif owed:  # never published (the state is reset by the flush): the next output's gap counts them
+            self.pending_gap += owed
+            out = Refused(owed, f"the flush of {owed} owed frames went non-finite; dropped", "non_finite_output")
         self.pending_t.clear()
         self.out_index = 0
         self.next_seq, self.fresh = None, True

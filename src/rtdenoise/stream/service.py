@@ -357,9 +357,7 @@ class Service:
             try:
                 self._process(st, items, reset, t_deq)
                 if expire and not items:  # idle: flush what it owes; the receive thread then forgets it
-                    out = st.seq.end(time.time_ns())
-                    if out is not None:
-                        self._publish(st, out)
+                    self._emit(st, st.seq.end(time.time_ns()))
                     with self._lock:
                         st.expired = st.expiring  # unless a message came meanwhile
             except Exception as e:  # a bug: count it, log it (rate-limited) with the stream, keep serving
@@ -368,20 +366,22 @@ class Service:
 
     def _process(self, st: StreamRecord, items, reset: bool, t_deq: int) -> None:
         if reset:
-            out = st.seq.reset(time.time_ns())
-            if out is not None:
-                self._publish(st, out)
+            self._emit(st, st.seq.reset(time.time_ns()))
         if items:
             with self._lock:
                 for m in items:
                     st.queue_ms.append((t_deq - m.t_recv_ns) / 1e6)
         for out in st.seq.feed(items):  # each output leaves as soon as it is computed
-            if isinstance(out, Refused):
-                with self._lock:
-                    st.discarded += out.n
-                    self._stats.reject(out.reason, out.message, st)
-            else:
-                self._publish(st, out)
+            self._emit(st, out)
+
+    def _emit(self, st: StreamRecord, out: Output | Refused | None) -> None:
+        """Publish an output, or count the frames the sequencer could not give one."""
+        if isinstance(out, Refused):
+            with self._lock:
+                st.discarded += out.n
+                self._stats.reject(out.reason, out.message, st)
+        elif out is not None:
+            self._publish(st, out)
 
     def _publish(self, st: StreamRecord, out: Output) -> None:
         """Send one output; one that cannot be sent is counted as discarded with its reason,
@@ -389,16 +389,14 @@ class Service:
         header, y = out.header, out.frames
         t_p0 = time.perf_counter_ns()
         header["t_pub_ns"] = t_pub = time.time_ns()
-        try:
-            if not np.isfinite(y).all():  # the sequencer resets a stream whose step went non-finite: a last guard
-                raise _Unsendable("non_finite_output", "the model's output went non-finite")
+        try:  # the sequencer made sure y is finite (its step and its flush): nothing to check again here
             parts = wire.encode_denoised(header, y)
         except Exception as e:  # noqa: BLE001 - every failure is counted, none shifts a seq
-            reason, why = (e.reason, str(e)) if isinstance(e, _Unsendable) else ("internal_error", f"{type(e).__name__}: {e}")
             st.seq.lost(y.shape[0])
             with self._lock:
                 st.discarded += y.shape[0]
-                self._stats.reject(reason, f"seq {header['seq']}..{header['seq'] + y.shape[0] - 1} not sent: {why}", st)
+                self._stats.reject("internal_error", f"seq {header['seq']}..{header['seq'] + y.shape[0] - 1} not sent: "
+                                   f"{type(e).__name__}: {e}", st)
             return
         with self._lock:  # counted before the send, so a consumer never sees more than status says
             st.frames_out += y.shape[0]
@@ -464,12 +462,6 @@ class Service:
             "stream_idle_s": self.config.stream_idle_s, "streams": report["streams"],
             "running": bool(self._threads) and not self._stop.is_set(),
         }
-
-
-class _Unsendable(Exception):
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
 
 
 def serve(config: ServiceConfig | None = None, *, on_ready: Callable[[Service], None] | None = None,

@@ -83,6 +83,14 @@ def main(argv=None) -> int:
     return 0
 
 
+def _card_head(ck) -> list[str]:
+    return [f"# Model card: `{ck.name}`", "", PURPOSE.get(ck.name, ""), "", "## What it is", ""]
+
+
+def _size(ck) -> str:
+    return f"{sum(v.numel() for v in ck.state_dict.values()):,} parameters ({Path(ck.path).stat().st_size / 1e6:.2f} MB)"
+
+
 def write_imaging(ck, path: Path) -> None:
     quality = json.loads((RESULTS / "imaging_quality.json").read_text())
     engine = json.loads((RESULTS / "imaging_engine.json").read_text())
@@ -115,15 +123,9 @@ def render_imaging(ck, quality: dict, engine: dict, metrics: dict) -> str:
     rng = lambda k: f"{sig[k][0]:g}–{sig[k][1]:g}"  # noqa: E731
     noise = pv["noise"]
     lines = [
-        f"# Model card: `{ck.name}`",
-        "",
-        PURPOSE.get(ck.name, ""),
-        "",
-        "## What it is",
-        "",
+        *_card_head(ck),
         f"- Causal 3-D U-Net, architecture `{cfg.arch}`: pixel-unshuffle to ½ resolution, temporal layers at ½ and ¼ "
-        f"(dilations {cfg.dilations}, {cfg.kernel_t} taps), width {cfg.width}; "
-        f"{sum(v.numel() for v in ck.state_dict.values()):,} parameters ({Path(ck.path).stat().st_size / 1e6:.2f} MB).",
+        f"(dilations {cfg.dilations}, {cfg.kernel_t} taps), width {cfg.width}; {_size(ck)}.",
         f"- Lag {ck.lag} frames ({ck.lag / ck.fs:.2f} s at {ck.fs:.0f} Hz); temporal receptive field of the filters "
         f"{ck.receptive_field} frames ({ck.receptive_field / ck.fs:.1f} s); "
         f"per-pixel running baseline over {cfg.horizon} frames ({cfg.horizon / ck.fs:.0f} s) and a √-scale with a "
@@ -213,15 +215,10 @@ def render(ck, quality: dict, metrics: dict) -> str:
     tr = pv["train"]
     rng = lambda k: f"{sig[k][0]:g}–{sig[k][1]:g}"  # noqa: E731
     lines = [
-        f"# Model card: `{ck.name}`",
-        "",
-        PURPOSE.get(ck.name, ""),
-        "",
-        "## What it is",
-        "",
+        *_card_head(ck),
         f"- Causal DnCNN, architecture `{ck.config.arch}`: {ck.config.depth} layers, width {ck.config.width}, "
         f"dilations {ck.config.dilations}, subspace rank {ck.config.rank}, {ck.config.taps}-tap predicted filters; "
-        f"{sum(v.numel() for v in ck.state_dict.values()):,} parameters ({Path(ck.path).stat().st_size / 1e6:.2f} MB).",
+        f"{_size(ck)}.",
         f"- Lag {ck.lag} frames ({ck.lag / ck.fs:g} s); receptive field {ck.receptive_field} frames "
         f"({ck.receptive_field / ck.fs:g} s) plus the front end's running statistics "
         f"(baseline over {ck.config.horizon} frames, spectral subspace over {ck.config.cov_horizon}).",

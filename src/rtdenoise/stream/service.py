@@ -319,6 +319,7 @@ class Service:
                     name, tuple(header["shape"]), frames.dtype, inbox=Inbox(self.config.max_queue),
                     seq=Sequencer(self.engine, name, first_seq=header["seq"], checked=True, epoch=self.epoch),
                     window=self.config.latency_window)
+                st.piece = min(MAX_STEP, self.engine.max_step(st.shape))  # frames per engine turn
             if st is not None:
                 st.last_arrival, st.expiring, st.expired = time.monotonic(), False, False
             if not verdict.accepted:
@@ -345,8 +346,7 @@ class Service:
             work = []
             for name in self._ready:  # one piece per stream per round: a huge message takes turns
                 st = self._streams[name]
-                piece = min(MAX_STEP, self.engine.max_step(st.shape))
-                work.append((st, st.inbox.take(piece), st.reset_requested, st.expiring and not st.expired))
+                work.append((st, st.inbox.take(st.piece), st.reset_requested, st.expiring and not st.expired))
                 st.reset_requested = False
             self._ready.clear()
             for st, *_ in work:

@@ -34,6 +34,24 @@ class ValueRangeError(ValueError):
     """Finite frame values beyond :data:`MAX_COUNT`: refused before they reach any state."""
 
 
+def check_values(a: np.ndarray) -> None:
+    """Raise ValueError for NaN/inf and :class:`ValueRangeError` for finite values beyond
+    ±:data:`MAX_COUNT` in frames ``a`` (B, n, *frame) or (n, *frame); nothing was processed."""
+    if not (np.issubdtype(a.dtype, np.floating) or a.dtype.itemsize >= 8):  # smaller integers cannot exceed it
+        return
+    ok = np.abs(a) <= MAX_COUNT  # False for NaN and inf too: one pass for both checks
+    if ok.all():
+        return
+    bad = ~ok
+    first = int(np.argwhere(bad)[0, 1 if a.ndim > 2 else 0])
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        raise ValueError(f"frames contain {int((~np.isfinite(a)).sum())} NaN/inf values (first in frame {first} of the "
+                         "chunk); nothing was processed")
+    raise ValueRangeError(f"frames contain {int(bad.sum())} values beyond ±{MAX_COUNT:.3g} counts (first in frame {first} "
+                          "of the chunk), more than any detector counts and than the model's normalization takes; "
+                          "nothing was processed")
+
+
 MAX_STEP_FRAMES = 1024  # most frames per step offline and in the service ...
 MAX_STEP_VALUES = 2**21  # ... and most values: 8 frames of 512 x 512 (the front end works in float64)
 MAX_CHUNK_SHAPES = 8  # per-chunk-length buffers an engine keeps per state (chunk lengths are usually few)
@@ -219,21 +237,7 @@ class Engine:
             raise ValueError("a chunk must hold at least 1 frame, got 0")
         if batch is not None and a.shape[0] != batch:
             raise ValueError(f"chunk has {a.shape[0]} streams, the state holds {batch}")
-        if np.issubdtype(a.dtype, np.floating) or a.dtype.itemsize >= 8:  # smaller integers cannot exceed MAX_COUNT
-            ok = np.abs(a) <= MAX_COUNT  # False for NaN and inf too: one pass for both checks
-            if not ok.all():
-                bad = ~ok
-                first = int(np.argwhere(bad)[0, 1])
-                if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
-                    raise ValueError(
-                        f"frames contain {int((~np.isfinite(a)).sum())} NaN/inf values (first in frame {first} of the "
-                        "chunk); nothing was processed"
-                    )
-                raise ValueRangeError(
-                    f"frames contain {int(bad.sum())} values beyond ±{MAX_COUNT:.3g} counts (first in frame {first} of "
-                    "the chunk), more than any detector counts and than the model's normalization takes; "
-                    "nothing was processed"
-                )
+        check_values(a)
         return a
 
     def step(self, frames: np.ndarray, state: StreamState, *, checked: bool = False) -> np.ndarray:

@@ -48,7 +48,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 import msgpack
 import numpy as np
 
-from rtdenoise.backends.base import MAX_COUNT, ValueRangeError
+from rtdenoise.backends.base import ValueRangeError, check_values
 from rtdenoise.stream import wire
 
 __all__ = ["SERVICE_REASONS", "Limits", "StreamFormat", "Admission", "admit", "check_finite"]
@@ -113,12 +113,9 @@ _OUTPUT_KEYS_BYTES = 128  # what the output header adds beyond the input's and t
 
 
 def check_finite(frames: np.ndarray) -> np.ndarray:
-    """The frame check when no engine is at hand: NaN/inf (ValueError) and values beyond
-    ±:data:`~rtdenoise.backends.base.MAX_COUNT` (ValueRangeError) refused."""
-    if np.issubdtype(frames.dtype, np.floating) and not np.isfinite(frames).all():
-        raise ValueError("NaN/inf samples")
-    if (np.issubdtype(frames.dtype, np.floating) or frames.dtype.itemsize >= 8) and not (np.abs(frames) <= MAX_COUNT).all():
-        raise ValueRangeError(f"values beyond ±{MAX_COUNT:.3g} counts")
+    """The frame check when no engine is at hand: the engine's value check
+    (:func:`~rtdenoise.backends.base.check_values`: NaN/inf, values beyond ±2³² counts)."""
+    check_values(frames)
     return frames
 
 

@@ -67,7 +67,10 @@ def _service(seconds: float) -> dict:
     from rtdenoise.stream import control
     from rtdenoise.synth import simulate
 
-    sub, pub, ctl = (f"tcp://127.0.0.1:{_free_port()}" for _ in range(3))
+    import tempfile
+
+    sub, pub = (f"tcp://127.0.0.1:{_free_port()}" for _ in range(2))
+    ctl = f"ipc://{tempfile.mkdtemp(prefix='rtd-ab-')}/control"  # plaintext TCP control needs a flag since 12F
     proc = subprocess.Popen(
         [sys.executable, "-m", "rtdenoise.cli", "serve", "--bind-sub", "--sub", sub, "--pub", pub, "--control", ctl,
          "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -22,6 +22,7 @@ import json
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -96,7 +97,7 @@ class ServeProcess:
     def __init__(self, *extra: str):
         self.sub = f"tcp://127.0.0.1:{free_port()}"
         self.pub = f"tcp://127.0.0.1:{free_port()}"
-        self.control = f"tcp://127.0.0.1:{free_port()}"
+        self.control = f"ipc://{tempfile.mkdtemp(prefix='rtd-lat-')}/control"
         cmd = [sys.executable, "-m", "rtdenoise.cli", "serve", "--bind-sub", "--sub", self.sub, "--pub", self.pub,
                "--control", self.control, "--threads", "1", *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -39,6 +39,7 @@ import re
 import signal
 import socket
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -99,7 +100,9 @@ class ServeProcess:
 
     def __init__(self, model: str | os.PathLike, *, ports: dict | None = None, args: tuple = ()):
         self.model = str(model)
-        self.ports = ports or {k: free_port() for k in ("sub", "pub", "control")}
+        self.ports = ports or {k: free_port() for k in ("sub", "pub")}
+        # the same control endpoint across restarts; a killed service leaves a stale file the next bind replaces
+        self.control = f"ipc://{tempfile.mkdtemp(prefix='rtd-soak-')}/control"
         self.args = tuple(args)
         self.proc: subprocess.Popen | None = None
         self.addresses: dict[str, str] = {}
@@ -109,7 +112,7 @@ class ServeProcess:
         env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         cmd = [sys.executable, "-m", "rtdenoise.cli", "serve", "--model", self.model, "--bind-sub",
                "--sub", f"tcp://127.0.0.1:{self.ports['sub']}", "--pub", f"tcp://127.0.0.1:{self.ports['pub']}",
-               "--control", f"tcp://127.0.0.1:{self.ports['control']}", "--threads", "1", *self.args]
+               "--control", self.control, "--threads", "1", *self.args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         ready = threading.Event()
 

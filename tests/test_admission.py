@@ -203,3 +203,32 @@ def test_limits_decode_applies_the_size_limits():
 def test_service_reasons_and_the_docstring_example():
     assert set(admission.SERVICE_REASONS).isdisjoint(wire.REASONS)
     assert doctest.testmod(admission).failed == 0
+
+
+def test_a_sender_limited_to_stream_prefixes_publishes_nowhere_else(limits, engine):
+    known = {"rig1-a": StreamFormat((W,), np.dtype("<f4"), "rig1")}
+    kw = dict(check_frames=engine.check_frames, sender="rig1", allowed=("rig1-", "shared"))
+    for name in ("rig1-a", "rig1-new", "shared/x"):
+        assert admit(*_msg(name), known, limits, **kw).accepted, name
+    for name in ("rig2-a", "rig1", "Rig1-a"):
+        v = admit(*_msg(name), known, limits, **kw)
+        assert (v.reason, v.new) == ("stream_not_allowed", False), name
+        assert "rig1 may publish only to streams starting with 'rig1-', 'shared'" in v.message
+    # checked first: a stream it may not publish to is refused before anything else about it
+    v = admit(*_msg("rig2-a", np.full((1, 150), np.nan, "<f4")), known, limits, **kw)
+    assert v.reason == "stream_not_allowed"
+    assert admit(*_msg("rig2-a"), known, limits, check_frames=engine.check_frames, sender="rig1").accepted
+
+
+def test_one_sender_cannot_fill_the_stream_table(engine):
+    limits = Limits(frame_shape=(W,), max_streams=10, max_streams_per_sender=2)
+    held = {"a1": StreamFormat((W,), np.dtype("<f4"), "a"), "a2": StreamFormat((W,), np.dtype("<f4"), "a"),
+            "b1": StreamFormat((W,), np.dtype("<f4"), "b")}
+    v = admit(*_msg("a3"), held, limits, check_frames=engine.check_frames, sender="a")
+    assert (v.reason, v.new) == ("too_many_sender_streams", False)
+    assert "a already holds 2 streams (max_streams_per_sender=2)" in v.message
+    assert admit(*_msg("a1"), held, limits, check_frames=engine.check_frames, sender="a").accepted  # its own go on
+    assert admit(*_msg("b2"), held, limits, check_frames=engine.check_frames, sender="b").new  # others open theirs
+    assert admit(*_msg("a3"), held, limits, check_frames=engine.check_frames).new  # sender unknown: the global limit
+    assert admit(*_msg("a3"), held, Limits(frame_shape=(W,), max_streams=10), check_frames=engine.check_frames,
+                 sender="a").new  # no per-sender limit set

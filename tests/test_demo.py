@@ -29,7 +29,7 @@ def test_bench_latency_measures_a_running_service_from_outside(tiny_checkpoint, 
 
     ck = tiny_checkpoint("subspace", lag=2)
     with Service(model=ck, sub="tcp://127.0.0.1:*", bind_sub=True, pub="tcp://127.0.0.1:*",
-                 control="tcp://127.0.0.1:*", threads=1) as svc:
+                 control="ipc://*", threads=1) as svc:
         rc = main(["bench", "latency", "--pub", svc.addresses["sub"], "--connect", "--sub", svc.addresses["pub"],
                    "--rate", "100", "--seconds", "1", "--streams", "2", "--lag", "2", "--json"])
         status = svc.stats()

@@ -116,7 +116,7 @@ def test_the_live_service_denoises_a_movie_as_offline_unchanged(imaging_engine, 
     eng = imaging_engine("onnxruntime", "imaging-unet", 2)
     ref = eng.run(movie)
     with Service(engine=eng, sub="tcp://127.0.0.1:*", bind_sub=True, pub="tcp://127.0.0.1:*",
-                 control="tcp://127.0.0.1:*") as svc:
+                 control="ipc://*") as svc:
         pub = zmq.Context.instance().socket(zmq.PUB)
         pub.connect(svc.sub_address)
         sub = Subscriber(svc.pub_address)

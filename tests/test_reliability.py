@@ -188,7 +188,7 @@ def bad_message(draw, good: str, next_seq: int):
 def fuzz_rig(ck):
     """A running service, one PUB feeding it, a Subscriber on its output and its admission rules."""
     # Every example makes a new good stream: room for all of them (max_streams itself is tested below).
-    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control=ANY, max_streams=10_000, **FUZZ_LIMITS) as svc:
+    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control="ipc://*", max_streams=10_000, **FUZZ_LIMITS) as svc:
         pub = zmq.Context.instance().socket(zmq.PUB)
         pub.connect(svc.sub_address)
         sub = Subscriber(svc.pub_address)
@@ -280,7 +280,7 @@ def test_what_could_not_be_sent_is_refused_on_arrival_and_no_seq_shifts(ck):
     refused on arrival with a counted reason, and the outputs after them carry their own
     input's seq, the loss flagged in ``gap``."""
     x = np.full((2, W), 100, "|u1")
-    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control=ANY) as svc:
+    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control="ipc://*") as svc:
         pub = zmq.Context.instance().socket(zmq.PUB)
         pub.connect(svc.sub_address)
         sub = Subscriber(svc.pub_address)
@@ -310,7 +310,7 @@ def test_what_could_not_be_sent_is_refused_on_arrival_and_no_seq_shifts(ck):
 
 def test_limits_are_configurable_and_rejections_say_what_broke(ck, caplog):
     caplog.set_level(logging.WARNING, logger="rtdenoise.stream.service")
-    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control=ANY, max_streams=2,
+    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control="ipc://*", max_streams=2,
                  max_header_bytes=512, max_payload_bytes=8 * W * 4) as svc:
         pub = zmq.Context.instance().socket(zmq.PUB)
         pub.connect(svc.sub_address)
@@ -349,7 +349,7 @@ def test_oversized_part_costs_only_its_own_connection(ck, caplog):
     caplog.set_level(logging.INFO, logger="rtdenoise.stream.service")
     lim = dict(max_header_bytes=1024, max_payload_bytes=64 * W * 4)
     x = np.random.default_rng(1).poisson(300.0, (40, W)).astype("<f4")
-    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control=ANY, **lim) as svc:
+    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control="ipc://*", **lim) as svc:
         sub = Subscriber(svc.pub_address)
         good = Publisher(svc.sub_address, stream="good")
         bad = Publisher(svc.sub_address, stream="bad")
@@ -398,7 +398,7 @@ def test_connecting_input_comes_back_after_an_oversized_part(ck):
     addr = acq.getsockopt(zmq.LAST_ENDPOINT).decode()
     x = np.full((1, W), 100.0, "<f4")
     try:
-        with Service(model=ck, sub=addr, pub=ANY, control=ANY, max_header_bytes=1024, max_payload_bytes=4096) as svc:
+        with Service(model=ck, sub=addr, pub=ANY, control="ipc://*", max_header_bytes=1024, max_payload_bytes=4096) as svc:
             with Subscriber(svc.pub_address, streams="acq") as sub:
                 seq = [0]
 
@@ -425,7 +425,7 @@ def test_connecting_input_leaves_an_ordinary_restart_to_libzmq(ck):
     addr = probe.getsockopt(zmq.LAST_ENDPOINT).decode()
     probe.close(linger=0)
     x = np.full((1, W), 100.0, "<f4")
-    with Service(model=ck, sub=addr, pub=ANY, control=ANY) as svc:
+    with Service(model=ck, sub=addr, pub=ANY, control="ipc://*") as svc:
         with Subscriber(svc.pub_address, streams="acq") as sub:
             seq = 0
             for _ in range(3):  # the acquisition starts, sends, stops
@@ -465,7 +465,7 @@ def test_a_huge_message_is_stepped_in_bounded_pieces(ck):
 
     eng = _StepRecorder(load_engine(ck))
     x = np.random.default_rng(2).poisson(300.0, (3000, W)).astype("<f4")
-    with Service(engine=eng, sub=ANY, bind_sub=True, pub=ANY, control=ANY, max_queue=10) as svc:
+    with Service(engine=eng, sub=ANY, bind_sub=True, pub=ANY, control="ipc://*", max_queue=10) as svc:
         with Subscriber(svc.pub_address, streams="big") as sub, Publisher(svc.sub_address, stream="big") as pub:
             _wait_flowing(lambda: pub.send(x[:1], seq=0), sub, "big")
             eng.sizes.clear()
@@ -655,7 +655,7 @@ def test_idle_streams_are_flushed_and_forgotten_so_junk_names_cannot_lock_out_ne
     new stream until a restart). Idle streams now owe nothing and leave the table."""
     ck = tiny_checkpoint("subspace", 2)
     x = np.full((5, W), 100.0, "<f4")
-    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control=ANY, max_streams=3, stream_idle_s=0.6) as svc:
+    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control="ipc://*", max_streams=3, stream_idle_s=0.6) as svc:
         pub = zmq.Context.instance().socket(zmq.PUB)
         pub.connect(svc.sub_address)
         sub = Subscriber(svc.pub_address)
@@ -701,7 +701,7 @@ def test_a_huge_message_takes_turns_with_the_other_streams(ck):
     taking a turn between them, and its outputs are those of one pass."""
     big = np.random.default_rng(0).integers(80, 120, (20_000, W)).astype("|u1")
     x = np.full((1, W), 100, "|u1")
-    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control=ANY, max_queue=50_000) as svc:
+    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control="ipc://*", max_queue=50_000) as svc:
         pub = zmq.Context.instance().socket(zmq.PUB)
         pub.connect(svc.sub_address)
         sub = Subscriber(svc.pub_address)

@@ -38,7 +38,8 @@ def keys(tmp_path_factory):
     server = root / "server"
     security.create_keys(server)
     a_pub, a_sec = security.create_keys(root / "alice", name="alice")
-    (server / "authorized" / "alice.key").write_bytes(a_pub.read_bytes())
+    (server / "authorized" / "alice.key").write_bytes(a_pub.read_bytes())  # data: publish and subscribe
+    (server / "authorized" / "control" / "alice.key").write_bytes(a_pub.read_bytes())  # and control
     _, m_sec = security.create_keys(root / "mallory", name="mallory")
     return {"dir": server, "server_pub": server / "server.key", "alice": (a_sec, server / "server.key"),
             "mallory": (m_sec, server / "server.key")}
@@ -93,7 +94,7 @@ def test_keys_cli_makes_pairs_authorizes_and_refuses_to_overwrite(tmp_path, caps
 
 
 def test_service_refuses_to_start_without_usable_keys(ck, keys, tmp_path):
-    kw = dict(model=ck, sub=ANY, bind_sub=True, pub=ANY, control=ANY)
+    kw = dict(model=ck, sub=ANY, bind_sub=True, pub=ANY, control="ipc://*")
     with pytest.raises(FileNotFoundError, match="rtdenoise keys"):
         Service(curve_keys=str(tmp_path / "nope"), **kw)
     (tmp_path / "empty").mkdir()
@@ -117,7 +118,7 @@ def test_service_refuses_to_start_without_usable_keys(ck, keys, tmp_path):
 
 def test_allowed_client_is_served_refused_and_plaintext_clients_get_nothing(ck, keys, noisy_frames):
     x = noisy_frames(60)
-    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control=ANY, curve_keys=str(keys["dir"])) as svc:
+    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control="ipc://*", curve_keys=str(keys["dir"])) as svc:
         a = svc.addresses
         alice_sub = Subscriber(a["pub"], streams="good", curve_keys=keys["alice"])
         alice_pub = Publisher(a["sub"], stream="good", curve_keys=keys["alice"])
@@ -145,7 +146,8 @@ def test_allowed_client_is_served_refused_and_plaintext_clients_get_nothing(ck, 
             assert _drain(mallory_sub, 0.3) == [] and _drain(plain_sub, 0.01) == []
 
             st = control(a["control"], "status", curve_keys=keys["alice"])
-            assert st["ok"] and st["security"] == {"curve": True, "authorized_keys": 1}
+            assert st["ok"] and st["security"] == {"curve": True, "authorized_keys": 1, "control": "curve", "roles": {
+                "publish": 1, "subscribe": 1, "control": 1, "stream_limited": 0}}
             assert set(st["streams"]) == {"good"}  # nothing from mallory or the plaintext publisher
             g = st["streams"]["good"]
             assert g["frames_in"] >= 60 + 1 and g["frames_out"] == g["frames_in"] and g["rejected"] == 0
@@ -171,6 +173,79 @@ def test_allowed_client_is_served_refused_and_plaintext_clients_get_nothing(ck, 
                 c.close()
 
 
+def test_each_socket_admits_only_the_keys_of_its_role_and_a_publisher_only_its_streams(ck, tmp_path, noisy_frames):
+    """A display's key cannot publish or stop the service; a rig's key publishes only to its
+    streams and cannot read outputs; only a control key gets status."""
+    d = tmp_path / "svc"
+    security.create_keys(d)
+    assert all((d / "authorized" / r).is_dir() for r in security.ROLES)
+    security.make_keys(tmp_path / "rig", "rig", authorize=d, role="publish", streams=["rig-"])
+    security.make_keys(tmp_path / "display", "display", authorize=d, role="subscribe")
+    security.make_keys(tmp_path / "admin", "admin", authorize=d, role="control")
+    keys = security.load_server_keys(d)
+    assert keys.summary() == {"publish": 1, "subscribe": 1, "control": 1, "stream_limited": 1}
+
+    def k(name):
+        return tmp_path / name / f"{name}.key_secret", d / "server.key"
+
+    x = noisy_frames(20)
+    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control="ipc://*", curve_keys=str(d)) as svc:
+        a = svc.addresses
+        with Subscriber(a["pub"], curve_keys=k("display")) as display, \
+                Publisher(a["sub"], stream="rig-1", curve_keys=k("rig")) as rig, \
+                Publisher(a["sub"], stream="elsewhere", curve_keys=k("rig")) as rig_elsewhere, \
+                Publisher(a["sub"], stream="rig-2", curve_keys=k("display")) as display_pub, \
+                Subscriber(a["pub"], curve_keys=k("rig")) as rig_sub:
+            _until_flowing(rig, display, x[0])
+            for i in range(20):
+                rig.send(x[i], seq=1000 + i)
+                rig_elsewhere.send(x[i])
+                display_pub.send(x[i])
+            got = []
+            while sum(len(f) for _, f in got) < 20:
+                h, f = display.recv(timeout=10)
+                assert h["stream"] == "rig-1"
+                if h["seq"] >= 1000:
+                    got.append((h, f))
+            assert _drain(rig_sub, 0.3) == []  # a publisher's key reads nothing
+
+            with pytest.raises(TimeoutError, match="authorized/control/"):
+                control(a["control"], "stop", curve_keys=k("display"), timeout=0.5)
+            with pytest.raises(TimeoutError):
+                control(a["control"], "reset", curve_keys=k("rig"), timeout=0.5)
+            st = control(a["control"], "status", curve_keys=k("admin"))
+            assert set(st["streams"]) == {"rig-1"} and st["streams"]["rig-1"]["sender"] == "publish/rig"
+            assert st["rejected_by_reason"].get("stream_not_allowed", 0) >= 1  # the rig's other stream
+            assert st["security"]["roles"] == keys.summary()
+            c = st["connections"]
+            assert c["sub"]["auth_refused"] >= 1  # the display's publisher
+            assert c["pub"]["auth_refused"] >= 1  # the rig's subscriber
+            assert c["control"]["auth_refused"] >= 2  # display and rig
+            assert svc.stats()["running"]
+
+
+def test_key_folders_that_cannot_work_are_refused_with_the_fix(tmp_path):
+    d = tmp_path / "svc"
+    security.create_keys(d)
+    security.make_keys(tmp_path / "v", "viewer", authorize=d, role="subscribe")
+    (d / "authorized" / "subscribe" / "viewer.streams").write_text("v-\n")
+    with pytest.raises(ValueError, match="only a key that may publish can be limited"):
+        security.load_server_keys(d)
+    (d / "authorized" / "subscribe" / "viewer.streams").unlink()
+    security.make_keys(tmp_path / "r", "rig", authorize=d)
+    (d / "authorized" / "rig.streams").write_text("# nothing\n\n")
+    with pytest.raises(ValueError, match="lists no stream-name prefix"):
+        security.load_server_keys(d)
+    (d / "authorized" / "rig.streams").write_text("rig-  # its own\nshared\n")
+    keys = security.load_server_keys(d)
+    rig = next(k for k, n in keys.names.items() if n == "rig")
+    assert keys.streams[rig] == ("rig-", "shared") and keys.roles_of(rig) == ["publish", "subscribe"]
+    with pytest.raises(ValueError, match="a 'control' key publishes nothing"):
+        security.make_keys(tmp_path / "c", "ctl", authorize=d, role="control", streams=["x"])
+    with pytest.raises(ValueError, match="give --authorize"):
+        security.make_keys(tmp_path / "c", "ctl", role="control")
+
+
 def test_curve_with_the_service_input_connecting_to_a_binding_acquisition(ck, keys, noisy_frames):
     """The service stays the CURVE server when its input connects; the acquisition that binds is a client."""
     x = noisy_frames(30)
@@ -179,7 +254,7 @@ def test_curve_with_the_service_input_connecting_to_a_binding_acquisition(ck, ke
     probe.bind(ANY)
     acq = probe.getsockopt(zmq.LAST_ENDPOINT).decode()
     probe.close(linger=0)
-    with Service(model=ck, sub=acq, pub=ANY, control=ANY, curve_keys=str(keys["dir"])) as svc:
+    with Service(model=ck, sub=acq, pub=ANY, control="ipc://*", curve_keys=str(keys["dir"])) as svc:
         with Subscriber(svc.pub_address, streams="rep", curve_keys=keys["alice"]) as sub:
             result = []
             th = threading.Thread(target=lambda: result.append(replay(
@@ -208,7 +283,7 @@ def test_cli_serve_refuses_to_start_with_missing_keys(tmp_path, capsys):
 def test_cli_status_with_and_without_client_keys(ck, keys, capsys):
     from rtdenoise.cli import main
 
-    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control=ANY, curve_keys=str(keys["dir"])) as svc:
+    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control="ipc://*", curve_keys=str(keys["dir"])) as svc:
         ctl = svc.control_address
         a_sec, s_pub = keys["alice"]
         assert main(["status", "--control", ctl, "--client-key", str(a_sec), "--server-key", str(s_pub)]) == 0
@@ -232,13 +307,71 @@ def test_loopback_by_default_and_the_warning_says_how_to_turn_on_curve(ck, keys)
     for addr in ("tcp://0.0.0.0:5555", "tcp://*:5555", "tcp://192.168.1.2:5555", "tcp://eth0:5555", "udp://127.0.0.1:1"):
         assert not security.is_loopback(addr), addr
     with pytest.warns(RuntimeWarning, match=r"--curve-keys DIR.*rtdenoise keys|rtdenoise keys.*--curve-keys"):
-        Service(model=ck, sub=ANY, bind_sub=True, pub="tcp://0.0.0.0:*", control=ANY).stop()
+        Service(model=ck, sub=ANY, bind_sub=True, pub="tcp://0.0.0.0:*", control="ipc://*").stop()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # with CURVE on, binding every interface is fine
-        svc = Service(model=ck, sub=ANY, bind_sub=True, pub="tcp://0.0.0.0:*", control=ANY,
+        svc = Service(model=ck, sub=ANY, bind_sub=True, pub="tcp://0.0.0.0:*", control="ipc://*",
                       curve_keys=str(keys["dir"]))
         assert svc.stats()["security"]["curve"]
         svc.stop()
+
+
+def test_control_is_local_ipc_by_default_and_plaintext_tcp_control_needs_a_flag(ck, keys, tmp_path):
+    from rtdenoise.stream.service import ServiceConfig
+
+    assert ServiceConfig().control.startswith("ipc://")
+    with pytest.raises(ValueError, match="--allow-tcp-control"):
+        ServiceConfig(control="tcp://127.0.0.1:5557").validate()
+    ServiceConfig(control="tcp://127.0.0.1:5557", allow_tcp_control=True).validate()
+    ServiceConfig(control="tcp://127.0.0.1:5557", curve_keys=str(keys["dir"])).validate()  # CURVE: control keys only
+
+    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control="ipc://*") as svc:
+        path = Path(svc.control_address[len("ipc://"):])
+        assert stat.S_ISSOCK(path.stat().st_mode) and stat.S_IMODE(path.stat().st_mode) == 0o600  # this user only
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        assert control(svc.control_address, "status")["security"]["control"] == "ipc"
+        # libzmq would silently take the path over from the running service: refused instead
+        with pytest.raises(ValueError, match="another process is listening there"):
+            Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control=svc.control_address)
+        assert control(svc.control_address, "status")["ok"]
+    assert not path.parent.exists()  # the private folder of ipc://* goes with the service
+
+    # a socket file left by a service that died (kill -9) is replaced; a missing folder is made private
+    import socket
+
+    stale = tmp_path / "run" / "ctl"
+    stale.parent.mkdir()
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(str(stale))
+    dead.close()
+    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control=f"ipc://{stale}") as svc:
+        assert control(svc.control_address, "status")["ok"]
+    fresh = tmp_path / "new" / "ctl"
+    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control=f"ipc://{fresh}") as svc:
+        assert stat.S_IMODE(fresh.parent.stat().st_mode) == 0o700
+        assert control(svc.control_address, "status")["ok"]
+
+
+def test_one_sender_cannot_fill_the_stream_table(ck, noisy_frames):
+    """Without CURVE the sender is the peer address: every local publisher shares 127.0.0.1."""
+    x = noisy_frames(3)
+    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control="ipc://*", max_streams_per_sender=2) as svc:
+        pubs = [Publisher(svc.sub_address, stream=f"s{i}") for i in range(3)]
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                for p in pubs:
+                    p.send(x[0])
+                st = svc.stats()
+                if st["n_streams"] == 2 and st["rejected_by_reason"].get("too_many_sender_streams"):
+                    break
+                time.sleep(0.05)
+            assert st["n_streams"] == 2 and st["rejected_by_reason"]["too_many_sender_streams"] >= 1
+            assert {s["sender"] for s in st["streams"].values()} == {"127.0.0.1"}
+            assert st["max_streams_per_sender"] == 2
+        finally:
+            for p in pubs:
+                p.close()
 
 
 # ----------------------------------------------------------------------------- no pickle
@@ -265,7 +398,7 @@ def test_checkpoints_load_only_weights_a_pickled_object_never_runs(ck, tmp_path)
         load(bad)
     assert not ran.exists()
     with pytest.raises(Exception):
-        Service(model=str(bad), sub=ANY, bind_sub=True, pub=ANY, control=ANY)
+        Service(model=str(bad), sub=ANY, bind_sub=True, pub=ANY, control="ipc://*")
     assert not ran.exists()
 
 

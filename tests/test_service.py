@@ -116,7 +116,7 @@ class Rig:
 
 @contextlib.contextmanager
 def rig(model, **kw):
-    with Service(model=model, sub=ANY, bind_sub=True, pub=ANY, control=ANY, **kw) as svc:
+    with Service(model=model, sub=ANY, bind_sub=True, pub=ANY, control="ipc://*", **kw) as svc:
         r = Rig(svc)
         try:
             yield r
@@ -298,7 +298,7 @@ def test_overflow_drops_oldest_and_counts_every_frame(ckpt, rec):
     ck = ckpt("spectral", 0)
     x = rec(100)
     engine = _SlowEngine(load_engine(ck), 0.02)
-    with Service(engine=engine, sub=ANY, bind_sub=True, pub=ANY, control=ANY, max_queue=4) as svc:
+    with Service(engine=engine, sub=ANY, bind_sub=True, pub=ANY, control="ipc://*", max_queue=4) as svc:
         r = Rig(svc)
         try:
             r.send_all("burst", x)
@@ -348,7 +348,7 @@ def test_frames_are_validated_once_on_arrival_and_stepped_as_checked(ckpt, rec):
     bad = x[:1].copy()
     bad[0, 3] = np.inf
     engine = _Counting(load_engine(ck))
-    with Service(engine=engine, sub=ANY, bind_sub=True, pub=ANY, control=ANY) as svc:
+    with Service(engine=engine, sub=ANY, bind_sub=True, pub=ANY, control="ipc://*") as svc:
         r = Rig(svc)
         try:
             r.send("once", bad, 0)  # refused on arrival (bad_frames): never stepped
@@ -368,7 +368,7 @@ def test_frames_are_validated_once_on_arrival_and_stepped_as_checked(ckpt, rec):
 
 def test_control_status_reset_stop_and_errors(ckpt, rec):
     ck = ckpt("spectral", 0)
-    svc = Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control=ANY).start()
+    svc = Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control="ipc://*").start()
     addr = svc.control_address
     try:
         r = Rig(svc)
@@ -409,13 +409,13 @@ def test_control_status_reset_stop_and_errors(ckpt, rec):
 
 def test_bad_model_path_and_busy_address_fail_at_construction(ckpt, tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pt"):
-        Service(model=str(tmp_path / "nope.pt"), sub=ANY, bind_sub=True, pub=ANY, control=ANY)
+        Service(model=str(tmp_path / "nope.pt"), sub=ANY, bind_sub=True, pub=ANY, control="ipc://*")
     ck = ckpt("spectral", 0)
-    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control=ANY) as svc:
+    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control="ipc://*") as svc:
         with pytest.raises(ValueError, match=re.escape(svc.pub_address)):
-            Service(model=ck, sub=ANY, bind_sub=True, pub=svc.pub_address, control=ANY)
+            Service(model=ck, sub=ANY, bind_sub=True, pub=svc.pub_address, control="ipc://*")
     with pytest.warns(RuntimeWarning, match="reachable from other machines"):
-        Service(model=ck, sub=ANY, bind_sub=True, pub="tcp://0.0.0.0:*", control=ANY).stop()
+        Service(model=ck, sub=ANY, bind_sub=True, pub="tcp://0.0.0.0:*", control="ipc://*").stop()
 
 
 # ----------------------------------------------------------------------------- replay
@@ -494,7 +494,7 @@ def _start_serve(model_path):
     env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "rtdenoise.cli", "serve", "--model", str(model_path), "--bind-sub",
-         "--sub", ANY, "--pub", ANY, "--control", ANY, "--threads", "1"],
+         "--sub", ANY, "--pub", ANY, "--control", "ipc://*", "--threads", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     line = []
@@ -608,7 +608,7 @@ def test_control_requests_are_handled_without_sockets():
 
 
 def test_reset_with_a_stream_that_is_not_a_name_is_an_error_reply(ckpt):
-    with Service(model=ckpt(), sub=ANY, bind_sub=True, pub=ANY, control=ANY) as svc:
+    with Service(model=ckpt(), sub=ANY, bind_sub=True, pub=ANY, control="ipc://*") as svc:
         reply = control(svc.control_address, "reset", stream=["rig1"])
         assert reply["ok"] is False and "stream name" in reply["error"]
         assert control(svc.control_address, "status")["ok"] is True  # still serving

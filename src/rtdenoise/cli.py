@@ -278,9 +278,15 @@ def _add_serve(sub) -> None:
     p.add_argument("--sub", default=d.sub, help="input endpoint (connects; see --bind-sub)")
     p.add_argument("--bind-sub", action="store_true", default=d.bind_sub, help="bind the input instead of connecting to the acquisition")
     p.add_argument("--pub", default=d.pub, help="output endpoint (bound); 'tcp://127.0.0.1:*' = a free port")
-    p.add_argument("--control", default=d.control, help="control endpoint (bound, JSON status/reset/stop)")
+    p.add_argument("--control", default=d.control,
+                   help="control endpoint (bound, JSON status/reset/stop); default a local IPC socket only this "
+                        "user reaches; 'ipc://*' = a new private one")
+    p.add_argument("--allow-tcp-control", action="store_true",
+                   help="allow a plaintext tcp:// --control (any local process could then stop the service)")
     p.add_argument("--max-queue", type=int, default=d.max_queue, help="frames per stream waiting for the engine; beyond, the oldest are dropped")
     p.add_argument("--max-streams", type=int, default=d.max_streams, help="streams held at once; messages of more are rejected")
+    p.add_argument("--max-streams-per-sender", type=int, default=d.max_streams_per_sender, metavar="N",
+                   help="new streams one sender may open (its CURVE key, else its address); default no limit")
     p.add_argument("--stream-idle", type=float, default=d.stream_idle_s, metavar="SECONDS",
                    help=f"forget a stream after this long without a message, flushing what it owes (0: never; default {d.stream_idle_s:g})")
     p.add_argument("--max-header-bytes", type=int, default=d.max_header_bytes,
@@ -289,7 +295,8 @@ def _add_serve(sub) -> None:
                    help="larger payloads are rejected; a part over this (ZMQ_MAXMSGSIZE) closes its connection")
     p.add_argument("--curve-keys", default=d.curve_keys, metavar="DIR",
                    help="CURVE encryption + authentication on every socket: DIR holds server.key_secret and "
-                        "authorized/*.key (make them with `rtdenoise keys DIR`)")
+                        "authorized/*.key (publish and subscribe), authorized/{publish,subscribe,control}/*.key "
+                        "(one role each); make them with `rtdenoise keys DIR`")
     p.add_argument("--subscribe", action="append", default=None, metavar="PREFIX",
                    help="take only streams whose name starts with PREFIX (repeatable; default all)")
     p.add_argument("--threads", type=int, default=d.threads, help="the engine's CPU threads (default 1: lowest latency for one frame)")
@@ -308,7 +315,8 @@ def cmd_serve(args) -> int:
                         format="rtdenoise serve: %(levelname)s: %(message)s")
     cfg = ServiceConfig(
         model=args.model, backend=args.backend, sub=args.sub, bind_sub=args.bind_sub, pub=args.pub,
-        control=args.control, max_queue=args.max_queue, max_streams=args.max_streams, stream_idle_s=args.stream_idle,
+        control=args.control, allow_tcp_control=args.allow_tcp_control, max_queue=args.max_queue,
+        max_streams=args.max_streams, max_streams_per_sender=args.max_streams_per_sender, stream_idle_s=args.stream_idle,
         subscribe=tuple(args.subscribe) if args.subscribe else ServiceConfig.subscribe, threads=args.threads,
         curve_keys=args.curve_keys,
         max_header_bytes=args.max_header_bytes, max_payload_bytes=args.max_payload_bytes,
@@ -424,6 +432,11 @@ def _add_keys(sub) -> None:
                    help="'server' (default: the service's pair, plus an empty DIR/authorized/) or a client's name")
     p.add_argument("--authorize", default=None, metavar="SERVER_DIR",
                    help="also copy the new public key into SERVER_DIR/authorized/ (a client's key)")
+    p.add_argument("--role", default="data", choices=["data", "publish", "subscribe", "control"],
+                   help="with --authorize: what the key may do (data: publish and subscribe; control: "
+                        "status/reset/stop)")
+    p.add_argument("--streams", nargs="+", default=(), metavar="PREFIX",
+                   help="with --authorize: the stream-name prefixes this key may publish to (default: any)")
     p.add_argument("--force", action="store_true", help="replace an existing pair")
     p.set_defaults(func=cmd_keys)
 
@@ -431,7 +444,8 @@ def _add_keys(sub) -> None:
 def cmd_keys(args) -> int:
     from rtdenoise.security import make_keys
 
-    print("\n".join(make_keys(args.dir, args.name, authorize=args.authorize, force=args.force)))
+    print("\n".join(make_keys(args.dir, args.name, authorize=args.authorize, role=args.role, streams=args.streams,
+                                   force=args.force)))
     return 0
 
 

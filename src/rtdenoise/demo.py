@@ -51,7 +51,7 @@ def run_demo(
     ref = rec["clean"] + rec["static"]
 
     service = Service(model=model, backend=backend, sub="tcp://127.0.0.1:*", bind_sub=True,
-                      pub="tcp://127.0.0.1:*", control="tcp://127.0.0.1:*", threads=1)
+                      pub="tcp://127.0.0.1:*", control="ipc://*", threads=1)
     lag = service.lag
     bar = tqdm(total=n - lag, disable=not progress, unit="frame", dynamic_ncols=True, mininterval=0.5)
     last = [0.0]

@@ -25,12 +25,23 @@ Files, as :func:`zmq.auth.create_certificates` writes them (text "certificates")
 
 A key directory for the service (``rtdenoise keys DIR``)::
 
-    DIR/server.key           give to every client (they need the server's public key)
-    DIR/server.key_secret    stays with the service
-    DIR/authorized/          the public keys (NAME.key) of the clients allowed in
+    DIR/server.key                 give to every client (they need the server's public key)
+    DIR/server.key_secret          stays with the service
+    DIR/authorized/NAME.key        data clients: may publish frames and subscribe to outputs
+    DIR/authorized/publish/        keys that may only publish frames (an acquisition rig)
+    DIR/authorized/subscribe/      keys that may only subscribe (a display, a controller)
+    DIR/authorized/control/        keys that may use the control socket (status, reset, stop)
+    DIR/authorized/**/NAME.streams optional, beside a key that may publish: the stream-name
+                                   prefixes it may publish to, one per line
 
-and a client (``rtdenoise keys CLIENTDIR --name rig1``) holds ``rig1.key_secret``
-and sends its ``rig1.key`` to the service's ``authorized/``.
+Each of the service's sockets checks its own role (its ZAP domain): a display's key
+cannot publish into a stream nor stop the service. Only keys in ``authorized/control/``
+reach the control socket. A publisher with ``NAME.streams`` sees its messages to any
+other stream refused (``stream_not_allowed``).
+
+A client (``rtdenoise keys CLIENTDIR --name rig1``) holds ``rig1.key_secret`` and sends its
+``rig1.key`` to the service's ``authorized/`` folder of its role
+(``--authorize DIR --role publish --streams rig1``). Keys are read when the service starts.
 
 Examples
 --------
@@ -41,6 +52,8 @@ Examples
 >>> _ = (d / "authorized" / "rig1.key").write_bytes(cpub.read_bytes())
 >>> load_server_keys(d).n_authorized
 1
+>>> sorted(load_server_keys(d).roles_of(cpub.read_bytes().split(b'"')[1]))
+['publish', 'subscribe']
 >>> client_keys((csec, pub)).server_public == load_server_keys(d).public
 True
 """
@@ -50,13 +63,14 @@ from __future__ import annotations
 import os
 import stat
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 __all__ = [
     "SERVER_NAME",
     "AUTHORIZED",
+    "ROLES",
     "ServerKeys",
     "ClientKeys",
     "create_keys",
@@ -70,6 +84,10 @@ __all__ = [
 
 SERVER_NAME = "server"  # the service's key pair: server.key, server.key_secret
 AUTHORIZED = "authorized"  # sub-folder of allowed clients' public keys (*.key)
+#: Roles, each a sub-folder of ``authorized/`` and the ZAP domain of one service socket.
+ROLES = ("publish", "subscribe", "control")
+DATA_ROLES = ("publish", "subscribe")  # what a key directly in authorized/ may do
+STREAMS_SUFFIX = ".streams"  # beside NAME.key: the stream-name prefixes that key may publish to
 
 _HOW = "make one with `rtdenoise keys DIR` (the service's pair) and `rtdenoise keys DIR --name NAME` (a client's)"
 
@@ -125,19 +143,39 @@ def create_keys(directory: str | os.PathLike, name: str = SERVER_NAME, *, force:
     os.chmod(sec_s, 0o600)
     os.chmod(pub_s, 0o644)
     if name == SERVER_NAME:
-        (d / AUTHORIZED).mkdir(exist_ok=True)
+        for role in ROLES:
+            (d / AUTHORIZED / role).mkdir(parents=True, exist_ok=True)
     return Path(pub_s), Path(sec_s)
 
 
 @dataclass(frozen=True)
 class ServerKeys:
-    """The service's key pair and the folder of allowed clients' public keys."""
+    """The service's key pair and what each allowed client key may do.
+
+    ``roles``: role -> the z85 public keys allowed it; ``names``: key -> where it was
+    found (``"publish/rig1"``, ``"alice"``), for status and logs; ``streams``: key -> the
+    stream-name prefixes it may publish to (absent: any stream).
+    """
 
     public: bytes  # z85, 40 bytes
     secret: bytes
     directory: Path
     authorized_dir: Path
-    n_authorized: int
+    roles: Mapping[str, frozenset] = field(default_factory=dict)
+    names: Mapping[bytes, str] = field(default_factory=dict)
+    streams: Mapping[bytes, tuple] = field(default_factory=dict)
+
+    @property
+    def n_authorized(self) -> int:
+        """Distinct client keys allowed in, in any role."""
+        return len(self.names)
+
+    def roles_of(self, key: bytes) -> list[str]:
+        return [r for r in ROLES if key in self.roles.get(r, ())]
+
+    def summary(self) -> dict:
+        """For status: keys per role, and how many publishers are limited to streams."""
+        return {**{r: len(self.roles.get(r, ())) for r in ROLES}, "stream_limited": len(self.streams)}
 
 
 @dataclass(frozen=True)
@@ -152,11 +190,19 @@ class ClientKeys:
 
 
 def make_keys(directory: str | os.PathLike, name: str = SERVER_NAME, *, authorize: str | os.PathLike | None = None,
-              force: bool = False) -> list[str]:
+              role: str = "data", streams: list[str] | tuple[str, ...] = (), force: bool = False) -> list[str]:
     """``rtdenoise keys``: :func:`create_keys`, optionally authorizing a client's key with a
-    service (copied into ``authorize/authorized/``). Returns what to tell the user, a line each."""
+    service: copied into ``authorize/authorized/`` (``role="data"``: publish and subscribe)
+    or its ``publish/``, ``subscribe/`` or ``control/`` folder, with a ``NAME.streams`` file
+    when ``streams`` limits what it may publish. Returns what to tell the user, a line each."""
     import shutil
 
+    if role not in ("data", *ROLES):
+        raise ValueError(f"role must be 'data' (publish and subscribe) or one of {ROLES}, got {role!r}")
+    if (role != "data" or streams) and not authorize:
+        raise ValueError("--role and --streams say how to authorize a client's key: give --authorize SERVER_DIR")
+    if streams and role not in ("data", "publish"):
+        raise ValueError(f"--streams limits what a key may publish; a {role!r} key publishes nothing")
     if authorize and name == SERVER_NAME:
         raise ValueError("--authorize copies a client's key; give the client a --name")
     if authorize and not (Path(authorize) / AUTHORIZED).is_dir():
@@ -165,18 +211,28 @@ def make_keys(directory: str | os.PathLike, name: str = SERVER_NAME, *, authoriz
     public, secret = create_keys(directory, name, force=force)
     lines = [f"wrote {public} (public) and {secret} (secret, mode 600)"]
     if name == SERVER_NAME:
+        auth = Path(directory) / AUTHORIZED
         lines += [f"serve with: rtdenoise serve --curve-keys {directory}  (allowed clients' NAME.key go in "
-                  f"{Path(directory) / AUTHORIZED}/)",
+                  f"{auth}/ to publish and subscribe, {auth}/control/ to use status/reset/stop)",
                   f"clients need {public}: e.g. rtdenoise status --client-key CLIENT.key_secret --server-key {public}"]
         return lines
     if authorize:
-        dst = Path(authorize) / AUTHORIZED / public.name
+        folder = Path(authorize) / AUTHORIZED / ("" if role == "data" else role)
+        folder.mkdir(exist_ok=True)
+        dst = folder / public.name
         shutil.copyfile(public, dst)
-        lines.append(f"authorized: copied {public.name} to {dst}")
+        what = "publish and subscribe" if role == "data" else role
+        lines.append(f"authorized: copied {public.name} to {dst} (may {what}; the service reads keys when it starts)")
+        if streams:
+            (folder / f"{name}{STREAMS_SUFFIX}").write_text("".join(f"{x}\n" for x in streams), encoding="utf-8")
+            lines.append(f"limited to streams starting with {', '.join(map(repr, streams))} "
+                         f"({folder / (name + STREAMS_SUFFIX)})")
     else:
-        lines.append(f"copy {public} into the service's DIR/{AUTHORIZED}/ to let this client in")
+        lines.append(f"copy {public} into the service's DIR/{AUTHORIZED}/ (or its publish/, subscribe/ or control/ "
+                     "folder) to let this client in")
     lines.append(f"this client uses: --client-key {secret} --server-key <service DIR>/server.key")
     return lines
+
 
 def _load(path: Path, what: str, *, secret: bool) -> tuple[bytes, bytes | None]:
     import zmq.auth
@@ -223,15 +279,38 @@ def load_server_keys(directory: str | os.PathLike) -> ServerKeys:
             f"{auth} does not exist; create it and copy there the NAME.key of every client allowed in "
             "(`rtdenoise keys CLIENTDIR --name NAME` makes one)"
         )
-    keys = sorted(auth.glob("*.key"))
-    for k in keys:
-        _load(k, "the authorized client key", secret=False)
-    if not keys:
+    roles: dict[str, set] = {r: set() for r in ROLES}
+    names: dict[bytes, str] = {}
+    streams: dict[bytes, set] = {}
+    for folder, allowed in ((auth, DATA_ROLES), *((auth / r, (r,)) for r in ROLES)):
+        for k in sorted(folder.glob("*.key")) if folder.is_dir() else ():
+            key, _ = _load(k, "the authorized client key", secret=False)
+            names.setdefault(key, str(k.relative_to(auth).with_suffix("")))
+            for r in allowed:
+                roles[r].add(key)
+            limit = k.with_suffix(STREAMS_SUFFIX)
+            if limit.exists():
+                if "publish" not in allowed:
+                    raise ValueError(f"{limit}: only a key that may publish can be limited to streams "
+                                     f"(put it in {auth}/ or {auth / 'publish'}/)")
+                streams.setdefault(key, set()).update(_read_streams(limit))
+    if not names:
         raise ValueError(
-            f"no client public keys (*.key) in {auth}: no client could connect. Make a client pair with "
-            f"`rtdenoise keys CLIENTDIR --name NAME` and copy CLIENTDIR/NAME.key into {auth}/"
+            f"no client public keys (*.key) in {auth} or its {', '.join(ROLES)}/ folders: no client could connect. "
+            f"Make a client pair with `rtdenoise keys CLIENTDIR --name NAME` and copy CLIENTDIR/NAME.key into {auth}/"
         )
-    return ServerKeys(pub, sec, d, auth, len(keys))
+    return ServerKeys(pub, sec, d, auth, {r: frozenset(v) for r, v in roles.items()}, names,
+                      {k: tuple(sorted(v)) for k, v in streams.items()})
+
+
+def _read_streams(path: Path) -> list[str]:
+    """A ``NAME.streams`` file: stream-name prefixes, one per line; ``#`` starts a comment."""
+    lines = [ln.split("#", 1)[0].strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    prefixes = [ln for ln in lines if ln]
+    if not prefixes:
+        raise ValueError(f"{path} lists no stream-name prefix: that key could publish nothing; list the "
+                         "prefixes it may publish to, one per line, or delete the file to allow every stream")
+    return prefixes
 
 
 def client_keys(spec: Any) -> ClientKeys | None:
@@ -253,8 +332,12 @@ def client_keys(spec: Any) -> ClientKeys | None:
     return ClientKeys(pub, sec, spub)
 
 
-def apply_server(sock, keys: ServerKeys) -> None:
-    """Make ``sock`` the CURVE server side with the service's keys (before bind/connect)."""
+def apply_server(sock, keys: ServerKeys, role: str) -> None:
+    """Make ``sock`` the CURVE server side with the service's keys, admitting the clients
+    allowed ``role`` (one of :data:`ROLES`; before bind/connect)."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    sock.zap_domain = role.encode()
     sock.curve_secretkey = keys.secret
     sock.curve_publickey = keys.public
     sock.curve_server = True
@@ -285,12 +368,24 @@ def is_loopback(address: str) -> bool:
     return host in ("localhost", "::1", "lo") or host.startswith("127.")
 
 
+class _RoleCheck:
+    """pyzmq's CURVE credentials provider for one role (ZAP domain): is this key allowed it?"""
+
+    def __init__(self, keys: frozenset):
+        self.keys = keys
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key in self.keys
+
+
 def start_authenticator(context, keys: ServerKeys):
-    """Start the ZAP handler that admits only the keys in ``keys.authorized_dir``.
+    """Start the ZAP handler that admits each socket's clients by role: a socket's ZAP
+    domain (:func:`apply_server`) is its role, and only the keys allowed that role get in.
 
     One per :class:`zmq.Context` (it binds ``inproc://zeromq.zap.01``); it must run
     before the server sockets bind, or libzmq admits every client. Returns the
     :class:`~zmq.auth.thread.ThreadAuthenticator`; call ``.stop()`` after closing the sockets.
+    A message's ``User-Id`` property is then the sender's z85 public key.
     """
     import zmq
     from zmq.auth.thread import ThreadAuthenticator
@@ -303,5 +398,6 @@ def start_authenticator(context, keys: ServerKeys):
             f"cannot start the CURVE authenticator on this ZeroMQ context ({e}); another one already runs "
             "there: give the service its own context (the default when curve_keys is set)"
         ) from None
-    auth.configure_curve(domain="*", location=str(keys.authorized_dir))
+    for role in ROLES:
+        auth.configure_curve_callback(domain=role, credentials_provider=_RoleCheck(keys.roles.get(role, frozenset())))
     return auth

@@ -3,10 +3,14 @@
 The service's rules, beyond the wire's (:func:`rtdenoise.stream.wire.decode`), checked in
 this order, so a message breaking several is counted once, by the first:
 
+0. the sender may publish to this stream: a CURVE key limited to stream-name prefixes
+   (``NAME.streams``, :mod:`rtdenoise.security`) publishes nowhere else (``stream_not_allowed``);
 1. a **new** stream: its frames must have the shape the model takes (``frame_shape``;
    None where any size goes, as an image's height and width, and the model's own rules,
    ``check_shape``, pass: an image model refuses frames too small for it),
-   and the service must hold fewer than ``max_streams`` streams (``too_many_streams``);
+   the service must hold fewer than ``max_streams`` streams (``too_many_streams``) and its
+   sender fewer than ``max_streams_per_sender`` (``too_many_sender_streams``; the sender is
+   its CURVE key, else its address: one junk publisher cannot lock out the others);
    then its first message fixes the stream's shape and dtype;
 2. a known stream: the same frame shape (``shape_change``) and dtype (``dtype_change``)
    as its first message;
@@ -59,6 +63,8 @@ SERVICE_REASONS = (
     "shape_change",  # frame shape differs from the stream's first message
     "dtype_change",  # dtype differs from the stream's first message
     "too_many_streams",  # a new stream beyond max_streams
+    "too_many_sender_streams",  # a new stream beyond max_streams_per_sender from its sender
+    "stream_not_allowed",  # a CURVE key limited to other stream names (its NAME.streams) published here
     "bad_frames",  # NaN/inf samples, or the engine refused the chunk (ValueError/TypeError)
     "value_range",  # finite samples beyond ±MAX_COUNT (2**32) counts: they would overflow the stream's state
     "time_range",  # t_ns and fs put a frame's time beyond 2**64 - 1 ns (e.g. fs=1e-300)
@@ -79,6 +85,7 @@ class Limits:
     max_payload_bytes: int = wire.MAX_PAYLOAD_BYTES  # for wire.decode
     check_shape: Callable[[tuple], Any] | None = None  # the model's own rules for a new stream's frame shape
                                                        # (ValueError: e.g. images too small), Engine.check_shape
+    max_streams_per_sender: int | None = None  # streams one sender may hold; None: no limit
 
     def decode(self, parts) -> tuple[str, dict, np.ndarray]:
         """:func:`wire.decode` of a ``frames/`` message under these limits (raises WireError)."""
@@ -87,10 +94,12 @@ class Limits:
 
 
 class StreamFormat(NamedTuple):
-    """What a stream's first message fixed (any object with ``shape`` and ``dtype`` will do)."""
+    """What a stream's first message fixed (any object with ``shape``, ``dtype`` and
+    ``sender`` will do)."""
 
     shape: tuple[int, ...]
     dtype: np.dtype
+    sender: str | None = None  # who opened it: counted against max_streams_per_sender
 
 
 class Admission(NamedTuple):
@@ -120,7 +129,8 @@ def check_finite(frames: np.ndarray) -> np.ndarray:
 
 
 def admit(header: dict, frames: np.ndarray, streams: Mapping[str, Any], limits: Limits, *,
-          check_frames: Callable[[np.ndarray], Any] = check_finite) -> Admission:
+          check_frames: Callable[[np.ndarray], Any] = check_finite, sender: str | None = None,
+          allowed: tuple[str, ...] | None = None) -> Admission:
     """Decide on a message decoded by :func:`wire.decode` (``header``, ``frames`` (n, *shape)).
 
     Parameters
@@ -132,12 +142,19 @@ def admit(header: dict, frames: np.ndarray, streams: Mapping[str, Any], limits: 
     check_frames : callable
         Validates the frames, raising ValueError/TypeError: the engine's
         :meth:`~rtdenoise.backends.base.Engine.check_frames`, called once per message.
+    sender : str, optional
+        Who sent it (a CURVE key's name, else the peer address), for the per-sender limit.
+    allowed : tuple of str, optional
+        The stream-name prefixes this sender may publish to; None: any.
 
     Returns
     -------
     Admission
     """
     name = header["stream"]
+    if allowed is not None and not name.startswith(allowed):
+        return Admission("stream_not_allowed", f"{sender} may publish only to streams starting with "
+                         f"{', '.join(map(repr, allowed))}, not to {name!r}", False)
     shape, dtype = tuple(header["shape"]), frames.dtype
     known = streams.get(name)
     new = known is None
@@ -153,6 +170,12 @@ def admit(header: dict, frames: np.ndarray, streams: Mapping[str, Any], limits: 
         if len(streams) >= limits.max_streams:
             return Admission("too_many_streams", f"already {len(streams)} streams (max_streams="
                              f"{limits.max_streams})", False)
+        per = limits.max_streams_per_sender
+        if per is not None and sender is not None:
+            mine = sum(1 for s in streams.values() if s.sender == sender)
+            if mine >= per:
+                return Admission("too_many_sender_streams", f"{sender} already holds {mine} streams "
+                                 f"(max_streams_per_sender={per})", False)
     elif shape != known.shape:
         return Admission("shape_change", f"frames of shape {shape}, the stream started with {known.shape}", False)
     elif dtype != known.dtype:

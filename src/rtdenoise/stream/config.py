@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import getpass
 import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rtdenoise.stream import wire
 
-__all__ = ["ServiceConfig", "MAX_INPUT_HEADER"]
+__all__ = ["ServiceConfig", "MAX_INPUT_HEADER", "DEFAULT_CONTROL", "runtime_dir"]
 
 # An output header repeats the input's keys and adds ~100 bytes (t_recv_ns, model, ...): an
 # input header must leave that room under the wire's limit, or its outputs could not be sent.
 MAX_INPUT_HEADER = wire.MAX_HEADER_BYTES - 1024
+
+
+def runtime_dir() -> Path:
+    """This user's private folder for the service's local sockets: ``$XDG_RUNTIME_DIR/rtdenoise``
+    (a per-user tmpfs on most Linux desktops), else ``<tmp>/rtdenoise-<user>``."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base and os.path.isdir(base):
+        return Path(base) / "rtdenoise"
+    return Path(tempfile.gettempdir()) / f"rtdenoise-{getpass.getuser()}"
+
+
+#: The control socket by default: a local IPC endpoint only this user can reach (folder 0700,
+#: socket 0600), so no other local user's process can stop or reset the service.
+DEFAULT_CONTROL = f"ipc://{runtime_dir()}/control"
 
 
 @dataclass
@@ -28,10 +45,12 @@ class ServiceConfig:
     sub: str = "tcp://127.0.0.1:5555"  # input frames; connects to an acquisition PUB that binds
     bind_sub: bool = False  # bind the input instead (many publishers connect to one service)
     pub: str = "tcp://127.0.0.1:5556"  # output, always bound: consumers connect
-    control: str = "tcp://127.0.0.1:5557"  # REP for status/reset/stop, always bound
+    control: str = DEFAULT_CONTROL  # REP for status/reset/stop, always bound; ipc: only this user reaches it
+    allow_tcp_control: bool = False  # a tcp:// control without CURVE: any local process could stop the service
     subscribe: tuple[str, ...] = ("",)  # stream-name prefixes to take (one service per share of streams)
     max_queue: int = 1000  # frames per stream waiting for the engine; beyond, the oldest are dropped
     max_streams: int = 64  # streams held at once; messages of more are rejected
+    max_streams_per_sender: int | None = None  # streams one sender may open (CURVE key, else peer address); None: any
     stream_idle_s: float = 300.0  # a stream with no message for this long is flushed and forgotten (0: never)
     max_header_bytes: int = MAX_INPUT_HEADER  # passed to wire.decode; room left for what outputs add
     max_payload_bytes: int = wire.MAX_PAYLOAD_BYTES  # passed to wire.decode and ZMQ_MAXMSGSIZE
@@ -52,6 +71,9 @@ class ServiceConfig:
         v = self.stream_idle_s
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
             raise ValueError(f"stream_idle_s must be a number of seconds >= 0 (0: never), got {v!r}")
+        v = self.max_streams_per_sender
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ValueError(f"max_streams_per_sender must be an int >= 1 or None (no limit), got {v!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"threads must be an int >= 1 or None, got {self.threads!r}")
         for name in ("sub", "pub", "control"):
@@ -63,5 +85,11 @@ class ServiceConfig:
         self.subscribe = tuple(self.subscribe)
         if not self.subscribe or not all(isinstance(s, str) for s in self.subscribe):
             raise ValueError(f"subscribe must be stream-name prefixes ('' = all), got {self.subscribe!r}")
+        if self.control.startswith("tcp://") and self.curve_keys is None and not self.allow_tcp_control:
+            raise ValueError(
+                f"control {self.control!r} is plaintext TCP: any process on this machine (and beyond, off "
+                "loopback) could stop or reset the service. Use the default local IPC control "
+                f"({DEFAULT_CONTROL}, this user only), ipc:///path, turn on CURVE (curve_keys; then only keys in "
+                "authorized/control/ get in), or allow it explicitly (--allow-tcp-control, allow_tcp_control=True)")
         if self.curve_keys is not None and not isinstance(self.curve_keys, (str, os.PathLike)):
             raise TypeError(f"curve_keys must be a directory path (made by `rtdenoise keys DIR`), got {self.curve_keys!r}")

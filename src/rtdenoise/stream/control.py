@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from typing import Callable
 
 import zmq
@@ -136,11 +137,20 @@ def control(address: str, command: str = "status", *, stream: str | None = None,
     if stream is not None:
         req["stream"] = stream
     keys = security.client_keys(curve_keys)
-    sock, _ = open_client(zmq.REQ, address, curve_keys=keys, context=context)
+    ms = max(0, int(timeout * 1000))
+    # SNDTIMEO: a REQ whose only connection failed its handshake (a refused CURVE key) has no
+    # pipe to send on, and would block in send() for ever.
+    sock, _ = open_client(zmq.REQ, address, curve_keys=keys, context=context, options=[(zmq.SNDTIMEO, ms)])
     try:
-        sock.send(json.dumps(req).encode())
-        if not sock.poll(max(0, int(timeout * 1000)), zmq.POLLIN):
-            hint = ("; with CURVE: is this client's key in the service's authorized/, and the server key right?"
+        t0 = time.monotonic()
+        try:
+            sock.send(json.dumps(req).encode())
+        except zmq.Again:
+            sent = False
+        else:
+            sent = sock.poll(max(0, ms - int((time.monotonic() - t0) * 1000)), zmq.POLLIN)
+        if not sent:
+            hint = ("; with CURVE: is this client's key in the service's authorized/control/, and the server key right?"
                     if keys else "; if the service runs with --curve-keys, pass --client-key and --server-key")
             raise TimeoutError(f"no reply from the rtdenoise control socket {address} within {timeout} s; "
                                f"is `rtdenoise serve` running there?{hint}")
@@ -166,8 +176,14 @@ def format_status(stats: dict) -> str:
         lines.append("rejected: " + ", ".join(f"{k}={v}" for k, v in sorted(stats["rejected_by_reason"].items())))
     sec = stats.get("security")
     if sec is not None:
-        lines.append("security: " + (f"CURVE, {sec['authorized_keys']} authorized client key(s)" if sec["curve"]
-                                     else "none (plaintext)"))
+        if sec["curve"]:
+            roles = sec.get("roles") or {}
+            by_role = ", ".join(f"{k} {v}" for k, v in roles.items() if k != "stream_limited")
+            limited = f", {roles['stream_limited']} limited to streams" if roles.get("stream_limited") else ""
+            lines.append(f"security: CURVE, {sec['authorized_keys']} authorized client key(s)"
+                         + (f" ({by_role}{limited})" if by_role else ""))
+        else:
+            lines.append("security: none (plaintext data sockets), control over " + sec.get("control", "?"))
     conns = [f"{name} " + " ".join(f"{k}={v}" for k, v in sorted(c.items()))
              for name, c in (stats.get("connections") or {}).items() if c]
     if conns:

@@ -29,10 +29,15 @@ Each thread owns exactly one ZeroMQ socket (sockets are not thread-safe).
   service). A connecting input whose connection libzmq drops for a protocol error (e.g. a
   message part over ``ZMQ_MAXMSGSIZE``) is connected again: libzmq would never retry it.
 
-Security: by default every socket binds to loopback. With ``curve_keys`` (a directory made
-by ``rtdenoise keys``, see :mod:`rtdenoise.security`) the service is the CURVE server on all
-three sockets, whichever side binds: traffic is encrypted and only clients whose public
-key is in ``curve_keys/authorized/`` get in. Binding anything but loopback without it warns.
+Security: by default the data sockets bind to loopback and the control socket is a local
+IPC socket only this user can reach (a plaintext ``tcp://`` control needs
+``allow_tcp_control``). With ``curve_keys`` (a directory made by ``rtdenoise keys``, see
+:mod:`rtdenoise.security`) the service is the CURVE server on all three sockets, whichever
+side binds: traffic is encrypted and each socket admits only the keys allowed its role
+(publish, subscribe, control); a publisher's key may be limited to stream names. Binding
+anything but loopback without CURVE warns. Each message's sender (its CURVE key, else its
+peer address) is known, so ``max_streams_per_sender`` keeps one sender from filling the
+stream table.
 
 Status counters per stream: ``gaps``/``frames_missing``/``restarts`` are counted on
 arrival (upstream losses only); ``dropped`` are frames this service dropped on overflow;
@@ -47,7 +52,7 @@ Run it in-process on free loopback ports and ask for its status::
     from rtdenoise.stream import Service, control
 
     with Service(model="models/spectral-lag0.pt", bind_sub=True, sub="tcp://127.0.0.1:*",
-                 pub="tcp://127.0.0.1:*", control="tcp://127.0.0.1:*") as svc:
+                 pub="tcp://127.0.0.1:*", control="ipc://*") as svc:
         print(svc.addresses)            # publishers connect to "sub", consumers to "pub"
         print(control(svc.control_address, "status")["streams"])
 
@@ -131,7 +136,12 @@ class Service:
         self.lag = int(engine.lag)
         self._limits = admission.Limits(tuple(engine.frame_shape), config.max_streams, engine.name,
                                         config.max_header_bytes, config.max_payload_bytes,
-                                        check_shape=getattr(engine, "check_shape", None))
+                                        check_shape=getattr(engine, "check_shape", None),
+                                        max_streams_per_sender=config.max_streams_per_sender)
+        # A CURVE sender's User-Id is its z85 key: its name (for status) and the streams it may publish to.
+        self._senders: dict[str, tuple[str, tuple[str, ...] | None]] = {} if curve is None else {
+            k.decode(): (name, curve.streams.get(k)) for k, name in curve.names.items()}
+        self._sender_prop = "Peer-Address" if curve is None else "User-Id"
         self._stats = Stats(ServiceSockets.NAMES)
         self._lock = self._stats.lock  # one lock for the counters and the work handed between threads
         self._cv = threading.Condition(self._lock)
@@ -249,6 +259,7 @@ class Service:
                     except zmq.Again:
                         break
                     t_recv = time.time_ns()
+                    sender, allowed = self._sender(parts[0])
                     try:
                         _, header, frames = self._limits.decode(parts)
                     except wire.WireError as e:
@@ -257,13 +268,24 @@ class Service:
                             self._stats.reject(e.reason, str(e))
                         continue
                     try:
-                        self._admit(header, frames, t_recv)
+                        self._admit(header, frames, t_recv, sender, allowed)
                     except Exception as e:  # a bug: count it, keep receiving
                         with self._lock:
                             self._stats.reject("internal_error", f"{type(e).__name__}: {e}", name=header.get("stream"),
                                                exc_info=True)
         finally:
             self._sockets.close("sub")
+
+    def _sender(self, part: zmq.Frame) -> tuple[str | None, tuple[str, ...] | None]:
+        """Who sent a message (its CURVE key's name, else its peer address), and the stream-name
+        prefixes it may publish to (None: any)."""
+        try:
+            who = part.get(self._sender_prop)
+        except zmq.ZMQError:  # no such property on this transport (inproc)
+            return None, None
+        if self._senders:
+            return self._senders.get(who, (who, None))
+        return who, None
 
     def _on_events(self, name: str) -> None:
         """Count one socket's connection events; note when libzmq gave up on the input."""
@@ -306,9 +328,11 @@ class Service:
                     self._ready[name] = None
                     self._cv.notify()
 
-    def _admit(self, header: dict, frames: np.ndarray, t_recv: int) -> None:
+    def _admit(self, header: dict, frames: np.ndarray, t_recv: int, sender: str | None = None,
+               allowed: tuple[str, ...] | None = None) -> None:
         """Admit a decoded message (the frames' only check) and queue it (receive thread)."""
-        verdict = admission.admit(header, frames, self._streams, self._limits, check_frames=self.engine.check_frames)
+        verdict = admission.admit(header, frames, self._streams, self._limits, check_frames=self.engine.check_frames,
+                                  sender=sender, allowed=allowed)
         name = header["stream"]
         with self._cv:
             self._stats.messages_in += 1
@@ -318,7 +342,7 @@ class Service:
                 st = self._streams[name] = StreamRecord(
                     name, tuple(header["shape"]), frames.dtype, inbox=Inbox(self.config.max_queue),
                     seq=Sequencer(self.engine, name, first_seq=header["seq"], checked=True, epoch=self.epoch),
-                    window=self.config.latency_window)
+                    window=self.config.latency_window, sender=sender)
                 st.piece = min(MAX_STEP, self.engine.max_step(st.shape))  # frames per engine turn
             if st is not None:
                 st.last_arrival, st.expiring, st.expired = time.monotonic(), False, False
@@ -457,7 +481,10 @@ class Service:
             "max_payload_bytes": self.config.max_payload_bytes, "messages_in": report["messages_in"],
             "rejected": report["rejected"], "rejected_by_reason": report["rejected_by_reason"],
             "connections": report["connections"],
-            "security": {"curve": curve is not None, "authorized_keys": curve.n_authorized if curve else 0},
+            "security": {"curve": curve is not None, "authorized_keys": curve.n_authorized if curve else 0,
+                         "roles": curve.summary() if curve else None,
+                         "control": "curve" if curve else self.addresses["control"].split("://")[0]},
+            "max_streams_per_sender": self.config.max_streams_per_sender,
             "n_streams": report["n_streams"], "streams_expired": report["streams_expired"],
             "stream_idle_s": self.config.stream_idle_s, "streams": report["streams"],
             "running": bool(self._threads) and not self._stop.is_set(),

@@ -18,7 +18,11 @@ from __future__ import annotations
 import functools
 import itertools
 import operator
+import os
+import socket as _socket
+import tempfile
 import warnings
+from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import zmq
@@ -26,7 +30,8 @@ import zmq
 from rtdenoise import security
 from rtdenoise.stream import wire
 
-__all__ = ["EVENTS", "SMALL_MSG_BYTES", "CONTROL_LINGER_MS", "bind_or_connect", "open_client", "ServiceSockets"]
+__all__ = ["EVENTS", "SMALL_MSG_BYTES", "CONTROL_LINGER_MS", "ROLE_OF", "bind_or_connect", "open_client",
+           "ServiceSockets"]
 
 #: libzmq socket events the service counts in ``status["connections"]``, by the name counted.
 EVENTS = {
@@ -42,11 +47,48 @@ _MONITOR_IDS = itertools.count()
 
 SMALL_MSG_BYTES = 64 * 1024  # ZMQ_MAXMSGSIZE of the PUB (inbound subscriptions) and the control REP
 CONTROL_LINGER_MS = 200  # lets the reply to "stop" leave before the REP socket closes
+#: The CURVE role (ZAP domain, :data:`rtdenoise.security.ROLES`) each service socket admits.
+ROLE_OF = {"sub": "publish", "pub": "subscribe", "control": "control"}
 
 
-def bind_or_connect(sock: zmq.Socket, address: str, bind: bool, *, name: str | None = None) -> str:
+def _ipc_bind_path(address: str, name: str | None) -> tuple[str, Path | None]:
+    """Get an ``ipc://`` endpoint ready to bind: ``ipc://*`` becomes a socket in a new private
+    folder (returned, for removal at close; libzmq's own wildcard would put it in the working
+    directory); a missing folder is made private (0700); a path where a live socket answers
+    is refused (libzmq would silently take it over from its owner, e.g. another service)."""
+    path = address[len("ipc://"):]
+    made = None
+    if path == "*":
+        made = Path(tempfile.mkdtemp(prefix="rtdenoise-"))  # mode 0700
+        return f"ipc://{made / (name or 'socket')}", made
+    if path.startswith("@"):  # Linux abstract namespace: no file, no permissions to set
+        return address, None
+    p = Path(path)
+    p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if p.exists():
+        probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            probe.connect(str(p))
+        except OSError:
+            pass  # a stale file from a process that died: libzmq replaces it
+        else:
+            what = f"the {name} socket" if name else "a socket"
+            raise ValueError(f"cannot bind {what} to {address!r}: another process is listening there (a second "
+                             "service? give each its own endpoint, e.g. --control ipc:///path/to/its.sock)")
+        finally:
+            probe.close()
+    return address, None
+
+
+def bind_or_connect(sock: zmq.Socket, address: str, bind: bool, *, name: str | None = None,
+                    made: list | None = None) -> str:
     """Bind or connect ``sock``; return the endpoint in use (for a bind, the one actually
     bound, e.g. the port chosen for ``tcp://127.0.0.1:*``).
+
+    An ``ipc://`` bind (see :func:`_ipc_bind_path`): ``ipc://*`` gets a new private folder
+    (appended to ``made``, for the caller to remove after closing), the socket file is made
+    readable and writable by this user only (0600: other users cannot connect), and a path
+    another live process listens on is refused.
 
     ``name``: the socket's role (``"sub"``, ...): a failure is then a ValueError naming it
     and the address (the service's sockets); without it the ZMQError passes through.
@@ -55,8 +97,16 @@ def bind_or_connect(sock: zmq.Socket, address: str, bind: bool, *, name: str | N
         raise ValueError(f"address must be a ZeroMQ endpoint like 'tcp://127.0.0.1:5555', got {address!r}")
     try:
         if bind:
+            folder = None
+            if address.startswith("ipc://"):
+                address, folder = _ipc_bind_path(address, name)
+                if folder is not None and made is not None:
+                    made.append(folder)
             sock.bind(address)
-            return sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+            bound = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+            if bound.startswith("ipc://") and not bound.startswith("ipc://@"):
+                os.chmod(bound[len("ipc://"):], 0o600)
+            return bound
         sock.connect(address)
         return address
     except zmq.ZMQError as e:
@@ -122,6 +172,7 @@ class ServiceSockets:
         self.sub = self.pub = self.control = None
         self.monitors: dict[str, zmq.Socket] = {}
         self.addresses: dict[str, str] = {}
+        self._made: list[Path] = []  # private folders of ipc://* endpoints, removed at close_all
         try:
             for name, addr, bind in (("sub", sub, bind_sub), ("pub", pub, True), ("control", control, True)):
                 if bind and not security.is_loopback(addr) and curve is None:
@@ -142,13 +193,14 @@ class ServiceSockets:
             self.sub.setsockopt(zmq.MAXMSGSIZE, max_msg_bytes)
             for prefix in subscribe:
                 self.sub.setsockopt(zmq.SUBSCRIBE, wire.topic_for(wire.FRAMES) + prefix.encode())
-            self.addresses["sub"] = bind_or_connect(self.sub, sub, bind_sub, name="sub")
+            self.addresses["sub"] = bind_or_connect(self.sub, sub, bind_sub, name="sub", made=self._made)
             self.pub = self._socket(zmq.PUB, "pub")
             self.pub.setsockopt(zmq.MAXMSGSIZE, SMALL_MSG_BYTES)  # what comes in on a PUB: subscriptions
-            self.addresses["pub"] = bind_or_connect(self.pub, pub, True, name="pub")
+            self.addresses["pub"] = bind_or_connect(self.pub, pub, True, name="pub", made=self._made)
             self.control = self._socket(zmq.REP, "control")
             self.control.setsockopt(zmq.MAXMSGSIZE, SMALL_MSG_BYTES)
-            self.addresses["control"] = bind_or_connect(self.control, control, True, name="control")
+            self.addresses["control"] = bind_or_connect(self.control, control, True, name="control",
+                                                        made=self._made)
         except Exception:
             self.close_all()
             raise
@@ -157,7 +209,7 @@ class ServiceSockets:
         """A new socket with the CURVE server role (when on) and a monitor, before it binds."""
         sock = self.context.socket(kind)
         if self.curve is not None:
-            security.apply_server(sock, self.curve)
+            security.apply_server(sock, self.curve, ROLE_OF[name])
         # libzmq sends monitor events *blocking*, from its I/O thread: a monitor nobody reads
         # (closed, or with a full pipe) would freeze every socket of the context. So the reader
         # has no high-water mark, lives until the monitored socket has stopped its monitor (see
@@ -225,4 +277,10 @@ class ServiceSockets:
             self._auth = None
         if self._own_ctx and not self.context.closed:
             self.context.term()
+        for folder in self._made:  # libzmq has removed the socket files as it closed them
+            for f in folder.iterdir() if folder.is_dir() else ():
+                f.unlink(missing_ok=True)
+            if folder.is_dir():
+                folder.rmdir()
+        self._made.clear()
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from rtdenoise.metrics import percentiles
 from rtdenoise.stream.sequencer import Inbox, Sequencer
+from rtdenoise.stream.sockets import ROLE_OF
 
 __all__ = ["StreamRecord", "Stats"]
 
@@ -36,8 +37,9 @@ class StreamRecord:
     admission checks), its receive side (``inbox``, the receive thread's), its engine side
     (``seq``, the engine thread's) and its counters; status reads them under the lock."""
 
-    def __init__(self, name: str, shape: tuple, dtype: np.dtype, *, inbox: Inbox, seq: Sequencer, window: int):
-        self.name, self.shape, self.dtype = name, shape, dtype
+    def __init__(self, name: str, shape: tuple, dtype: np.dtype, *, inbox: Inbox, seq: Sequencer, window: int,
+                 sender: str | None = None):
+        self.name, self.shape, self.dtype, self.sender = name, shape, dtype, sender
         self.inbox, self.seq = inbox, seq
         self.rejected: collections.Counter = collections.Counter()
         self.reset_requested = False
@@ -54,7 +56,7 @@ class StreamRecord:
         """The stream's counters, latencies as lists (the caller holds the lock)."""
         rx, seq = self.inbox, self.seq
         return {
-            "shape": list(self.shape), "dtype": self.dtype.str,
+            "shape": list(self.shape), "dtype": self.dtype.str, "sender": self.sender,
             "frames_in": rx.frames_in, "messages_in": rx.messages_in,
             "frames_out": self.frames_out, "messages_out": self.messages_out,
             "gaps": rx.gaps, "frames_missing": rx.frames_missing, "restarts": rx.restarts,
@@ -111,8 +113,11 @@ class Stats:
         if rate_limited(k):
             return
         if kind == "auth_refused":
-            log.warning("rtdenoise service: refused a client on %s (#%d): its CURVE public key is not in %s",
-                        name, k, curve.authorized_dir if curve else "authorized/")
+            role = ROLE_OF.get(name, name)
+            d = curve.authorized_dir if curve else "authorized"
+            where = f"{d}/control/" if role == "control" else f"{d}/ or {d}/{role}/"
+            log.warning("rtdenoise service: refused a client on %s (#%d): its CURVE public key may not %s here "
+                        "(not in %s)", name, k, role, where)
         elif kind == "handshake_failed":
             log.warning("rtdenoise service: a client on %s failed the handshake (#%d)%s", name, k,
                         ": a plaintext client, or a CURVE client with the wrong server key"

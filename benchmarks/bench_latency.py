@@ -72,7 +72,7 @@ def echo_server(sub_addr: str, pub_addr: str, stop: threading.Event) -> None:
         t_recv = time.time_ns()
         _, h, frames = wire.decode(parts)
         out = {k: h[k] for k in ("v", "stream", "seq", "n", "shape", "t_ns") if k in h}
-        out.update(dtype="<f4", t_recv_ns=t_recv, lag=0, model="echo", gap=0, warm=True)
+        out.update(dtype="<f4", t_recv_ns=t_recv, lag=0, model="echo", gap=0, warm=True, epoch=0)
         out["t_pub_ns"] = time.time_ns()
         pub.send_multipart(wire.encode_denoised(out, frames.astype("<f4")))
     sub.close(linger=0)

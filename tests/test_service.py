@@ -148,19 +148,25 @@ def assert_same(got, ref):
 
 
 @pytest.mark.parametrize(
-    "arch,lag,chunk",
+    "arch,lag,chunk,spin",
     [
-        pytest.param("spectral", 0, 1, id="lag0-chunk1"),
-        pytest.param("spectral", 0, 5, id="lag0-chunk5"),
-        pytest.param("subspace", 2, 1, id="lag2-chunk1"),
-        pytest.param("subspace", 2, 5, id="lag2-chunk5"),
+        pytest.param("spectral", 0, 1, False, id="lag0-chunk1"),
+        pytest.param("spectral", 0, 5, False, id="lag0-chunk5"),
+        pytest.param("subspace", 2, 1, False, id="lag2-chunk1"),
+        pytest.param("subspace", 2, 5, False, id="lag2-chunk5"),
+        pytest.param("spectral", 0, 1, True, id="lag0-chunk1-spin"),  # latency mode: one polling thread
+        pytest.param("subspace", 2, 5, True, id="lag2-chunk5-spin"),
     ],
 )
-def test_stream_equals_offline(ckpt, rec, arch, lag, chunk):
+def test_stream_equals_offline(ckpt, rec, arch, lag, chunk, spin):
     ck = ckpt(arch, lag)
     x = rec(120)
     ref = denoise(x, model=ck)
-    with rig(ck) as r:
+    with rig(ck, spin=spin) as r:
+        assert sorted(t.name for t in r.svc._threads) == (
+            ["rtdenoise-control", "rtdenoise-spin"] if spin else
+            ["rtdenoise-control", "rtdenoise-engine", "rtdenoise-receive"])
+        assert r.status()["spin"] is spin
         r.send_all("rig1", x, chunk=chunk)
         msgs = r.collect("rig1", 120 - lag)  # the last `lag` frames wait for their future...
         time.sleep(0.2)

@@ -300,6 +300,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--subscribe", action="append", default=None, metavar="PREFIX",
                    help="take only streams whose name starts with PREFIX (repeatable; default all)")
     p.add_argument("--threads", type=int, default=d.threads, help="the engine's CPU threads (default 1: lowest latency for one frame)")
+    p.add_argument("--spin", action="store_true",
+                   help="latency mode: receive and denoise on one thread that polls without sleeping (lowest "
+                        "latency; keeps one CPU core busy all the time)")
     p.add_argument("--json", action="store_true", help="print the final stats as JSON")
     p.add_argument("--verbose", action="store_true", help="log every rejection (default: first ones and every 1000th)")
     p.set_defaults(func=cmd_serve)
@@ -318,6 +321,7 @@ def cmd_serve(args) -> int:
         control=args.control, allow_tcp_control=args.allow_tcp_control, max_queue=args.max_queue,
         max_streams=args.max_streams, max_streams_per_sender=args.max_streams_per_sender, stream_idle_s=args.stream_idle,
         subscribe=tuple(args.subscribe) if args.subscribe else ServiceConfig.subscribe, threads=args.threads,
+        spin=args.spin,
         curve_keys=args.curve_keys,
         max_header_bytes=args.max_header_bytes, max_payload_bytes=args.max_payload_bytes,
     )
@@ -465,6 +469,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--json", default=None, help="write the report here")
     p.add_argument("--plot", default="demo.png", help="write the figure here (default demo.png; '' for none)")
     p.add_argument("--quiet", action="store_true", help="no live progress")
+    p.add_argument("--spin", action="store_true", help="the service's latency mode (see serve --spin)")
     p.set_defaults(func=cmd_demo)
 
 

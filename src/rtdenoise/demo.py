@@ -29,12 +29,14 @@ def run_demo(
     json_path: str | None = None,
     plot_path: str | None = "demo.png",
     progress: bool = True,
+    spin: bool = False,
 ) -> dict:
     """Run the demo; return the report dict (also written to ``json_path`` if given).
 
     ``rate`` is the publishing rate in frames/s. The simulated spectrometer records at
     5 Hz (the model's frame rate); publishing faster replays that recording faster than
     real time, which stresses the service without changing what the model sees.
+    ``spin``: the service's latency mode (:class:`~rtdenoise.stream.config.ServiceConfig`).
     """
     from tqdm import tqdm
 
@@ -51,7 +53,7 @@ def run_demo(
     ref = rec["clean"] + rec["static"]
 
     service = Service(model=model, backend=backend, sub="tcp://127.0.0.1:*", bind_sub=True,
-                      pub="tcp://127.0.0.1:*", control="ipc://*", threads=1)
+                      pub="tcp://127.0.0.1:*", control="ipc://*", threads=1, spin=spin)
     lag = service.lag
     bar = tqdm(total=n - lag, disable=not progress, unit="frame", dynamic_ncols=True, mininterval=0.5)
     last = [0.0]
@@ -89,6 +91,7 @@ def run_demo(
         "model": service.engine.name,
         "backend": service.engine.backend,
         "lag": lag,
+        "spin": spin,
         "latency_ms": {k: summary[k] for k in ("p50", "p90", "p99", "p999", "max")},
         "latency_stages_ms_p50": summary["stages_p50"],
         "snr_db": {
@@ -171,7 +174,7 @@ def plot(rec: dict, out: np.ndarray, e2e: np.ndarray, report: dict, path: str) -
 def main(args) -> int:
     report = run_demo(seconds=args.seconds, rate=args.rate, model=args.model, backend=args.backend,
                       photons=args.photons, seed=args.seed, json_path=args.json, plot_path=args.plot,
-                      progress=not args.quiet)
+                      progress=not args.quiet, spin=args.spin)
     print(format_report(report))
     if args.json:
         print(f"  report      {args.json}")

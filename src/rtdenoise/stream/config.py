@@ -57,6 +57,7 @@ class ServiceConfig:
     rcvhwm: int = 10_000  # messages libzmq buffers before the receive thread reads them
     latency_window: int = 1000  # recent messages the latency percentiles cover
     threads: int | None = None  # engine threads (None: the engine's default, 1 on the CPU backends)
+    spin: bool = False  # latency mode: one thread receives and steps, polling without sleeping (a core at 100 %)
     curve_keys: Any = None  # directory with server.key_secret and authorized/*.key: CURVE on every socket
 
     def validate(self) -> None:

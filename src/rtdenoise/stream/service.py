@@ -23,6 +23,9 @@ Each thread owns exactly one ZeroMQ socket (sockets are not thread-safe).
   sequencer's (:mod:`rtdenoise.stream.sequencer`): every input frame gets exactly one
   output frame, and ``frames_in == frames_out + dropped + discarded + queue_depth + in_flight``.
 - The **control thread** answers JSON requests on a REP socket (see :func:`control`).
+- **Latency mode** (``spin``): one thread does the receive and the engine thread's work,
+  polling the input without ever sleeping, so no message waits for a thread to wake or
+  for a hand-over between threads; it keeps one CPU core busy all the time.
 - The receive thread also reads libzmq's **socket monitors** of all three sockets and counts
   connection events per socket (``connections`` in status): accepted and closed
   connections, failed handshakes (a refused CURVE key, a plaintext client against a CURVE
@@ -182,8 +185,9 @@ class Service:
         if self._sockets.sub is None or self._sockets.sub.closed:
             raise RuntimeError("Service is closed; make a new one")
         self._t_start = time.monotonic()
-        for name, target in (("receive", self._receive_loop), ("engine", self._engine_loop),
-                             ("control", self._control_loop)):
+        loops = ((("spin", self._spin_loop),) if self.config.spin else
+                 (("receive", self._receive_loop), ("engine", self._engine_loop)))
+        for name, target in (*loops, ("control", self._control_loop)):
             t = threading.Thread(target=self._guard, args=(name, target), name=f"rtdenoise-{name}", daemon=True)
             self._threads.append(t)
         for t in self._threads:
@@ -238,43 +242,66 @@ class Service:
 
     # ------------------------------------------------------------------ receive thread
     def _receive_loop(self) -> None:
-        sock, monitors = self._sockets.sub, self._sockets.monitors
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        for mon in monitors.values():
-            poller.register(mon, zmq.POLLIN)
+        poller = self._receive_poller()
         try:
             while not self._stop.is_set():
-                ready = dict(poller.poll(int(_WAIT_S * 1000)))
-                for name, mon in monitors.items():
-                    if mon in ready:
-                        self._on_events(name)
-                self._reconnect_if_due()
-                self._expire_idle()
-                if sock not in ready:
-                    continue
-                for _ in range(_DRAIN_MAX):  # drain what is there (bounded: a flood never blinds the loop)
-                    try:
-                        parts = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    t_recv = time.time_ns()
-                    sender, allowed = self._sender(parts[0])
-                    try:
-                        _, header, frames = self._limits.decode(parts)
-                    except wire.WireError as e:
-                        with self._lock:
-                            self._stats.messages_in += 1
-                            self._stats.reject(e.reason, str(e))
-                        continue
-                    try:
-                        self._admit(header, frames, t_recv, sender, allowed)
-                    except Exception as e:  # a bug: count it, keep receiving
-                        with self._lock:
-                            self._stats.reject("internal_error", f"{type(e).__name__}: {e}", name=header.get("stream"),
-                                               exc_info=True)
+                self._receive(poller, int(_WAIT_S * 1000))
         finally:
             self._sockets.close("sub")
+
+    def _receive_poller(self) -> zmq.Poller:
+        poller = zmq.Poller()
+        poller.register(self._sockets.sub, zmq.POLLIN)
+        for mon in self._sockets.monitors.values():
+            poller.register(mon, zmq.POLLIN)
+        return poller
+
+    def _receive(self, poller: zmq.Poller, timeout_ms: int) -> None:
+        """One turn of the receive side: wait up to ``timeout_ms`` for messages or connection
+        events, then count the events and decode, admit and queue what is there."""
+        sock, monitors = self._sockets.sub, self._sockets.monitors
+        ready = dict(poller.poll(timeout_ms))
+        if len(ready) > (sock in ready):  # a monitor has events
+            for name, mon in monitors.items():
+                if mon in ready:
+                    self._on_events(name)
+        self._reconnect_if_due()
+        self._expire_idle()
+        if sock not in ready:
+            return
+        for _ in range(_DRAIN_MAX):  # drain what is there (bounded: a flood never blinds the loop)
+            try:
+                parts = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            t_recv = time.time_ns()
+            sender, allowed = self._sender(parts[0])
+            try:
+                _, header, frames = self._limits.decode(parts)
+            except wire.WireError as e:
+                with self._lock:
+                    self._stats.messages_in += 1
+                    self._stats.reject(e.reason, str(e))
+                continue
+            try:
+                self._admit(header, frames, t_recv, sender, allowed)
+            except Exception as e:  # a bug: count it, keep receiving
+                with self._lock:
+                    self._stats.reject("internal_error", f"{type(e).__name__}: {e}", name=header.get("stream"),
+                                       exc_info=True)
+
+    def _spin_loop(self) -> None:
+        """``spin``: one thread receives and steps, polling without ever sleeping; no hand-over
+        between threads and no wake-up on the way from a message to its output."""
+        poller = self._receive_poller()
+        try:
+            while not self._stop.is_set():
+                self._receive(poller, 0)
+                if self._ready:
+                    self._work()
+        finally:
+            self._sockets.close("sub")
+            self._sockets.close("pub")
 
     def _sender(self, part: zmq.Frame) -> tuple[str | None, tuple[str, ...] | None]:
         """Who sent a message (its CURVE key's name, else its peer address), and the stream-name
@@ -484,7 +511,7 @@ class Service:
             "security": {"curve": curve is not None, "authorized_keys": curve.n_authorized if curve else 0,
                          "roles": curve.summary() if curve else None,
                          "control": "curve" if curve else self.addresses["control"].split("://")[0]},
-            "max_streams_per_sender": self.config.max_streams_per_sender,
+            "max_streams_per_sender": self.config.max_streams_per_sender, "spin": self.config.spin,
             "n_streams": report["n_streams"], "streams_expired": report["streams_expired"],
             "stream_idle_s": self.config.stream_idle_s, "streams": report["streams"],
             "running": bool(self._threads) and not self._stop.is_set(),

@@ -350,6 +350,14 @@ def test_control_is_local_ipc_by_default_and_plaintext_tcp_control_needs_a_flag(
     with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control=f"ipc://{fresh}") as svc:
         assert stat.S_IMODE(fresh.parent.stat().st_mode) == 0o700
         assert control(svc.control_address, "status")["ok"]
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    try:
+        os.chown(theirs, 4242, 4242)  # another user's folder: only root can make one here
+    except PermissionError:
+        return
+    with pytest.raises(ValueError, match="belongs to another user"):
+        Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control=f"ipc://{theirs}/ctl")
 
 
 def test_one_sender_cannot_fill_the_stream_table(ck, noisy_frames):

@@ -20,6 +20,7 @@ import itertools
 import operator
 import os
 import socket as _socket
+import stat
 import tempfile
 import warnings
 from pathlib import Path
@@ -54,8 +55,9 @@ ROLE_OF = {"sub": "publish", "pub": "subscribe", "control": "control"}
 def _ipc_bind_path(address: str, name: str | None) -> tuple[str, Path | None]:
     """Get an ``ipc://`` endpoint ready to bind: ``ipc://*`` becomes a socket in a new private
     folder (returned, for removal at close; libzmq's own wildcard would put it in the working
-    directory); a missing folder is made private (0700); a path where a live socket answers
-    is refused (libzmq would silently take it over from its owner, e.g. another service)."""
+    directory); a missing folder is made private (0700); a folder of another user's (unless
+    sticky, as /tmp) is refused, as is a path where a live socket answers (libzmq would
+    silently take it over from its owner, e.g. another service)."""
     path = address[len("ipc://"):]
     made = None
     if path == "*":
@@ -65,6 +67,10 @@ def _ipc_bind_path(address: str, name: str | None) -> tuple[str, Path | None]:
         return address, None
     p = Path(path)
     p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    where = p.parent.stat()
+    if hasattr(os, "getuid") and where.st_uid != os.getuid() and not where.st_mode & stat.S_ISVTX:
+        raise ValueError(f"cannot bind {'the ' + name if name else 'a'} socket to {address!r}: {p.parent} belongs to "
+                         "another user, who could replace the socket file; use a folder of your own")
     if p.exists():
         probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:

@@ -1,0 +1,87 @@
+"""Microscope software on the wire: the pycro-manager image processor against a real service."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from rtdenoise.backends import load_engine
+from rtdenoise.integrations.pycromanager import _as_dtype, denoise_processor
+from rtdenoise.model.checkpoint import Checkpoint
+from rtdenoise.model.config import ModelConfig
+from rtdenoise.stream import Service, control
+
+pytestmark = pytest.mark.timeout(60)
+
+ANY = "tcp://127.0.0.1:*"
+
+
+def _engine(lag: int):
+    cfg = ModelConfig(arch="imaging-unet", depth=3, width=4, lag=lag, floor=1.0, horizon=20)
+    torch.manual_seed(0)
+    net = cfg.build()
+    with torch.no_grad():
+        net.out.conv.weight.normal_(0.0, 0.2)  # a real correction, not the near-identity of a fresh model
+    return load_engine(Checkpoint(f"tiny-imaging-lag{lag}", cfg, net.state_dict(), fs=30.0), backend="onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def movie():
+    rng = np.random.default_rng(0)
+    return rng.poisson(rng.uniform(50, 400, (1, 48, 40)), (20, 48, 40)).astype(np.uint16)
+
+
+def test_pycromanager_processor_returns_each_image_denoised_in_its_dtype_with_its_metadata(movie):
+    eng = _engine(0)
+    with Service(engine=eng, sub=ANY, bind_sub=True, pub=ANY, control="ipc://*") as svc, \
+            denoise_processor(svc.sub_address, svc.pub_address, stream="scope1", timeout_s=0.2) as fn:
+        # as pycro-manager calls it: (image, metadata) in, (image, metadata) out; while the
+        # connection comes up the raw image goes on, and the metadata says so
+        warm = 0
+        while True:
+            img, md = fn(movie[0].copy(), {"Axes": {"time": -1}})
+            if md["rtdenoise"]["denoised"]:
+                break
+            assert np.array_equal(img, movie[0]) and "rtdenoise serve" in md["rtdenoise"]["reason"]
+            warm += 1
+            assert warm < 50, "the service never answered"
+        seen = control(svc.control_address, "status")["streams"]["scope1"]["frames_in"]  # warm-up copies it got
+        out = []
+        for t, frame in enumerate(movie):
+            img, md = fn(frame, {"Axes": {"time": t}})
+            assert md["Axes"] == {"time": t}, "the image's own metadata comes back"
+            r = md["rtdenoise"]
+            assert r["denoised"] and r["model"] == "tiny-imaging-lag0" and r["latency_ms"] > 0
+            assert img.dtype == np.uint16 and img.shape == frame.shape
+            out.append(img)
+        assert fn.counts == {"denoised": len(movie) + 1, "raw": warm}
+    ref = eng.run(np.concatenate([np.repeat(movie[:1], seen, 0), movie]))[seen:]
+    assert np.abs(np.stack(out).astype(np.int64) - _as_dtype(ref, np.dtype(np.uint16))).max() <= 1  # rounding
+
+
+def test_pycromanager_processor_never_stalls_the_acquisition(movie):
+    # no service at all: the raw image goes on after the timeout
+    with denoise_processor("tcp://127.0.0.1:1", "tcp://127.0.0.1:2", timeout_s=0.1) as fn:
+        t0 = time.monotonic()
+        img, md = fn(movie[3], {})
+        assert time.monotonic() - t0 < 1.0
+        assert np.array_equal(img, movie[3]) and md["rtdenoise"]["denoised"] is False and "within 0.1 s" in md["rtdenoise"]["reason"]
+    # a lookahead model cannot answer an image before the next ones: said at once, raw image on
+    with Service(engine=_engine(2), sub=ANY, bind_sub=True, pub=ANY, control="ipc://*") as svc, \
+            denoise_processor(svc.sub_address, svc.pub_address, timeout_s=0.3) as fn:
+        reasons = [fn(movie[i % len(movie)], {})[1]["rtdenoise"].get("reason", "") for i in range(40)]
+    assert any("lookahead model (lag 2)" in r for r in reasons) and fn.counts["denoised"] == 0
+    with pytest.raises(ValueError, match="2-D"):
+        denoise_processor("tcp://127.0.0.1:1", "tcp://127.0.0.1:2")(movie[:2], {})
+    with pytest.raises(ValueError, match="timeout_s"):
+        denoise_processor(timeout_s=0)
+
+
+def test_integer_output_is_rounded_and_clipped_to_the_camera_dtype():
+    y = np.array([[-3.2, 0.4, 0.6, 70000.0]], np.float32)
+    assert _as_dtype(y, np.dtype(np.uint16)).tolist() == [[0, 0, 1, 65535]]
+    assert _as_dtype(y, np.dtype(np.uint8)).tolist() == [[0, 0, 1, 255]]
+    assert _as_dtype(y, np.dtype(np.float32)).dtype == np.float32

@@ -85,3 +85,64 @@ def test_integer_output_is_rounded_and_clipped_to_the_camera_dtype():
     assert _as_dtype(y, np.dtype(np.uint16)).tolist() == [[0, 0, 1, 65535]]
     assert _as_dtype(y, np.dtype(np.uint8)).tolist() == [[0, 0, 1, 255]]
     assert _as_dtype(y, np.dtype(np.float32)).dtype == np.float32
+
+
+def test_two_services_behind_proxies_each_take_their_rigs_and_one_consumer_gets_all(ck, noisy_frames):
+    """Several rigs: frames fan in through one proxy, each service takes its rigs' prefix,
+    outputs fan in through a second proxy to one consumer (the layout of rtdenoise.stream.proxy)."""
+    import contextlib
+
+    from rtdenoise.denoise import denoise
+    from rtdenoise.stream import Publisher, Subscriber
+    from rtdenoise.stream.proxy import Proxy
+
+    x = noisy_frames(30)
+    with Proxy(ANY, ANY) as frames_bus, \
+            Service(model=ck, sub=frames_bus.addresses["xpub"], subscribe=("rigA",), pub=ANY, control="ipc://*") as a, \
+            Service(model=ck, sub=frames_bus.addresses["xpub"], subscribe=("rigB",), pub=ANY, control="ipc://*") as b, \
+            Proxy([a.pub_address, b.pub_address], ANY, connect_xsub=True) as outputs_bus, \
+            Subscriber(outputs_bus.addresses["xpub"]) as consumer, \
+            Publisher(frames_bus.addresses["xsub"][0], stream="rigA-1") as rig_a, \
+            Publisher(frames_bus.addresses["xsub"][0], stream="rigB-1") as rig_b:
+        deadline, seen = time.monotonic() + 15, set()
+        while seen != {"rigA-1", "rigB-1"}:  # every hop's subscription has arrived
+            assert time.monotonic() < deadline, f"only {seen} came through the proxies"
+            rig_a.send(x[0], seq=0)
+            rig_b.send(x[0], seq=0)
+            with contextlib.suppress(TimeoutError):
+                seen.add(consumer.recv(timeout=0.1)[0]["stream"])
+        rig_a.send(x, seq=1000)  # a seq jump: a fresh context, as offline
+        rig_b.send(x, seq=1000)
+        got = {"rigA-1": [], "rigB-1": []}
+        while any(sum(len(f) for f in v) < len(x) for v in got.values()):
+            h, f = consumer.recv(timeout=10)
+            if h["seq"] >= 1000:
+                got[h["stream"]].append(np.array(f))
+        # each service served only its own rigs
+        assert set(control(a.control_address, "status")["streams"]) == {"rigA-1"}
+        assert set(control(b.control_address, "status")["streams"]) == {"rigB-1"}
+    ref = denoise(x, model=ck, chunk=len(x))
+    for v in got.values():
+        np.testing.assert_allclose(np.concatenate(v), ref, rtol=1e-5, atol=1e-4)
+
+
+def test_cli_proxy_starts_says_where_and_stops_on_sigterm():
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {**os.environ, "PYTHONPATH": str(src) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "rtdenoise.cli", "proxy", "--xsub", ANY, "--xpub", ANY],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("rtdenoise proxy: ready xsub=tcp://127.0.0.1:") and " (bind) xpub=tcp://" in line, line
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.stdout.close()
+        proc.stderr.close()

@@ -412,6 +412,35 @@ def cmd_status(args) -> int:
     return 0
 
 
+def _add_proxy(sub) -> None:
+    p = sub.add_parser("proxy", help="fan frames or outputs in and out between many rigs, services and consumers "
+                                     "(ZeroMQ XSUB -> XPUB)")
+    p.add_argument("--xsub", action="append", required=True, metavar="ADDR",
+                   help="where messages come in: bound (publishers connect), or with --connect-xsub a PUB to "
+                        "connect to (repeatable: one per service)")
+    p.add_argument("--xpub", required=True, metavar="ADDR", help="where subscribers connect (bound)")
+    p.add_argument("--connect-xsub", action="store_true", help="connect to each --xsub instead of binding")
+    p.set_defaults(func=cmd_proxy)
+
+
+def cmd_proxy(args) -> int:
+    import signal
+    import threading
+
+    from rtdenoise.stream.proxy import Proxy
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with Proxy(args.xsub, args.xpub, connect_xsub=args.connect_xsub) as px:
+        a = px.addresses
+        print(f"rtdenoise proxy: ready xsub={','.join(a['xsub'])} ({'connect' if args.connect_xsub else 'bind'}) "
+              f"xpub={a['xpub']}", flush=True)
+        while not stop.wait(0.2):
+            pass
+    return 0
+
+
 # ----------------------------------------------------------------------------- keys (CURVE)
 
 
@@ -525,7 +554,7 @@ def cmd_bench_latency(args) -> int:
 
 # Verbs owned by other parts register here: (module, function adding the parser).
 _VERBS = [_add_simulate, _add_train, _add_info, _add_denoise, _add_demo, _add_bench, _add_export, _add_build_engine]
-_VERBS += [_add_serve, _add_replay, _add_status, _add_keys]  # stream verbs, defined above main
+_VERBS += [_add_serve, _add_replay, _add_status, _add_proxy, _add_keys]  # stream verbs, defined above main
 
 
 def build_parser() -> argparse.ArgumentParser:

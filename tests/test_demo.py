@@ -24,6 +24,29 @@ def test_demo_runs_and_reports_sanely(tmp_path, capsys):
     assert "lost 0" in out and "SNR" in out
 
 
+def test_imaging_demo_a_simulated_two_photon_rig_through_the_service(tmp_path, capsys):
+    """`demo --modality imaging`: uint16 frames from a simulated rig, the shipped imaging model,
+    the spectral report's keys plus the frame shape, and a figure (small frames: CI speed)."""
+    report_path, plot_path = tmp_path / "demo.json", tmp_path / "demo.png"
+    rc = main(["demo", "--modality", "imaging", "--size", "48", "--seconds", "3", "--json", str(report_path),
+               "--plot", str(plot_path), "--quiet"])
+    out = capsys.readouterr().out
+    r = json.loads(report_path.read_text())
+    assert rc == 0, out
+    assert (r["modality"], r["shape"], r["dtype"], r["model"], r["rate_hz"]) == ("imaging", [48, 48], "<u2",
+                                                                                   "imaging-lag0", 30.0)
+    assert r["frames_in"] == 90 and r["frames_lost"] == 0 and r["frames_out"] == 90
+    assert r["snr_db"]["denoised"] > r["snr_db"]["raw"] + 3  # the shipped imaging model really denoises
+    assert r["neuron_corr"]["denoised"] > r["neuron_corr"]["raw"]
+    for key in ("frames_in", "frames_out", "frames_lost", "late_sends", "latency_ms", "latency_stages_ms_p50",
+                "snr_db", "service", "rejected", "lag", "backend", "spin"):
+        assert key in r, key
+    assert plot_path.stat().st_size > 10_000
+    assert "48×48 <u2" in out and "trace correlation" in out
+    assert main(["demo", "--modality", "imaging", "--size", "8", "--quiet"]) == 2
+    assert "--size" in capsys.readouterr().err
+
+
 def test_bench_latency_measures_a_running_service_from_outside(tiny_checkpoint, capsys):
     from rtdenoise.stream import Service
 

@@ -487,13 +487,18 @@ def cmd_keys(args) -> int:
 
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="simulated spectrometer + live service + subscriber over loopback, with a report")
-    p.add_argument("--seconds", type=float, default=30.0, help="how long to publish (default 30)")
-    p.add_argument("--rate", type=float, default=50.0,
-                   help="frames/s published (default 50: a 5 Hz recording replayed 10x faster than real time)")
+    p.add_argument("--modality", choices=["spectral", "imaging"], default="spectral",
+                   help="spectral: a fiber-photometry spectrometer; imaging: a two-photon rig (uint16 frames)")
+    p.add_argument("--seconds", type=float, default=None, help="how long to publish (default 30 spectral, 10 imaging)")
+    p.add_argument("--rate", type=float, default=None,
+                   help="frames/s published (default 50 spectral: a 5 Hz recording replayed 10x faster than real "
+                        "time; 30 imaging)")
+    p.add_argument("--size", type=int, default=512, help="imaging: frame height and width in pixels (default 512)")
     p.add_argument("--model", default=None, help="a .pt file or shipped model name (default: the shipped default)")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="auto: TensorRT on a GPU, else CUDA torch, else the fastest CPU backend measured for the model")
-    p.add_argument("--photons", type=float, default=2000.0, help="counts at the emission peak")
+    p.add_argument("--photons", type=float, default=None,
+                   help="counts at the emission peak (default 2000), imaging: at the brightest soma (default 5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write the report here")
     p.add_argument("--plot", default="demo.png", help="write the figure here (default demo.png; '' for none)")

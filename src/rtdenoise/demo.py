@@ -1,6 +1,7 @@
 """``rtdenoise demo``: a simulated experiment end to end over loopback ZeroMQ.
 
-A simulated spectrometer (the synthetic generator with the detector noise model) publishes
+A simulated spectrometer (the synthetic generator with the detector noise model), or with
+``--modality imaging`` a simulated two-photon rig (512 × 512 uint16 at 30 Hz), publishes
 frames, paced open-loop; the service denoises them with the shipped default model; a
 subscriber receives the denoised frames, as a closed-loop controller would. Latency is
 measured from each frame's *intended* send time to its arrival at the subscriber, so a
@@ -18,13 +19,22 @@ import numpy as np
 STREAM = "fiber0"
 
 
+#: Per modality: what is simulated and how fast, when the caller does not say.
+DEFAULTS = {
+    "spectral": {"seconds": 30.0, "rate": 50.0, "photons": 2000.0},
+    "imaging": {"seconds": 10.0, "rate": 30.0, "photons": 5.0},  # a two-photon rig: 512 x 512 uint16 at 30 Hz
+}
+
+
 def run_demo(
     *,
-    seconds: float = 30.0,
-    rate: float = 50.0,
+    modality: str = "spectral",
+    seconds: float | None = None,
+    rate: float | None = None,
+    size: int = 512,
     model=None,
     backend: str = "auto",
-    photons: float = 2000.0,
+    photons: float | None = None,
     seed: int = 0,
     json_path: str | None = None,
     plot_path: str | None = "demo.png",
@@ -33,9 +43,12 @@ def run_demo(
 ) -> dict:
     """Run the demo; return the report dict (also written to ``json_path`` if given).
 
-    ``rate`` is the publishing rate in frames/s. The simulated spectrometer records at
-    5 Hz (the model's frame rate); publishing faster replays that recording faster than
-    real time, which stresses the service without changing what the model sees.
+    ``modality``: ``"spectral"`` (a fiber-photometry spectrometer, 152-bin spectra) or
+    ``"imaging"`` (a two-photon rig: ``size`` × ``size`` uint16 frames, the shipped default
+    imaging model). ``seconds``, ``rate`` (frames/s) and ``photons`` default per modality
+    (:data:`DEFAULTS`). The simulated spectrometer records at 5 Hz (the model's frame rate);
+    publishing faster replays that recording faster than real time, which stresses the
+    service without changing what the model sees.
     ``spin``: the service's latency mode (:class:`~rtdenoise.stream.config.ServiceConfig`).
     """
     from tqdm import tqdm
@@ -43,17 +56,28 @@ def run_demo(
     from rtdenoise import metrics
     from rtdenoise.bench import paced_load
     from rtdenoise.stream.service import Service
-    from rtdenoise.synth import DetectorConfig, DetectorNoise, simulate
 
+    if modality not in DEFAULTS:
+        raise ValueError(f"modality must be one of {sorted(DEFAULTS)}, got {modality!r}")
+    d = DEFAULTS[modality]
+    seconds = d["seconds"] if seconds is None else seconds
+    rate = d["rate"] if rate is None else rate
+    photons = d["photons"] if photons is None else photons
     if seconds <= 0 or rate <= 0:
         raise ValueError(f"--seconds and --rate must be > 0, got {seconds} and {rate}")
+    if modality == "imaging" and not 16 <= size <= 4096:
+        raise ValueError(f"--size must be 16..4096 pixels, got {size}")
     n = max(1, int(round(seconds * rate)))
-    rec = simulate(n, seed=seed, photons=photons, noise=DetectorNoise(DetectorConfig(read_noise=(8.0, 8.0))))
-    noisy = rec["noisy"]
-    ref = rec["clean"] + rec["static"]
+    rec, noisy, ref = _simulate(modality, n, seed=seed, photons=photons, size=size)
 
+    imaging = modality == "imaging"
+    if model is None and imaging:
+        from rtdenoise.model.checkpoint import DEFAULT_MODELS
+
+        model = DEFAULT_MODELS["imaging"]
     service = Service(model=model, backend=backend, sub="tcp://127.0.0.1:*", bind_sub=True,
-                      pub="tcp://127.0.0.1:*", control="ipc://*", threads=1, spin=spin)
+                      pub="tcp://127.0.0.1:*", control="ipc://*", threads=2 if imaging else 1, spin=spin,
+                      max_queue=100 if imaging else 1000)  # ~3 s of a 30 Hz rig; a backlog is stale anyway
     lag = service.lag
     bar = tqdm(total=n - lag, disable=not progress, unit="frame", dynamic_ncols=True, mininterval=0.5)
     last = [0.0]
@@ -63,7 +87,7 @@ def run_demo(
         now = time.monotonic()
         if now - last[0] > 0.5 and received > 20:
             out, e = outputs[STREAM], e2e_ms[STREAM]
-            done = ~np.isnan(out[:, 0])
+            done = np.flatnonzero(_done(out))[-30:]  # the latest: cheap for big frames
             e = e[~np.isnan(e)]
             bar.set_postfix(
                 p50=f"{np.percentile(e, 50):.2f}ms", p99=f"{np.percentile(e, 99):.2f}ms",
@@ -77,10 +101,13 @@ def run_demo(
         bar.close()
         stats = service.stop()
     out = res.outputs[STREAM]
-    done = ~np.isnan(out[:, 0])
+    done = _done(out)
     summary = res.latency_summary()
     stream_stats = stats.get("streams", {}).get(STREAM, {})
     report = {
+        "modality": modality,
+        "shape": list(noisy.shape[1:]),
+        "dtype": noisy.dtype.str,
         "frames_in": res.frames_in,
         "frames_out": res.frames_out,
         "frames_lost": res.frames_lost,
@@ -101,17 +128,44 @@ def run_demo(
         "service": {k: stream_stats.get(k) for k in ("frames_in", "frames_out", "gaps", "dropped", "restarts")},
         "rejected": stats.get("rejected_by_reason", {}),
     }
+    if imaging and done.any():
+        fp = rec["footprints"]
+        report["neuron_corr"] = {
+            "raw": float(np.nanmean(metrics.neuron_correlation(noisy[done], ref[done], fp))),
+            "denoised": float(np.nanmean(metrics.neuron_correlation(out[done], ref[done], fp))),
+        }
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=2))
     if plot_path and done.any():
-        plot(rec, out, res.e2e_ms[STREAM], report, plot_path)
+        (plot_movie if imaging else plot)(rec, out, res.e2e_ms[STREAM], report, plot_path)
     return report
+
+
+def _simulate(modality: str, n: int, *, seed: int, photons: float, size: int):
+    """(recording, what the instrument sends, the ground truth a perfect denoiser returns)."""
+    if modality == "imaging":
+        from rtdenoise.synth import simulate_movie
+
+        rec = simulate_movie(n, seed=seed, shape=(size, size), photons=photons)
+        # as a camera or a two-photon digitizer sends it: whole counts, uint16
+        noisy = np.clip(np.rint(rec["noisy"]), 0, np.iinfo(np.uint16).max).astype("<u2")
+        return rec, noisy, rec["clean"] + rec["static"]
+    from rtdenoise.synth import DetectorConfig, DetectorNoise, simulate
+
+    rec = simulate(n, seed=seed, photons=photons, noise=DetectorNoise(DetectorConfig(read_noise=(8.0, 8.0))))
+    return rec, rec["noisy"], rec["clean"] + rec["static"]
+
+
+def _done(out: np.ndarray) -> np.ndarray:
+    """Which frames of ``out`` (NaN until received) have arrived."""
+    return ~np.isnan(out.reshape(len(out), -1)[:, 0])
 
 
 def format_report(r: dict) -> str:
     lat = r["latency_ms"]
     return "\n".join([
-        f"rtdenoise demo: {r['model']} on {r['backend']} (lag {r['lag']}), {r['rate_hz']:g} frames/s for {r['seconds']:g} s",
+        f"rtdenoise demo: {r['model']} on {r['backend']} (lag {r['lag']}), {r['rate_hz']:g} frames/s for {r['seconds']:g} s"
+        + (f", frames {'×'.join(map(str, r['shape']))} {r['dtype']}" if r.get("modality") == "imaging" else ""),
         f"  frames      in {r['frames_in']}  out {r['frames_out']}  lost {r['frames_lost']}"
         + (f"  in flight {r['frames_in_flight']}" if r["frames_in_flight"] else "")
         + (f"  (publisher late {r['late_sends']}×)" if r["late_sends"] else ""),
@@ -120,6 +174,8 @@ def format_report(r: dict) -> str:
         "  stages p50  " + "  ".join(f"{k} {v:.3f}" for k, v in r["latency_stages_ms_p50"].items()) + " ms",
         f"  SNR         raw {r['snr_db']['raw']:.2f} dB → denoised {r['snr_db']['denoised']:.2f} dB "
         f"({r['snr_db']['denoised'] - r['snr_db']['raw']:+.2f} dB)",
+        *([f"  neurons     trace correlation with the truth: raw {r['neuron_corr']['raw']:.3f} → denoised "
+           f"{r['neuron_corr']['denoised']:.3f}"] if "neuron_corr" in r else []),
     ])
 
 
@@ -171,10 +227,71 @@ def plot(rec: dict, out: np.ndarray, e2e: np.ndarray, report: dict, path: str) -
     plt.close(fig)
 
 
+def plot_movie(rec: dict, out: np.ndarray, e2e: np.ndarray, report: dict, path: str) -> None:
+    """The imaging demo's figure: a late frame raw / denoised / clean, three neurons' traces,
+    the latency histogram."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rtdenoise import metrics
+
+    noisy, ref = rec["noisy"], rec["clean"] + rec["static"]
+    done = _done(out)
+    k = int(np.flatnonzero(done)[-1])
+    h, w = ref.shape[1:]
+    c = min(h, w, 160)  # a crop the eye can read at this size
+    y0, x0 = (h - c) // 2, (w - c) // 2
+    crop = (slice(y0, y0 + c), slice(x0, x0 + c))
+    lo, hi = np.percentile(ref[k][crop], [1, 99.5])
+    fig = plt.figure(figsize=(11, 9))
+    grid = fig.add_gridspec(3, 3, height_ratios=[1.2, 1, 0.8])
+    for j, (name, x) in enumerate([("raw", noisy), ("denoised (live)", out), ("clean", ref)]):
+        ax = fig.add_subplot(grid[0, j])
+        ax.imshow(x[k][crop], cmap="gray", vmin=lo, vmax=hi)
+        ax.set_title(f"{name}, frame {k}" + (f" ({c}×{c} crop)" if c < max(h, w) else ""), fontsize=9)
+        ax.axis("off")
+    ax = fig.add_subplot(grid[1, :])
+    fp = rec["footprints"]
+    t = np.arange(len(ref)) / float(rec["fs"])
+    if len(fp):
+        bright = np.argsort(rec["traces"].max(1))[::-1][:3]
+        for i, nrn in enumerate(bright):
+            off = 1.2 * i
+            tr = {name: metrics.neuron_traces(x[done], fp[nrn : nrn + 1])[0] for name, x in
+                  (("raw", noisy), ("denoised", out), ("clean", ref))}
+            scale = max(np.ptp(tr["clean"]), 1e-9)
+            base = tr["clean"].min()
+            for name, style in (("raw", dict(lw=0.5, alpha=0.5, color="0.5")), ("denoised", dict(lw=1.0, color="C0")),
+                                ("clean", dict(lw=1.0, color="k"))):
+                ax.plot(t[done], (tr[name] - base) / scale + off, label=name if i == 0 else None, **style)
+        ax.legend(fontsize=8, loc="upper right")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("three brightest neurons (scaled)")
+    ax = fig.add_subplot(grid[2, :])
+    e = e2e[~np.isnan(e2e)]
+    ax.hist(e, bins=80, color="0.4")
+    lat = report["latency_ms"]
+    for q, col in (("p50", "C0"), ("p99", "C1"), ("p999", "C3")):
+        ax.axvline(lat[q], color=col, label=f"{q} {lat[q]:.1f} ms")
+    ax.axvline(1e3 / report["rate_hz"], color="k", ls="--", lw=0.8, label="one frame period")
+    ax.set_yscale("log")
+    ax.set_xlabel("latency, intended send → subscriber (ms)")
+    ax.legend(fontsize=8)
+    fig.suptitle(
+        f"rtdenoise demo: {report['model']}, {'×'.join(map(str, report['shape']))} {report['dtype']} at "
+        f"{report['rate_hz']:g} frames/s; SNR {report['snr_db']['raw']:.1f} → {report['snr_db']['denoised']:.1f} dB; "
+        f"lost {report['frames_lost']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(args) -> int:
-    report = run_demo(seconds=args.seconds, rate=args.rate, model=args.model, backend=args.backend,
-                      photons=args.photons, seed=args.seed, json_path=args.json, plot_path=args.plot,
-                      progress=not args.quiet, spin=args.spin)
+    report = run_demo(modality=args.modality, seconds=args.seconds, rate=args.rate, size=args.size, model=args.model,
+                      backend=args.backend, photons=args.photons, seed=args.seed, json_path=args.json,
+                      plot_path=args.plot, progress=not args.quiet, spin=args.spin)
     print(format_report(report))
     if args.json:
         print(f"  report      {args.json}")

@@ -7,8 +7,10 @@ each frame's due time to the subscriber (:func:`rtdenoise.bench.paced_load`, ope
 
 - ``echo``: the floor, a bare ZeroMQ echo (SUB → PUB, no engine) in a process of its own;
 - ``serve`` and ``serve --spin``: ``rtdenoise serve`` as its own process;
-- ``demo`` and ``demo --spin``: the README's ``rtdenoise demo --rate 100`` (service, publisher
-  and subscriber in one process).
+- ``demo`` and ``demo --spin``: the README's ``rtdenoise demo --rate 100`` (the service its own
+  process, the simulated rig and the subscriber in the demo's);
+- ``demo --in-process`` (and ``--spin``): the service in the demo's process too, its threads
+  sharing Python's GIL with the rig and the subscriber.
 
 Writes ``benchmarks/results/spin.{json,md}``: per mode the median over rounds of p50, p99
 and p99.9, and every round's figures.
@@ -34,7 +36,7 @@ from bench_latency import ServeProcess, free_port, run  # noqa: E402
 from bench_quality import machine  # noqa: E402
 
 RESULTS = HERE / "results"
-MODES = ("echo", "serve", "serve --spin", "demo", "demo --spin")
+MODES = ("echo", "serve", "serve --spin", "demo", "demo --spin", "demo --in-process", "demo --in-process --spin")
 _ECHO = "import sys, threading; sys.path.insert(0, {here!r}); import bench_latency as b; " \
         "b.echo_server({sub!r}, {pub!r}, threading.Event())"
 

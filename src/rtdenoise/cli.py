@@ -504,6 +504,9 @@ def _add_demo(sub) -> None:
     p.add_argument("--plot", default="demo.png", help="write the figure here (default demo.png; '' for none)")
     p.add_argument("--quiet", action="store_true", help="no live progress")
     p.add_argument("--spin", action="store_true", help="the service's latency mode (see serve --spin)")
+    p.add_argument("--in-process", action="store_true",
+                   help="run the service in this process (default: its own, `rtdenoise serve`, as beside real "
+                        "acquisition software)")
     p.set_defaults(func=cmd_demo)
 
 

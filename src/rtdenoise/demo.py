@@ -2,7 +2,8 @@
 
 A simulated spectrometer (the synthetic generator with the detector noise model), or with
 ``--modality imaging`` a simulated two-photon rig (512 × 512 uint16 at 30 Hz), publishes
-frames, paced open-loop; the service denoises them with the shipped default model; a
+frames, paced open-loop; the service (its own process, ``rtdenoise serve``, unless
+``--in-process``) denoises them with the shipped default model; a
 subscriber receives the denoised frames, as a closed-loop controller would. Latency is
 measured from each frame's *intended* send time to its arrival at the subscriber, so a
 stall anywhere shows up in the numbers (no coordinated omission).
@@ -11,6 +12,7 @@ stall anywhere shows up in the numbers (no coordinated omission).
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -40,6 +42,7 @@ def run_demo(
     plot_path: str | None = "demo.png",
     progress: bool = True,
     spin: bool = False,
+    separate: bool = True,
 ) -> dict:
     """Run the demo; return the report dict (also written to ``json_path`` if given).
 
@@ -50,13 +53,14 @@ def run_demo(
     publishing faster replays that recording faster than real time, which stresses the
     service without changing what the model sees.
     ``spin``: the service's latency mode (:class:`~rtdenoise.stream.config.ServiceConfig`).
+    ``separate``: run the service as its own process (``rtdenoise serve``), as beside real
+    acquisition software, rather than in this one (where its threads share Python's GIL
+    with the simulated rig and the subscriber).
     """
     from tqdm import tqdm
 
     from rtdenoise import metrics
     from rtdenoise.bench import paced_load
-    from rtdenoise.stream.service import Service
-
     if modality not in DEFAULTS:
         raise ValueError(f"modality must be one of {sorted(DEFAULTS)}, got {modality!r}")
     d = DEFAULTS[modality]
@@ -75,9 +79,9 @@ def run_demo(
         from rtdenoise.model.checkpoint import DEFAULT_MODELS
 
         model = DEFAULT_MODELS["imaging"]
-    service = Service(model=model, backend=backend, sub="tcp://127.0.0.1:*", bind_sub=True,
-                      pub="tcp://127.0.0.1:*", control="ipc://*", threads=2 if imaging else 1, spin=spin,
-                      max_queue=100 if imaging else 1000)  # ~3 s of a 30 Hz rig; a backlog is stale anyway
+    kw = dict(model=model, backend=backend, threads=2 if imaging else 1, spin=spin,
+              max_queue=100 if imaging else 1000)  # ~3 s of a 30 Hz rig; a backlog is stale anyway
+    service = ServiceProcess(**kw) if separate else InProcess(**kw)
     lag = service.lag
     bar = tqdm(total=n - lag, disable=not progress, unit="frame", dynamic_ncols=True, mininterval=0.5)
     last = [0.0]
@@ -95,10 +99,11 @@ def run_demo(
             )
             last[0] = now
 
-    with service:
+    try:
         res = paced_load(service.addresses["sub"], service.addresses["pub"], {STREAM: noisy}, rate=rate,
                          lag=lag, fs=float(rec["fs"]), progress=show)
         bar.close()
+    finally:
         stats = service.stop()
     out = res.outputs[STREAM]
     done = _done(out)
@@ -115,8 +120,8 @@ def run_demo(
         "late_sends": res.late_sends,
         "rate_hz": rate,
         "seconds": seconds,
-        "model": service.engine.name,
-        "backend": service.engine.backend,
+        "model": service.model,
+        "backend": service.backend,
         "lag": lag,
         "spin": spin,
         "latency_ms": {k: summary[k] for k in ("p50", "p90", "p99", "p999", "max")},
@@ -139,6 +144,66 @@ def run_demo(
     if plot_path and done.any():
         (plot_movie if imaging else plot)(rec, out, res.e2e_ms[STREAM], report, plot_path)
     return report
+
+
+class InProcess:
+    """The service in this process (``separate=False``)."""
+
+    def __init__(self, **kw):
+        from rtdenoise.stream.service import Service
+
+        self.svc = Service(sub="tcp://127.0.0.1:*", bind_sub=True, pub="tcp://127.0.0.1:*", control="ipc://*",
+                           **kw).start()
+        self.addresses, self.lag = self.svc.addresses, self.svc.lag
+        self.model, self.backend = self.svc.engine.name, self.svc.engine.backend
+
+    def stop(self) -> dict:
+        return self.svc.stop()
+
+
+class ServiceProcess:
+    """``rtdenoise serve`` as a child process on free loopback ports (``separate=True``)."""
+
+    def __init__(self, *, model, backend: str, threads: int, spin: bool, max_queue: int):
+        import re
+        import subprocess
+        import sys
+        import tempfile
+
+        self._tmp = None
+        if model is not None and not isinstance(model, (str, os.PathLike)):  # a Checkpoint: the child needs a file
+            self._tmp = tempfile.TemporaryDirectory(prefix="rtdenoise-demo-")
+            path = Path(self._tmp.name) / "model.pt"
+            model.save(path)
+            model = path
+        cmd = [sys.executable, "-m", "rtdenoise.cli", "serve", "--bind-sub", "--sub", "tcp://127.0.0.1:*",
+               "--pub", "tcp://127.0.0.1:*", "--control", "ipc://*", "--backend", backend, "--threads", str(threads),
+               "--max-queue", str(max_queue), *(["--model", str(model)] if model is not None else []),
+               *(["--spin"] if spin else [])]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()  # one line when ready
+        m = re.search(r"ready model=(\S+) backend=(\S+) lag=(\d+) sub=(\S+) .*pub=(\S+) control=(\S+)", line)
+        if m is None:
+            self.proc.kill()
+            err = self.proc.communicate()[1].strip().splitlines()
+            raise RuntimeError(f"the service did not start: {err[-1] if err else line!r}")
+        self.model, self.backend, self.lag = m[1], m[2], int(m[3])
+        self.addresses = {"sub": m[4], "pub": m[5], "control": m[6]}
+
+    def stop(self) -> dict:
+        from rtdenoise.stream.control import control
+
+        try:
+            stats = control(self.addresses["control"], "status", timeout=10)
+            control(self.addresses["control"], "stop", timeout=10)
+            self.proc.wait(20)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.communicate()
+            if self._tmp is not None:
+                self._tmp.cleanup()
+        return stats
 
 
 def _simulate(modality: str, n: int, *, seed: int, photons: float, size: int):
@@ -291,7 +356,8 @@ def plot_movie(rec: dict, out: np.ndarray, e2e: np.ndarray, report: dict, path: 
 def main(args) -> int:
     report = run_demo(modality=args.modality, seconds=args.seconds, rate=args.rate, size=args.size, model=args.model,
                       backend=args.backend, photons=args.photons, seed=args.seed, json_path=args.json,
-                      plot_path=args.plot, progress=not args.quiet, spin=args.spin)
+                      plot_path=args.plot, progress=not args.quiet, spin=args.spin,
+                      separate=not args.in_process)
     print(format_report(report))
     if args.json:
         print(f"  report      {args.json}")

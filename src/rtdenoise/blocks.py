@@ -12,6 +12,7 @@ format             reading                                        writing
                    ImageJ); every page must have one shape         (BigTIFF); spectra whole
 ``.h5``/``.hdf5``  dataset slices                                 dataset slices
 ``.npz``, ``.mat``  whole (these formats cannot be read in part)   whole, at the end
+``.nwb``           a series' dataset slices (:mod:`rtdenoise.nwb`) into a copy of the input NWB file
 =================  =============================================  =========================
 """
 
@@ -27,11 +28,13 @@ import numpy as np
 from rtdenoise.atomic import atomic_path
 from rtdenoise.io import _existing, _format_of, load_frames, save_frames
 
-__all__ = ["FrameReader", "FrameWriter", "open_frames"]
+__all__ = ["FrameReader", "FrameWriter", "frame_writer", "open_frames"]
 
 
 class FrameReader:
     """Frames of a recording file, time first; read in blocks with :meth:`blocks`."""
+
+    nwb = None  # an NWB file's (io, nwbfile, series, key), for writing the denoised copy beside it
 
     def __init__(self, read, shape: tuple[int, ...], dtype: np.dtype, close=None, name: str = ""):
         self._read, self.shape, self.dtype, self._close, self.name = read, tuple(shape), np.dtype(dtype), close, name
@@ -75,6 +78,12 @@ def open_frames(path: str | os.PathLike, *, key: str | None = None) -> FrameRead
         reader = _tiff_reader(path)
     elif fmt == "hdf5":
         reader = _hdf5_reader(path, key)
+    elif fmt == "nwb":
+        from rtdenoise.nwb import open_nwb
+
+        src = open_nwb(path, key)
+        reader = FrameReader(src.read, src.shape, src.dtype, close=src.close, name=src.name)
+        reader.nwb = src.nwb  # for an NWB output: the file and series to copy
     else:  # npz, mat: whole
         arr = load_frames(path, key=key)
         reader = FrameReader(lambda a, b: arr[a:b], arr.shape, arr.dtype, name=name)
@@ -123,6 +132,17 @@ def _hdf5_reader(path: Path, key: str | None) -> FrameReader:
         c.close()
         raise
     return FrameReader(lambda a, b: ds[a:b], ds.shape, ds.dtype, close=c.close, name=f"{path}:{name}")
+
+
+def frame_writer(path: str | os.PathLike, n_frames: int, frame_shape: tuple[int, ...], dtype, *,
+                 key: str = "denoised", source: FrameReader | None = None, description: str = ""):
+    """A :class:`FrameWriter`, or for an ``.nwb`` destination an :class:`~rtdenoise.nwb.NwbWriter`
+    (the denoised series of ``source``, an NWB reader, into a copy of its file)."""
+    if _format_of(path)[1] == "nwb":
+        from rtdenoise.nwb import NwbWriter
+
+        return NwbWriter(path, n_frames, frame_shape, dtype, source=source, description=description)
+    return FrameWriter(path, n_frames, frame_shape, dtype, key=key)
 
 
 class FrameWriter:

@@ -74,7 +74,7 @@ def denoise_file(
     from tqdm import tqdm
 
     from rtdenoise.backends import load_engine
-    from rtdenoise.blocks import FrameWriter, open_frames
+    from rtdenoise.blocks import frame_writer, open_frames
     from rtdenoise.io import validate_frames
     from rtdenoise.model.checkpoint import default_model
 
@@ -91,7 +91,8 @@ def denoise_file(
         out_dtype = reader.dtype if dtype == "input" else np.dtype(np.float32)
         block = chunk or engine.max_step(reader.shape[1:])
         t0 = time.perf_counter()
-        with FrameWriter(dst, len(reader), reader.shape[1:], out_dtype, key="denoised") as writer, \
+        with frame_writer(dst, len(reader), reader.shape[1:], out_dtype, key="denoised", source=reader,
+                          description=_description(engine)) as writer, \
                 tqdm(total=len(reader), disable=not progress, unit="frame", dynamic_ncols=True) as bar:
             for y in engine.denoise_blocks(reader.blocks(block), chunk=chunk):
                 writer.write(_as(y, out_dtype))
@@ -108,6 +109,23 @@ def denoise_file(
         "seconds": wall,
         "ms_per_frame": 1e3 * wall / max(1, len(reader)),
     }
+
+
+def _description(engine) -> str:
+    """What a denoised series says of its making (NWB): the model, its card's facts, the tool."""
+    from rtdenoise import __version__
+
+    prov = engine.checkpoint.provenance or {}
+    facts = [f"model {engine.name!r}", f"lag {engine.lag} frames", f"backend {engine.backend}"]
+    if prov.get("command"):
+        facts.append(f"trained with `{prov['command']}`")
+    if prov.get("steps"):
+        facts.append(f"{prov['steps']} steps")
+    if prov.get("date"):
+        facts.append(f"on {prov['date']}")
+    return (f"Denoised by rtdenoise {__version__} (causal CNN, each output frame from that frame and earlier ones"
+            + (f" and {engine.lag} later" if engine.lag else "") + "): " + ", ".join(facts)
+            + f"; model card: models/{engine.name}.md in the rtdenoise repository, when it is a shipped model.")
 
 
 def _as(y: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -16,6 +16,9 @@ extension     kind         reader / writer
 ``.hdf5``                  dataset paths such as ``"noisy"`` or ``"a/b"``
 ``.mat``      container    scipy.io (v4-v7); v7.3 files are HDF5 and are
                            read with h5py
+``.nwb``      container    pynwb (``pip install rtdenoise[nwb]``); keys are
+                           series names (:mod:`rtdenoise.nwb`); written
+                           only by ``denoise``, as a copy of its NWB input
 ============  ===========  ===============================================
 
 Every writer is atomic: it writes a temporary file in the destination's directory and
@@ -55,6 +58,7 @@ _FORMATS = {
     ".h5": "hdf5",
     ".hdf5": "hdf5",
     ".mat": "mat",
+    ".nwb": "nwb",  # rtdenoise.nwb (pynwb): read a series; written only by denoise, beside its input's
 }
 SUPPORTED_EXTENSIONS: tuple[str, ...] = tuple(_FORMATS)
 _CONTAINERS = ("npz", "hdf5", "mat")
@@ -278,6 +282,14 @@ def load_frames(path: str | os.PathLike, *, key: str | None = None) -> np.ndarra
     (10, 152)
     """
     path, fmt = _existing(path)
+    if fmt == "nwb":
+        from rtdenoise.nwb import open_nwb
+
+        src = open_nwb(path, key)
+        try:
+            return src.read(0, src.shape[0])
+        finally:
+            src.close()
     if fmt not in _CONTAINERS:
         if key is not None:
             raise _InputError(
@@ -414,6 +426,9 @@ def save_frames(
     ['denoised.npy']
     """
     path, fmt = _format_of(path)
+    if fmt == "nwb":
+        raise _InputError(f"{str(path)!r}: NWB files are written by `denoise` from an NWB input (the denoised "
+                          "series goes into a copy of it); save these frames as .npy, .tif, .h5 or .npz")
     if not isinstance(key, str) or not key:
         raise _InputError(f"key must be a non-empty string, got {key!r}")
     extra = dict(extra or {})

@@ -146,3 +146,54 @@ def test_cli_proxy_starts_says_where_and_stops_on_sigterm():
         proc.kill()
         proc.stdout.close()
         proc.stderr.close()
+
+
+def _scanimage_header(stream: str, seq: int, h: int, w: int, t_ns: int, fs: float) -> bytes:
+    """The header as docs/integrations.md's MATLAB `rtd_header` packs it, byte for byte."""
+    import struct
+
+    def s(x: str) -> bytes:
+        return bytes([0xA0 + len(x)]) + x.encode()
+
+    return (b"\x88" + s("v") + b"\x01" + s("stream") + s(stream) + s("seq") + b"\xcf" + seq.to_bytes(8, "big")
+            + s("n") + b"\x01" + s("shape") + b"\x92\xcd" + h.to_bytes(2, "big") + b"\xcd" + w.to_bytes(2, "big")
+            + s("dtype") + s("<u2") + s("t_ns") + b"\xcf" + t_ns.to_bytes(8, "big") + s("fs") + b"\xcb"
+            + struct.pack(">d", fs))
+
+
+def test_the_documented_scanimage_header_bytes_decode_and_a_live_service_takes_them(movie):
+    import re
+    from pathlib import Path
+
+    import zmq
+
+    from rtdenoise.stream import Subscriber, wire
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "integrations.md").read_text()
+    block = re.search(r"```\n((?:[0-9a-f]{2}[ \n])+)```", doc)[1]
+    hdr = _scanimage_header("scope1", 7, 512, 512, 1764000000000000000, 30.0)
+    assert bytes.fromhex(block.replace("\n", " ")) == hdr, "docs/integrations.md's header bytes went stale"
+    _, h, frames = wire.decode([b"frames/scope1", hdr, np.zeros((512, 512), "<u2").tobytes()])
+    assert (h["seq"], h["shape"], h["dtype"], frames.shape) == (7, [512, 512], "<u2", (1, 512, 512))
+    # and a running imaging service denoises frames sent that way
+    H, W = movie.shape[1:]
+    with Service(engine=_engine(0), sub=ANY, bind_sub=True, pub=ANY, control="ipc://*") as svc, \
+            Subscriber(svc.pub_address, streams="scope1") as sub:
+        pub = zmq.Context.instance().socket(zmq.PUB)
+        pub.connect(svc.sub_address)
+        try:
+            deadline, seq = time.monotonic() + 10, 0
+            while True:
+                assert time.monotonic() < deadline, "no denoised frame came back"
+                pub.send_multipart([b"frames/scope1", _scanimage_header("scope1", seq, H, W, 10**18 + seq, 30.0),
+                                    movie[seq % len(movie)].tobytes()])
+                seq += 1
+                try:
+                    out, f = sub.recv(timeout=0.1)
+                    break
+                except TimeoutError:
+                    pass
+        finally:
+            pub.close(linger=0)
+        assert out["stream"] == "scope1" and f.shape == (1, H, W) and np.isfinite(f).all()
+        assert svc.stats()["streams"]["scope1"]["rejected"] == 0

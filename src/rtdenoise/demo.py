@@ -180,12 +180,17 @@ class ServiceProcess:
                "--pub", "tcp://127.0.0.1:*", "--control", "ipc://*", "--backend", backend, "--threads", str(threads),
                "--max-queue", str(max_queue), *(["--model", str(model)] if model is not None else []),
                *(["--spin"] if spin else [])]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()  # one line when ready
+        # stderr to a file: a pipe nobody reads would block the service once full of warnings
+        self._err = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._err, text=True)
+        line = self.proc.stdout.readline()  # one line when ready (EOF if it fails)
         m = re.search(r"ready model=(\S+) backend=(\S+) lag=(\d+) sub=(\S+) .*pub=(\S+) control=(\S+)", line)
         if m is None:
             self.proc.kill()
-            err = self.proc.communicate()[1].strip().splitlines()
+            self.proc.wait()
+            self._err.seek(0)
+            err = self._err.read().strip().splitlines()
+            self._err.close()
             raise RuntimeError(f"the service did not start: {err[-1] if err else line!r}")
         self.model, self.backend, self.lag = m[1], m[2], int(m[3])
         self.addresses = {"sub": m[4], "pub": m[5], "control": m[6]}
@@ -201,6 +206,7 @@ class ServiceProcess:
             if self.proc.poll() is None:
                 self.proc.kill()
             self.proc.communicate()
+            self._err.close()
             if self._tmp is not None:
                 self._tmp.cleanup()
         return stats

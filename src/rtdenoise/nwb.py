@@ -6,7 +6,9 @@ Reading: a series of the file's ``acquisition`` (or ``processing/<module>/<name>
 names one (the error lists them).
 
 Writing: the output is the input file plus the denoised series in a processing module
-``rtdenoise``: same type and unit as the original, its timestamps linked to the original's
+``rtdenoise``: a ``TwoPhotonSeries`` or ``OnePhotonSeries`` stays one (same imaging plane),
+any other series becomes a ``TimeSeries``; unit, conversion, offset and resolution as the
+original's, its timestamps linked to the original's
 (or the same rate and start), the model's name, lag and provenance in its description.
 The original series is untouched. The denoised frames stream into a temporary file as they
 come; the NWB file appears only when complete (as every writer of :mod:`rtdenoise.io`).
@@ -121,6 +123,12 @@ class NwbWriter:
         self.written += n
 
     def close(self) -> None:
+        try:
+            self._finish()
+        finally:
+            self._cleanup()
+
+    def _finish(self) -> None:
         if self.written != self.n:
             raise RuntimeError(f"{self.path}: {self.written} of {self.n} frames written; nothing was saved")
         from hdmf.data_utils import DataChunkIterator
@@ -135,20 +143,22 @@ class NwbWriter:
                              "denoise the original file")
         data = DataChunkIterator(self._ds, buffer_size=max(1, min(self.n, 2**24 // max(1, self._ds[0].nbytes))))
         kw = dict(name=name, data=data, unit=src.unit, description=self.description,
-                  comments=f"denoised from {key}")
+                  comments=f"denoised from {key}", conversion=src.conversion, resolution=src.resolution,
+                  offset=getattr(src, "offset", 0.0))
         if src.timestamps is not None:
             kw["timestamps"] = src  # linked, not copied
         else:
             kw.update(rate=src.rate, starting_time=src.starting_time)
-        if isinstance(src, pynwb.ophys.TwoPhotonSeries):
-            series = pynwb.ophys.TwoPhotonSeries(imaging_plane=src.imaging_plane, **kw)
-        else:
+        imaging = next((t for t in (pynwb.ophys.TwoPhotonSeries, getattr(pynwb.ophys, "OnePhotonSeries", None))
+                        if t is not None and isinstance(src, t)), None)
+        if imaging is not None:
+            series = imaging(imaging_plane=src.imaging_plane, **kw)
+        else:  # any other series of frames: its data as a TimeSeries
             series = pynwb.TimeSeries(**kw)
         module.add(series)
         with atomic_path(self.path) as tmp:
             with pynwb.NWBHDF5IO(str(tmp), "w") as out:
                 out.export(src_io=io, nwbfile=nwbfile)
-        self._cleanup()
 
     def abort(self) -> None:
         self._cleanup()

@@ -32,7 +32,8 @@ A key directory for the service (``rtdenoise keys DIR``)::
     DIR/authorized/subscribe/      keys that may only subscribe (a display, a controller)
     DIR/authorized/control/        keys that may use the control socket (status, reset, stop)
     DIR/authorized/**/NAME.streams optional, beside a key that may publish: the stream-name
-                                   prefixes it may publish to, one per line
+                                   prefixes it may publish to, one per line (a prefix:
+                                   "rig1" also allows "rig10"; end it with a separator, "rig1/")
 
 Each of the service's sockets checks its own role (its ZAP domain): a display's key
 cannot publish into a stream nor stop the service. Only keys in ``authorized/control/``
@@ -223,8 +224,10 @@ def make_keys(directory: str | os.PathLike, name: str = SERVER_NAME, *, authoriz
         shutil.copyfile(public, dst)
         what = "publish and subscribe" if role == "data" else role
         lines.append(f"authorized: copied {public.name} to {dst} (may {what}; the service reads keys when it starts)")
+        limit = folder / f"{name}{STREAMS_SUFFIX}"
+        limit.unlink(missing_ok=True)  # a key made again (--force) gets only the limits given now
         if streams:
-            (folder / f"{name}{STREAMS_SUFFIX}").write_text("".join(f"{x}\n" for x in streams), encoding="utf-8")
+            limit.write_text("".join(f"{x}\n" for x in streams), encoding="utf-8")
             lines.append(f"limited to streams starting with {', '.join(map(repr, streams))} "
                          f"({folder / (name + STREAMS_SUFFIX)})")
     else:

@@ -7,7 +7,7 @@ image in the input's dtype (pycro-manager keeps the camera's dtype: integer outp
 rounded and clipped to the dtype's range) with the image's own metadata. It never stalls
 the acquisition: when no denoised image comes back within ``timeout_s`` (no service, a
 service still starting, a lookahead model), the raw image goes on, and the metadata says
-so. pycromanager itself is not needed to use or test it.
+so; later images then do not wait at all until the service answers again. pycromanager itself is not needed to use or test it.
 
 Examples
 --------
@@ -77,18 +77,34 @@ class DenoiseProcessor:
             self._sub.close()
             raise
         self.counts = {"denoised": 0, "raw": 0}
+        self._answering = True  # False after a timeout: images no longer wait until an answer comes again
+        self._seen = False  # an answer came during this call
+        self._lag = 0  # the service's lookahead, once an answer said it
 
     def __call__(self, image: Any, metadata: dict) -> tuple[np.ndarray, dict]:
         img = np.asarray(image)
         if img.ndim != 2:
             raise ValueError(f"pycro-manager images are 2-D (height, width), got shape {img.shape}")
         seq = self._pub.next_seq
+        if self._lag:  # a lookahead model never answers an image in time: do not even send it
+            return self._raw(img, metadata, seq, self._lag_reason())
         t0 = time.monotonic()
-        self._pub.send(img[None])
         try:
-            out, header = self._wait(seq, t0 + self.timeout_s)
+            self._pub.send(img[None])
+        except (ValueError, TypeError) as e:  # e.g. a new image size mid-acquisition: the raw image goes on
+            return self._raw(img, metadata, seq, f"not sent: {e}")
+        # Once the service has stopped answering, an image waits for nothing: acquisition would
+        # otherwise crawl at one image per timeout. Any answer (a late one too) resumes waiting.
+        wait = self.timeout_s if self._answering else 0.0
+        self._seen = False
+        try:
+            out, header = self._wait(seq, t0 + wait)
         except TimeoutError as e:
-            return self._raw(img, metadata, seq, str(e))
+            # waiting stops after a full timeout; it resumes once answers come again (a late one included)
+            self._answering = wait == 0.0 and self._seen
+            why = str(e) if wait else f"{e} (not waited for: the service stopped answering in time)"
+            return self._raw(img, metadata, seq, why)
+        self._answering = True
         metadata["rtdenoise"] = {"denoised": True, "seq": seq, "model": header.get("model"),
                                  "latency_ms": round((time.monotonic() - t0) * 1e3, 3)}
         self.counts["denoised"] += 1
@@ -104,12 +120,17 @@ class DenoiseProcessor:
                                    f"with an imaging model, its input at {self._pub.address}, output at "
                                    f"{self._sub.address}?)") from None
             if h.get("lag"):
-                raise TimeoutError(f"the service runs a lookahead model (lag {h['lag']}): an image's denoised "
-                                   "version comes only after later images; serve a lag-0 model (imaging-lag0)")
+                self._lag = int(h["lag"])
+                raise TimeoutError(self._lag_reason())
+            self._seen = True  # the service answers (late, perhaps)
             if h["seq"] <= seq < h["seq"] + h["n"]:
                 return np.array(frames[seq - h["seq"]]), h
             if h["seq"] > seq:  # the acquisition restarted numbering under us: nothing to wait for
                 raise TimeoutError(f"outputs went past image {seq} (seq {h['seq']}) without it")
+
+    def _lag_reason(self) -> str:
+        return (f"the service runs a lookahead model (lag {self._lag}): an image's denoised version comes only "
+                "after later images; serve a lag-0 model (imaging-lag0)")
 
     def _raw(self, img: np.ndarray, metadata: dict, seq: int, why: str) -> tuple[np.ndarray, dict]:
         metadata["rtdenoise"] = {"denoised": False, "seq": seq, "reason": why}

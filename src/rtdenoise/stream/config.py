@@ -24,7 +24,11 @@ def runtime_dir() -> Path:
     base = os.environ.get("XDG_RUNTIME_DIR")
     if base and os.path.isdir(base):
         return Path(base) / "rtdenoise"
-    return Path(tempfile.gettempdir()) / f"rtdenoise-{getpass.getuser()}"
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - a UID with no name (containers): the number will do
+        user = str(os.getuid()) if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"rtdenoise-{user}"
 
 
 #: The control socket by default: a local IPC endpoint only this user can reach (folder 0700,
@@ -86,10 +90,11 @@ class ServiceConfig:
         self.subscribe = tuple(self.subscribe)
         if not self.subscribe or not all(isinstance(s, str) for s in self.subscribe):
             raise ValueError(f"subscribe must be stream-name prefixes ('' = all), got {self.subscribe!r}")
-        if self.control.startswith("tcp://") and self.curve_keys is None and not self.allow_tcp_control:
+        if self.control.split("://")[0] not in ("ipc", "inproc") and self.curve_keys is None \
+                and not self.allow_tcp_control:
             raise ValueError(
-                f"control {self.control!r} is plaintext TCP: any process on this machine (and beyond, off "
-                "loopback) could stop or reset the service. Use the default local IPC control "
+                f"control {self.control!r} is a plaintext network socket: any process on this machine (and "
+                "beyond, off loopback) could stop or reset the service. Use the default local IPC control "
                 f"({DEFAULT_CONTROL}, this user only), ipc:///path, turn on CURVE (curve_keys; then only keys in "
                 "authorized/control/ get in), or allow it explicitly (--allow-tcp-control, allow_tcp_control=True)")
         if self.curve_keys is not None and not isinstance(self.curve_keys, (str, os.PathLike)):

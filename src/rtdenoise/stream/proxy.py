@@ -65,8 +65,10 @@ class Proxy:
         try:
             self._ctl_in.bind(ctl)
             self._ctl_out.connect(ctl)
-            self.addresses = {"xsub": [bind_or_connect(self._front, a, not connect_xsub, name="xsub") for a in xsubs],
-                              "xpub": bind_or_connect(self._back, xpub, True, name="xpub")}
+            self._made: list = []  # private folders of ipc://* endpoints, removed at stop
+            self.addresses = {"xsub": [bind_or_connect(self._front, a, not connect_xsub, name="xsub", made=self._made)
+                                       for a in xsubs],
+                              "xpub": bind_or_connect(self._back, xpub, True, name="xpub", made=self._made)}
         except Exception:
             self._close()
             raise
@@ -90,7 +92,14 @@ class Proxy:
         if self._thread is not None and self._thread.is_alive():
             self._ctl_out.send(b"TERMINATE")
             self._thread.join(5)
+            if self._thread.is_alive():  # its sockets are its own: never closed from here
+                return
         self._close()
+        for folder in getattr(self, "_made", ()):
+            for f in folder.iterdir() if folder.is_dir() else ():
+                f.unlink(missing_ok=True)
+            if folder.is_dir():
+                folder.rmdir()
 
     def _close(self, *socks: zmq.Socket) -> None:
         for s in socks or (self._front, self._back, self._ctl_in, self._ctl_out):

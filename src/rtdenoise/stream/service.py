@@ -145,6 +145,9 @@ class Service:
         self._senders: dict[str, tuple[str, tuple[str, ...] | None]] = {} if curve is None else {
             k.decode(): (name, curve.streams.get(k)) for k, name in curve.names.items()}
         self._sender_prop = "Peer-Address" if curve is None else "User-Id"
+        if config.max_streams_per_sender is not None and curve is None:
+            log.warning("rtdenoise service: without CURVE a sender is its address: every publisher on one machine "
+                        "(or behind one proxy) shares max_streams_per_sender=%d", config.max_streams_per_sender)
         self._stats = Stats(ServiceSockets.NAMES)
         self._lock = self._stats.lock  # one lock for the counters and the work handed between threads
         self._cv = threading.Condition(self._lock)
@@ -371,11 +374,10 @@ class Service:
                     seq=Sequencer(self.engine, name, first_seq=header["seq"], checked=True, epoch=self.epoch),
                     window=self.config.latency_window, sender=sender)
                 st.piece = min(MAX_STEP, self.engine.max_step(st.shape))  # frames per engine turn
-            if st is not None:
-                st.last_arrival, st.expiring, st.expired = time.monotonic(), False, False
-            if not verdict.accepted:
+            if not verdict.accepted:  # a refused message does not keep a stream alive
                 self._stats.reject(verdict.reason, verdict.message, st, name=name)
                 return
+            st.last_arrival, st.expiring, st.expired = time.monotonic(), False, False
             st.inbox.put(Chunk(header, frames, t_recv))
             self._ready[name] = None
             self._cv.notify()

@@ -55,11 +55,14 @@ ROLE_OF = {"sub": "publish", "pub": "subscribe", "control": "control"}
 def _ipc_bind_path(address: str, name: str | None) -> tuple[str, Path | None]:
     """Get an ``ipc://`` endpoint ready to bind: ``ipc://*`` becomes a socket in a new private
     folder (returned, for removal at close; libzmq's own wildcard would put it in the working
-    directory); a missing folder is made private (0700); a folder of another user's (unless
-    sticky, as /tmp) is refused, as is a path where a live socket answers (libzmq would
-    silently take it over from its owner, e.g. another service)."""
+    directory); a missing folder is made private (0700), and so is this user's default
+    runtime folder; a folder only this user (or root, when sticky, as /tmp) controls is
+    required, since whoever owns the folder can swap the socket file; a path where a live
+    socket answers is refused (libzmq would silently take it over from its owner)."""
+    from rtdenoise.stream.config import runtime_dir
+
     path = address[len("ipc://"):]
-    made = None
+    what = f"the {name} socket" if name else "a socket"
     if path == "*":
         made = Path(tempfile.mkdtemp(prefix="rtdenoise-"))  # mode 0700
         return f"ipc://{made / (name or 'socket')}", made
@@ -67,18 +70,24 @@ def _ipc_bind_path(address: str, name: str | None) -> tuple[str, Path | None]:
         return address, None
     p = Path(path)
     p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    where = p.parent.stat()
-    if hasattr(os, "getuid") and where.st_uid != os.getuid() and not where.st_mode & stat.S_ISVTX:
-        raise ValueError(f"cannot bind {'the ' + name if name else 'a'} socket to {address!r}: {p.parent} belongs to "
-                         "another user, who could replace the socket file; use a folder of your own")
+    if hasattr(os, "getuid"):
+        where = p.parent.stat()
+        mine = where.st_uid == os.getuid()
+        if not (mine or (where.st_uid == 0 and where.st_mode & stat.S_ISVTX)):
+            raise ValueError(f"cannot bind {what} to {address!r}: {p.parent} belongs to another user, who could "
+                             "replace the socket file; use a folder of your own")
+        if mine and p.parent == runtime_dir() and stat.S_IMODE(where.st_mode) & 0o077:
+            os.chmod(p.parent, 0o700)  # the default folder is private whoever made it loose
     if p.exists():
         probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        probe.settimeout(1.0)
         try:
             probe.connect(str(p))
-        except OSError:
+        except (ConnectionRefusedError, FileNotFoundError):
             pass  # a stale file from a process that died: libzmq replaces it
+        except OSError as e:
+            raise ValueError(f"cannot bind {what} to {address!r}: {p} exists and cannot be checked ({e})") from None
         else:
-            what = f"the {name} socket" if name else "a socket"
             raise ValueError(f"cannot bind {what} to {address!r}: another process is listening there (a second "
                              "service? give each its own endpoint, e.g. --control ipc:///path/to/its.sock)")
         finally:
@@ -132,6 +141,9 @@ def open_client(kind: int, address: str, *, bind: bool = False, curve_keys: Any 
     Bad key files fail before any socket exists; any later failure closes the socket.
     """
     keys = security.client_keys(curve_keys)
+    if bind and address == "ipc://*":
+        raise ValueError("ipc://* is for the service's own sockets; give a client's bound ipc endpoint a path, "
+                         "e.g. ipc:///run/user/1000/rig1.sock")
     sock = (context or zmq.Context.instance()).socket(kind)
     try:
         security.apply_client(sock, keys)

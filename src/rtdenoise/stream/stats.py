@@ -43,7 +43,7 @@ class StreamRecord:
         self.inbox, self.seq = inbox, seq
         self.rejected: collections.Counter = collections.Counter()
         self.reset_requested = False
-        self.last_arrival = time.monotonic()  # of its latest message, accepted or not (receive thread)
+        self.last_arrival = time.monotonic()  # of its latest accepted message (receive thread)
         self.expiring = self.expired = False  # idle: asked to flush / flushed by the engine thread
         self.piece: int | None = None  # most frames the engine thread takes per turn (None: all)
         self.frames_out = self.messages_out = self.discarded = 0

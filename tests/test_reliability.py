@@ -687,6 +687,28 @@ def test_idle_streams_are_flushed_and_forgotten_so_junk_names_cannot_lock_out_ne
     assert after["streams_expired"] == 3 and set(after["streams"]) == {"d"} and after["stream_idle_s"] == 0.6
 
 
+def test_refused_messages_do_not_keep_a_stream_alive(ck):
+    """A sender whose every message is refused (here NaN frames) must not pin its stream's slot."""
+    x = np.full((1, W), 100.0, "<f4")
+    bad = x.copy()
+    bad[0, 3] = np.nan
+    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control="ipc://*", stream_idle_s=0.6) as svc:
+        pub = zmq.Context.instance().socket(zmq.PUB)
+        pub.connect(svc.sub_address)
+        sub = Subscriber(svc.pub_address)
+        try:
+            _wait_flowing(lambda: pub.send_multipart(wire.encode_frames("a", x, seq=0, t_ns=0)), sub, "a")
+            deadline = time.monotonic() + 10
+            while svc.stats()["streams_expired"] < 1:  # refused the whole time, and still forgotten
+                assert time.monotonic() < deadline, svc.stats()
+                pub.send_multipart(wire.encode_frames("a", bad, seq=1, t_ns=0))
+                time.sleep(0.1)
+            assert svc.stats()["rejected_by_reason"]["bad_frames"] >= 5
+        finally:
+            pub.close(linger=0)
+            sub.close()
+
+
 def _drain_all(sub, seconds=0.3):
     out = []
     with contextlib.suppress(TimeoutError):

@@ -687,6 +687,26 @@ def test_idle_streams_are_flushed_and_forgotten_so_junk_names_cannot_lock_out_ne
     assert after["streams_expired"] == 3 and set(after["streams"]) == {"d"} and after["stream_idle_s"] == 0.6
 
 
+def test_each_streams_queue_is_bounded_in_bytes_too(ck):
+    """Sized for images: max_queue_bytes bounds a stream's queue whatever its frames weigh."""
+    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control="ipc://*", max_queue=1000,
+                 max_queue_bytes=20 * W * 4) as svc:
+        pub = zmq.Context.instance().socket(zmq.PUB)
+        pub.connect(svc.sub_address)
+        sub = Subscriber(svc.pub_address)
+        try:
+            x = np.full((1, W), 100.0, "<f4")
+            _wait_flowing(lambda: pub.send_multipart(wire.encode_frames("f4", x, seq=0, t_ns=0)), sub, "f4")
+            _wait_flowing(lambda: pub.send_multipart(wire.encode_frames("u2", x.astype("<u2"), seq=0, t_ns=0)),
+                          sub, "u2")
+            st = svc.stats()
+        finally:
+            pub.close(linger=0)
+            sub.close()
+    assert st["max_queue_bytes"] == 20 * W * 4
+    assert (st["streams"]["f4"]["queue_limit"], st["streams"]["u2"]["queue_limit"]) == (20, 40)
+
+
 def test_refused_messages_do_not_keep_a_stream_alive(ck):
     """A sender whose every message is refused (here NaN frames) must not pin its stream's slot."""
     x = np.full((1, W), 100.0, "<f4")

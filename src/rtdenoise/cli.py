@@ -284,6 +284,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--allow-tcp-control", action="store_true",
                    help="allow a plaintext tcp:// --control (any local process could then stop the service)")
     p.add_argument("--max-queue", type=int, default=d.max_queue, help="frames per stream waiting for the engine; beyond, the oldest are dropped")
+    p.add_argument("--max-queue-bytes", type=int, default=d.max_queue_bytes,
+                   help=f"and at most this many bytes of them per stream (default {d.max_queue_bytes // 2**20} MiB: "
+                        "128 frames of 512x512 uint16)")
     p.add_argument("--max-streams", type=int, default=d.max_streams, help="streams held at once; messages of more are rejected")
     p.add_argument("--max-streams-per-sender", type=int, default=d.max_streams_per_sender, metavar="N",
                    help="new streams one sender may open (its CURVE key, else its address); default no limit")
@@ -319,6 +322,7 @@ def cmd_serve(args) -> int:
     cfg = ServiceConfig(
         model=args.model, backend=args.backend, sub=args.sub, bind_sub=args.bind_sub, pub=args.pub,
         control=args.control, allow_tcp_control=args.allow_tcp_control, max_queue=args.max_queue,
+        max_queue_bytes=args.max_queue_bytes,
         max_streams=args.max_streams, max_streams_per_sender=args.max_streams_per_sender, stream_idle_s=args.stream_idle,
         subscribe=tuple(args.subscribe) if args.subscribe else ServiceConfig.subscribe, threads=args.threads,
         spin=args.spin,

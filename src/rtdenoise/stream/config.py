@@ -53,6 +53,7 @@ class ServiceConfig:
     allow_tcp_control: bool = False  # a tcp:// control without CURVE: any local process could stop the service
     subscribe: tuple[str, ...] = ("",)  # stream-name prefixes to take (one service per share of streams)
     max_queue: int = 1000  # frames per stream waiting for the engine; beyond, the oldest are dropped
+    max_queue_bytes: int = 64 * 2**20  # and at most this many bytes of them (a 512x512 uint16 stream: 128 frames)
     max_streams: int = 64  # streams held at once; messages of more are rejected
     max_streams_per_sender: int | None = None  # streams one sender may open (CURVE key, else peer address); None: any
     stream_idle_s: float = 300.0  # a stream with no message for this long is flushed and forgotten (0: never)
@@ -68,8 +69,8 @@ class ServiceConfig:
         if isinstance(self.max_header_bytes, int) and self.max_header_bytes > MAX_INPUT_HEADER:
             raise ValueError(f"max_header_bytes must be <= {MAX_INPUT_HEADER} (the wire's {wire.MAX_HEADER_BYTES} less "
                              f"room for the keys output headers add), got {self.max_header_bytes}")
-        for name in ("max_queue", "max_streams", "max_header_bytes", "max_payload_bytes", "rcvhwm",
-                     "latency_window"):
+        for name in ("max_queue", "max_queue_bytes", "max_streams", "max_header_bytes", "max_payload_bytes",
+                     "rcvhwm", "latency_window"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")

@@ -391,8 +391,10 @@ class Service:
             st = self._streams.get(name)
             if verdict.new:
                 # first_seq: so frames dropped before the engine's first step show as a gap
+                c = self.config  # the queue's bound in frames: max_queue, and max_queue_bytes of this stream's frames
+                limit = max(1, min(c.max_queue, c.max_queue_bytes // max(1, frames[0].nbytes)))
                 st = self._streams[name] = StreamRecord(
-                    name, tuple(header["shape"]), frames.dtype, inbox=Inbox(self.config.max_queue),
+                    name, tuple(header["shape"]), frames.dtype, inbox=Inbox(limit),
                     seq=Sequencer(self.engine, name, first_seq=header["seq"], checked=True, epoch=self.epoch),
                     window=self.config.latency_window, sender=sender)
                 st.piece = min(MAX_STEP, self.engine.max_step(st.shape))  # frames per engine turn
@@ -532,6 +534,7 @@ class Service:
             "frame_shape": list(self.engine.frame_shape),
             "uptime_s": round(end - self._t_start, 3) if self._t_start is not None else 0.0,
             "addresses": dict(self.addresses), "max_queue": self.config.max_queue,
+            "max_queue_bytes": self.config.max_queue_bytes,
             "max_streams": self.config.max_streams, "max_header_bytes": self.config.max_header_bytes,
             "max_payload_bytes": self.config.max_payload_bytes, "messages_in": report["messages_in"],
             "rejected": report["rejected"], "rejected_by_reason": report["rejected_by_reason"],

@@ -62,7 +62,7 @@ class StreamRecord:
             "gaps": rx.gaps, "frames_missing": rx.frames_missing, "restarts": rx.restarts,
             "resets": seq.resets, "dropped": rx.dropped, "discarded": self.discarded,
             "rejected": sum(self.rejected.values()), "rejected_by_reason": dict(self.rejected),
-            "queue_depth": rx.queued, "in_flight": seq.in_flight, "warm": seq.warm,
+            "queue_depth": rx.queued, "queue_limit": rx.max_queue, "in_flight": seq.in_flight, "warm": seq.warm,
             "last_seq": None if rx.next_seq is None else rx.next_seq - 1,
             # copies, taken under the lock; Stats.report turns them into percentiles outside it
             "latency_ms": list(self.latency_ms),

@@ -490,7 +490,8 @@ def cmd_keys(args) -> int:
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="simulated spectrometer + live service + subscriber over loopback, with a report")
+    p = sub.add_parser("demo", help="simulated spectrometer (or two-photon rig) + live service + subscriber over "
+                                    "loopback, with a report")
     p.add_argument("--modality", choices=["spectral", "imaging"], default="spectral",
                    help="spectral: a fiber-photometry spectrometer; imaging: a two-photon rig (uint16 frames)")
     p.add_argument("--seconds", type=float, default=None, help="how long to publish (default 30 spectral, 10 imaging)")

@@ -445,6 +445,32 @@ def cmd_proxy(args) -> int:
     return 0
 
 
+def _add_view(sub) -> None:
+    from rtdenoise.stream.config import ServiceConfig
+
+    p = sub.add_parser("view", help="watch a live stream in napari: denoised beside raw, with latency and loss "
+                                    "(pip install 'rtdenoise[viewer]')")
+    p.add_argument("--sub", default=ServiceConfig.pub, help="the service's output endpoint")
+    p.add_argument("--raw", default=None, metavar="ADDR", help="also show the raw frames: the acquisition's PUB endpoint")
+    p.add_argument("--stream", default=None, help="one stream's name (default: the first to arrive, and every other)")
+    p.add_argument("--history", type=int, default=300, help="spectra: rows of the scrolling spectrogram")
+    p.add_argument("--frames", type=int, default=None, help="close after this many denoised frames (for scripts)")
+    p.add_argument("--screenshot", default=None, metavar="PNG", help="with --frames: save the canvas before closing")
+    p.add_argument("--timeout", type=float, default=60.0, help="with --frames: give up after this many seconds")
+    _add_client_keys(p)
+    p.set_defaults(func=cmd_view)
+
+
+def cmd_view(args) -> int:
+    from rtdenoise.viewer import run_viewer
+
+    r = run_viewer(args.sub, raw=args.raw, stream=args.stream, frames=args.frames, screenshot=args.screenshot,
+                   history=args.history, timeout=args.timeout, curve_keys=_client_keys(args))
+    print(f"rtdenoise view: {r['denoised']} denoised frames, {r['raw']} raw, lost {r['lost']}"
+          + (f", latency p50 {r['latency_ms_p50']:.1f} ms" if r["latency_ms_p50"] is not None else ""), flush=True)
+    return 1 if r["timed_out"] else 0
+
+
 # ----------------------------------------------------------------------------- keys (CURVE)
 
 
@@ -567,7 +593,7 @@ def cmd_bench_latency(args) -> int:
 
 # Verbs owned by other parts register here: (module, function adding the parser).
 _VERBS = [_add_simulate, _add_train, _add_info, _add_denoise, _add_demo, _add_bench, _add_export, _add_build_engine]
-_VERBS += [_add_serve, _add_replay, _add_status, _add_proxy, _add_keys]  # stream verbs, defined above main
+_VERBS += [_add_serve, _add_replay, _add_status, _add_proxy, _add_view, _add_keys]  # stream verbs, defined above main
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,7 @@ import stat
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_path"]
+__all__ = ["atomic_path", "BlockWriter"]
 
 
 @contextlib.contextmanager
@@ -90,3 +90,44 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+
+class BlockWriter:
+    """Shared by the recording writers that take consecutive blocks of frames: ``n``,
+    ``frame_shape``, ``dtype`` and ``written`` are theirs; as a context manager, ``close()``
+    on success and ``abort()`` on an exception."""
+
+    n: int
+    frame_shape: tuple
+    dtype: object
+    written: int
+    path: object
+
+    def _block(self, block):
+        """``block`` in this writer's dtype, once it is checked to be the next frames."""
+        import numpy as np
+
+        block = np.asarray(block, dtype=self.dtype)
+        if block.shape[1:] != self.frame_shape or self.written + len(block) > self.n:
+            raise ValueError(f"block of shape {block.shape} does not fit frames {self.written}.. of "
+                             f"{(self.n, *self.frame_shape)}")
+        return block
+
+    def _all_written(self) -> None:
+        if self.written != self.n:
+            raise RuntimeError(f"{self.path}: {self.written} of {self.n} frames written; nothing was saved")
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

@@ -25,7 +25,7 @@ from typing import Iterator
 
 import numpy as np
 
-from rtdenoise.atomic import atomic_path
+from rtdenoise.atomic import BlockWriter, atomic_path
 from rtdenoise.io import _existing, _format_of, load_frames, save_frames
 
 __all__ = ["FrameReader", "FrameWriter", "frame_writer", "open_frames"]
@@ -145,7 +145,7 @@ def frame_writer(path: str | os.PathLike, n_frames: int, frame_shape: tuple[int,
     return FrameWriter(path, n_frames, frame_shape, dtype, key=key)
 
 
-class FrameWriter:
+class FrameWriter(BlockWriter):
     """Writes a recording of ``n_frames`` frames of ``frame_shape`` and ``dtype`` block by
     block; the file appears at ``path`` only when :meth:`close` runs after every frame was
     written (a context manager closes it; an exception inside discards it)."""
@@ -177,10 +177,8 @@ class FrameWriter:
 
     def write(self, block: np.ndarray) -> None:
         """The next ``len(block)`` frames."""
-        block = np.asarray(block, dtype=self.dtype)
+        block = self._block(block)
         n = len(block)
-        if block.shape[1:] != self.frame_shape or self.written + n > self.n:
-            raise ValueError(f"block of shape {block.shape} does not fit frames {self.written}.. of {(self.n, *self.frame_shape)}")
         if self.streamed and self.fmt == "tiff":
             for frame in block:
                 self._out.write(frame, contiguous=True)
@@ -190,8 +188,7 @@ class FrameWriter:
 
     def close(self) -> None:
         """Finish the file; it replaces ``path`` only if every frame was written."""
-        if self.written != self.n:
-            raise RuntimeError(f"{self.path}: {self.written} of {self.n} frames written; nothing was saved")
+        self._all_written()
         if not self.streamed:
             save_frames(self.path, self._out, key=self.key)
         elif self.fmt == "npy":
@@ -204,12 +201,3 @@ class FrameWriter:
         self._out = None
         with contextlib.suppress(Exception):
             self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
-
-    def __enter__(self) -> FrameWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

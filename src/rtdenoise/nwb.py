@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdenoise.atomic import atomic_path
+from rtdenoise.atomic import BlockWriter, atomic_path
 
 __all__ = ["open_nwb", "NwbSource", "NwbWriter", "MODULE"]
 
@@ -92,7 +92,7 @@ def open_nwb(path: str | os.PathLike, key: str | None = None) -> NwbSource:
         raise
 
 
-class NwbWriter:
+class NwbWriter(BlockWriter):
     """Writes the denoised frames of ``source`` (a reader with an :class:`NwbSource`'s ``nwb``,
     kept open until :meth:`close`) into a copy of its file at ``path``, in the processing
     module ``rtdenoise``."""
@@ -115,10 +115,8 @@ class NwbWriter:
                                            chunks=(1, *self.frame_shape) if len(self.frame_shape) == 2 else True)
 
     def write(self, block: np.ndarray) -> None:
-        block = np.asarray(block, dtype=self.dtype)
+        block = self._block(block)
         n = len(block)
-        if block.shape[1:] != self.frame_shape or self.written + n > self.n:
-            raise ValueError(f"block of shape {block.shape} does not fit frames {self.written}.. of {(self.n, *self.frame_shape)}")
         self._ds[self.written : self.written + n] = block
         self.written += n
 
@@ -129,8 +127,7 @@ class NwbWriter:
             self._cleanup()
 
     def _finish(self) -> None:
-        if self.written != self.n:
-            raise RuntimeError(f"{self.path}: {self.written} of {self.n} frames written; nothing was saved")
+        self._all_written()
         from hdmf.data_utils import DataChunkIterator
 
         pynwb = _pynwb()
@@ -167,12 +164,3 @@ class NwbWriter:
         with contextlib.suppress(Exception):
             self._h5.close()
         self._dir.cleanup()
-
-    def __enter__(self) -> NwbWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

@@ -175,6 +175,9 @@ def test_stream_equals_offline(ckpt, rec, arch, lag, chunk, spin):
         assert control(r.svc.control_address, "reset", stream="rig1")["ok"]  # ...or a reset flushes them
         msgs = r.collect("rig1", 120)
         rf = r.svc.engine.receptive_field
+        deadline = time.monotonic() + 5  # a reset is answered when asked, done at the engine's next turn
+        while r.svc.stats()["streams"]["rig1"]["resets"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
     assert_same(frames_of(msgs), ref)
     assert check_headers(msgs, first_seq=0, lag=lag, model=ck.name, rf=rf) == 120
     assert all(h["gap"] == 0 for h, _ in msgs)

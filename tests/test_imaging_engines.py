@@ -93,6 +93,54 @@ def test_bad_movies_get_clear_errors(imaging_engine, movie, bad, exc, match):
         imaging_engine("torch").run(bad(movie))
 
 
+def _steps(eng, x, chunks, reset_at=None):
+    """Step the (B, n, H, W) movie ``x`` in chunks of the given lengths, resetting stream 1 at
+    frame ``reset_at``; then flush the last 4 frames: every output, in order."""
+    st, out, i = eng.new_state(x.shape[0]), [], 0
+    for c in chunks:
+        if i == reset_at:
+            eng.reset(st, 1)
+        out.append(eng.step(x[:, i : i + c], st))
+        i += c
+    out.append(eng.flush(st, x[:, i : i + 4]))
+    return np.concatenate(out, axis=1), st
+
+
+@pytest.mark.parametrize("lag", [pytest.param(0, id="lag0"), pytest.param(2, id="lag2")])
+def test_the_front_end_on_the_engines_device_gives_the_host_front_ends_outputs(imaging_engine, movie, lag):
+    """What CUDA runs (the front end as tensors beside the network), checked here on the CPU:
+    the same outputs (to a float32 rounding: torch's vector kernels may fuse a multiply-add),
+    through chunks, a reset of one stream and a flush."""
+    from rtdenoise.backends.torch_engine import TorchEngine, TorchFrontEnd
+
+    ck = imaging_engine("torch", lag=lag).checkpoint
+    host, dev = TorchEngine(ck, device="cpu"), TorchEngine(ck, device="cpu", device_frontend=True)
+    x = np.stack([movie[:26], movie[4:30]])
+    chunks = [1, 3, 1, 5, 2, 6, 4]  # 22 frames, then 4 flushed
+    a, sa = _steps(host, x, chunks, reset_at=10)
+    b, sb = _steps(dev, x, chunks, reset_at=10)
+    assert isinstance(sb.frontend, TorchFrontEnd) and not isinstance(sa.frontend, TorchFrontEnd)
+    assert a.shape == b.shape == (2, 26 + lag, 37, 53)  # the first `lag` outputs belong to no frame
+    np.testing.assert_allclose(b, a, rtol=1e-6, atol=0)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_with_the_front_end_on_the_gpu_equals_the_cpu(imaging_engine, movie):
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU; torch.cuda.is_available() is False")
+    from rtdenoise.backends.torch_engine import TorchFrontEnd
+
+    ck = imaging_engine("torch").checkpoint
+    cpu = load_engine(ck, backend="torch", device="cpu")
+    gpu = load_engine(ck, backend="torch", device="cuda")
+    x = np.stack([movie[:26], movie[4:30]])
+    chunks = [1] * 10 + [3] + [1] * 9  # one-frame steps replay the graph; the 3-frame one runs eagerly
+    a, _ = _steps(cpu, x, chunks, reset_at=10)
+    b, st = _steps(gpu, x, chunks, reset_at=10)
+    assert isinstance(st.frontend, TorchFrontEnd) and st.net.graph is not None
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * float(a.std()))
+
+
 def test_tensorrt_refuses_an_imaging_model_with_the_fix(imaging_engine):
     pytest.importorskip("onnx")
     from rtdenoise.backends.export import export_onnx, read_onnx_metadata

@@ -9,7 +9,8 @@ stream (end of file, a gap, a restarted acquisition): it returns the outputs sti
 for its last ``lag`` frames and resets it.
 
 Subclasses implement ``_new_net_state(batch, frame)`` and ``_net_step(feat, net_state)``; the
-front end runs on the host in numpy for every backend, so all of them share it. This
+front end runs on the host in numpy for every backend, so all of them share it (CUDA torch
+moves a per-pixel front end onto the GPU by overriding ``_allocate`` and ``_advance``). This
 module imports neither torch nor a runtime: ``BACKENDS`` is cheap to import.
 """
 
@@ -113,6 +114,7 @@ class Engine:
     """A model ready to step streams. Use :func:`rtdenoise.backends.load_engine` to get one."""
 
     backend = "base"
+    gpu = False  # steps on a GPU: the service warms it up at start and never keeps it busy while idle
 
     def __init__(self, checkpoint: Checkpoint):
         self.checkpoint = checkpoint
@@ -256,12 +258,16 @@ class Engine:
             x = self.check_frames(frames, batch=state.batch, shape=state.shape)
         if state.net is None:
             self._allocate(state, x.shape[2:])
-        norm = state.frontend.normalize(x)
-        out = self._net_step(norm.features, state.net)
-        y = state.frontend.to_counts(out, norm).astype(np.float32)
+        y = self._advance(x, state)
         state.seen += x.shape[1]
         np.copyto(state.last, x[:, -1])
         return y[0] if single else y
+
+    def _advance(self, x: np.ndarray, state: StreamState) -> np.ndarray:
+        """Front end, network, back to counts: checked frames (B, n, *frame) -> float32 outputs."""
+        norm = state.frontend.normalize(x)
+        out = self._net_step(norm.features, state.net)
+        return state.frontend.to_counts(out, norm).astype(np.float32)
 
     def flush(self, state: StreamState, frames: np.ndarray | None = None, *, chunk: int | None = None):
         """End the streams of ``state``: step their last ``frames`` (if given), return every

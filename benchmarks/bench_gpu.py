@@ -1,0 +1,208 @@
+"""The GPU path, measured on a lent NVIDIA card: the shipped imaging model on CUDA torch.
+
+    python benchmarks/bench_gpu.py [--steps 200] [--seconds 15] [--parts engine,live] [--out DIR]
+
+Needs a CUDA GPU (it says so and exits 2 without one). Measures, for the issue's cases:
+
+- ``equal``: the CUDA engine (CUDA graphs on) against the CPU torch engine on the same
+  movie, frame by frame: the largest difference, in counts and relative to the output's range;
+- ``engine``: ``engine.step`` of one frame per stream for 128 × 128 and 512 × 512, 1 and 16
+  streams in one state; the front end on the host (numpy, as every backend had it) or on the
+  GPU, CUDA graphs off and on, TF32 off and on: per-step p50/p99 ms and frames/s across the
+  streams (streams × 1000 / p50);
+- ``live``: ``rtdenoise demo --modality imaging`` (the service as its own process, backend
+  auto = CUDA torch here) at 512 × 512 / 30 Hz and 128 × 128 / 100 Hz, spin mode on and off:
+  frames lost and latency from each frame's due time to the subscriber.
+
+TensorRT is measured where it is installed (``pip install rtdenoise[tensorrt]``); where it
+is not, the JSON says so. Writes ``gpu.{json,md}`` to ``--out`` (default benchmarks/results)
+with the card's name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "src"))
+
+from bench_quality import machine  # noqa: E402
+
+MODEL = "imaging-lag0"
+SIZES = (128, 512)
+BATCHES = (1, 16)
+# (CUDA graph, TF32, front end on the GPU): the host front end first, as every backend had it
+ENGINE_CONFIGS = [(False, False, False), (True, False, False), (False, False, True), (True, False, True), (True, True, True)]
+DEVICE = "cuda"  # --device cpu: a dry run of this script where there is no GPU
+LIVE = [(512, 30.0, 2.0), (128, 100.0, 2.0)]  # size, rate Hz, p99 target ms on a GPU (#11)
+
+
+def _movie(n: int, batch: int, size: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    lam = rng.uniform(1, 20, (batch, 1, size, size))
+    return rng.poisson(lam, (batch, n, size, size)).astype(np.uint16)
+
+
+def card() -> dict:
+    import torch
+
+    if DEVICE != "cuda":
+        return {"name": "none (dry run on the CPU)", "memory_gib": 0, "multiprocessors": 0, "torch": torch.__version__,
+                "cuda": None, "tensorrt": None}
+    p = torch.cuda.get_device_properties(0)
+    info = {"name": p.name, "memory_gib": round(p.total_memory / 2**30, 1), "multiprocessors": p.multi_processor_count,
+            "torch": torch.__version__, "cuda": torch.version.cuda}
+    try:
+        import tensorrt
+
+        info["tensorrt"] = tensorrt.__version__
+    except ImportError:
+        info["tensorrt"] = None
+    return info
+
+
+def equal(steps: int = 48, size: int = 128) -> list[dict]:
+    from rtdenoise.backends import load_engine
+
+    x = _movie(steps, 1, size, seed=1)[0]
+    ref = load_engine(MODEL, backend="torch", device="cpu", threads=4)
+    sr = ref.new_state(1)
+    a = np.concatenate([ref.step(x[i : i + 1], sr) for i in range(steps)])
+    res = []
+    for tf32 in (False, True):
+        gpu = load_engine(MODEL, backend="torch", device=DEVICE, cuda_graph=True, tf32=tf32)
+        sg = gpu.new_state(1)
+        b = np.concatenate([gpu.step(x[i : i + 1], sg) for i in range(steps)])
+        diff = float(np.abs(a - b).max())
+        res.append({"frames": steps, "size": size, "tf32": tf32, "max_abs_diff_counts": diff,
+                    "max_diff_over_range": diff / float(a.max() - a.min()),
+                    "output_range": [float(a.min()), float(a.max())]})
+    return res
+
+
+def engine_case(size: int, batch: int, graph: bool, steps: int, tf32: bool = False, device_frontend: bool = True) -> dict:
+    from rtdenoise.backends import load_engine
+
+    eng = load_engine(MODEL, backend="torch", device=DEVICE, cuda_graph=graph, tf32=tf32, device_frontend=device_frontend)
+    warm = 20
+    x = _movie(16, batch, size)  # frames cycled: drawing 220 × 16 Poisson frames of 512 × 512 takes a minute
+    st = eng.new_state(batch)
+    times = []
+    for i in range(steps + warm):
+        t = time.perf_counter()
+        eng.step(x[:, i % 16 : i % 16 + 1], st)  # returns host memory: the GPU's work is done
+        times.append((time.perf_counter() - t) * 1e3)
+    s = np.asarray(times[warm:])
+    return {"size": size, "streams": batch, "cuda_graph": graph, "tf32": tf32, "device_frontend": device_frontend,
+            "step_p50_ms": float(np.median(s)), "step_p99_ms": float(np.percentile(s, 99)),
+            "frames_per_s": batch * 1e3 / float(np.median(s))}
+
+
+def live_case(size: int, rate: float, seconds: float, spin: bool) -> dict:
+    from rtdenoise.demo import run_demo
+
+    r = run_demo(modality="imaging", size=size, rate=rate, seconds=seconds, plot_path=None, progress=False, spin=spin)
+    return {k: r[k] for k in ("shape", "rate_hz", "frames_in", "frames_lost", "latency_ms", "backend", "snr_db") if k in r} | {"spin": spin}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=200, help="timed steps per engine case")
+    ap.add_argument("--seconds", type=float, default=15.0, help="seconds per live case")
+    ap.add_argument("--parts", default="equal,engine,live")
+    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--device", default="cuda", help="cpu: a dry run of this script (figures meaningless)")
+    args = ap.parse_args(argv)
+    import torch
+
+    global DEVICE
+    DEVICE = args.device
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        print("bench_gpu: no CUDA GPU here (torch.cuda.is_available() is False); run it on a machine with one",
+              file=sys.stderr)
+        return 2
+    warnings.simplefilter("ignore")
+    parts = set(args.parts.split(","))
+    res = {"machine": machine(), "card": card(), "date": time.strftime("%Y-%m-%d %H:%M"), "model": MODEL,
+           "command": "python benchmarks/bench_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    print(json.dumps(res), file=sys.stderr, flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save():
+        (out / "gpu.json").write_text(json.dumps(res, indent=1))
+        (out / "gpu.md").write_text(markdown(res))
+
+    if "equal" in parts:
+        res["equal"] = equal()
+        print(json.dumps(res["equal"]), file=sys.stderr, flush=True)
+        save()
+    if "live" in parts:
+        res["live"] = []
+        for size, rate, target in LIVE:
+            for spin in (False, True):
+                c = live_case(size, rate, args.seconds, spin) | {"p99_target_ms": target}
+                c["met"] = c["frames_lost"] == 0 and c["latency_ms"]["p99"] <= target
+                res["live"].append(c)
+                print(json.dumps(c), file=sys.stderr, flush=True)
+                save()
+    if "engine" in parts:
+        res["engine"] = []
+        for size in SIZES:
+            for batch in BATCHES:
+                for graph, tf32, dev in ENGINE_CONFIGS:
+                    c = engine_case(size, batch, graph, args.steps, tf32, dev)
+                    res["engine"].append(c)
+                    print(json.dumps(c), file=sys.stderr, flush=True)
+                    save()
+    save()
+    print(markdown(res))
+    return 0
+
+
+def markdown(res: dict) -> str:
+    c = res["card"]
+    lines = [
+        "# The GPU path (shipped imaging model on CUDA torch)",
+        "",
+        f"Card: **{c['name']}** ({c['memory_gib']} GiB, {c['multiprocessors']} SMs), torch {c['torch']}, CUDA {c['cuda']}, "
+        f"TensorRT {c['tensorrt'] or 'not installed'}. Host: {res['machine']}. Date: {res['date']}. Model: `{res['model']}`.",
+        f"Command: `{res['command']}`",
+        "",
+    ]
+    for e in res.get("equal", []):
+        lines += [f"CUDA (graphs on, TF32 {'on' if e['tf32'] else 'off'}) vs CPU torch, {e['frames']} frames of "
+                  f"{e['size']}×{e['size']}: largest difference {e['max_abs_diff_counts']:.2e} counts, "
+                  f"{e['max_diff_over_range']:.1e} of the output's range.", ""]
+    if res.get("engine"):
+        lines += ["## engine.step, one frame per stream", "",
+                  "| frame | streams | front end | CUDA graph | TF32 | step p50 ms | step p99 ms | frames/s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for e in res["engine"]:
+            lines.append(f"| {e['size']}×{e['size']} | {e['streams']} | {'GPU' if e['device_frontend'] else 'host'} | "
+                         f"{'on' if e['cuda_graph'] else 'off'} | {'on' if e['tf32'] else 'off'} | "
+                         f"{e['step_p50_ms']:.2f} | {e['step_p99_ms']:.2f} | {e['frames_per_s']:.0f} |")
+        lines.append("")
+    if res.get("live"):
+        lines += ["## Live through the service (its own process, loopback TCP)", "",
+                  "Latency from each frame's due time to the subscriber, ms.", "",
+                  "| frames | rate | spin | backend | frames in | lost | p50 | p99 | max | p99 target | met |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in res["live"]:
+            lat = r["latency_ms"]
+            lines.append(f"| {'×'.join(map(str, r['shape']))} | {r['rate_hz']:g} Hz | {'on' if r['spin'] else 'off'} | "
+                         f"{r.get('backend', '?')} | {r['frames_in']} | {r['frames_lost']} | {lat['p50']:.2f} | "
+                         f"{lat['p99']:.2f} | {lat['max']:.2f} | {r['p99_target_ms']:g} | {'yes' if r['met'] else '**no**'} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -190,6 +190,30 @@ def test_stream_equals_offline(ckpt, rec, arch, lag, chunk, spin):
     assert (s["frames_in"], s["frames_out"], s["in_flight"], s["gaps"], s["resets"]) == (120, 120, 0, 0, 1)
 
 
+def test_a_gpu_engine_is_warmed_up_before_the_first_frame_and_never_kept_busy(ckpt, rec):
+    """A GPU engine's first step loads its kernels (0.2 s on an H200): the service takes it at
+    start, on a scratch state, and its spin loop does not step it while idle. Checked with a
+    CPU engine that says it is on a GPU."""
+    from rtdenoise.backends import load_engine
+
+    ck = ckpt("spectral", 0)
+    x = rec(40)
+    eng = load_engine(ck, backend="torch", device="cpu")
+    eng.gpu = True
+    calls = []  # (thread, frames) of every step
+    step = eng.step
+    eng.step = lambda *a, **k: calls.append((threading.current_thread().name, a[0].shape)) or step(*a, **k)
+    with rig(ck, engine=eng, spin=True) as r:
+        assert calls[0] == (threading.current_thread().name, (1, 152))  # the warm-up, in start()
+        r.send_all("g", x)
+        msgs = r.collect("g", 40)
+        n = len(calls)
+        time.sleep(0.1)  # idle: a CPU engine would be stepped on scratch every millisecond now
+        assert len(calls) == n and r.svc._warm is None
+        assert {t for t, _ in calls[1:]} == {"rtdenoise-spin"}
+    assert_same(frames_of(msgs), denoise(x, model=ck))  # the scratch state touched no stream
+
+
 # ----------------------------------------------------------------------------- seq gaps, restarts
 
 

@@ -297,6 +297,7 @@ class TrtEngine(Engine):
     """
 
     backend = "tensorrt"
+    gpu = True
 
     def __init__(
         self,

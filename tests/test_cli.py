@@ -170,6 +170,27 @@ def test_shipped_defaults_follow_the_frames():
     assert load("imaging-lag0").lag == 0 and load("imaging-lag2").lag == 2
 
 
+def test_train_init_calibrates_a_shipped_model_to_recorded_noise(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    dark, light = tmp_path / "dark.npy", tmp_path / "light.npy"
+    np.save(dark, rng.normal(100.0, 8.0, (300, 152)).astype(np.float32))
+    np.save(light, (rng.poisson(1500.0, (300, 152)) + rng.normal(100.0, 8.0, (300, 152))).astype(np.float32))
+    out = tmp_path / "cal.pt"
+    # The architecture comes from the model: a flag that contradicts it is refused, with the fix.
+    assert main(["train", str(out), "--init", "spectral-lag0", "--lag", "2", "--steps", "1"]) == 2
+    assert "--lag 2 differs from it (lag=0)" in capsys.readouterr().err and not out.exists()
+    assert main(["train", str(out), "--init", "spectral-lag0", "--dark", str(dark), "--light", str(light),
+                 "--steps", "3", "--batch", "2", "--workers", "0"]) == 0
+    assert "spectral-lag0 before" in capsys.readouterr().out
+    assert main(["info", str(out)]) == 0
+    info = capsys.readouterr().out
+    assert "fine-tuned     from spectral-lag0" in info and "noise          recorded" in info
+    from rtdenoise.model.checkpoint import load
+
+    ck = load(out)
+    assert ck.config == load("spectral-lag0").config and ck.provenance["train"]["lr"] == pytest.approx(2e-3 / 4)
+
+
 def test_train_refuses_an_arch_of_another_modality(tmp_path, capsys):
     assert main(["train", str(tmp_path / "x.pt"), "--modality", "spectral", "--arch", "imaging-unet", "--steps", "1"]) == 2
     assert "--modality imaging" in capsys.readouterr().err

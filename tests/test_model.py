@@ -228,6 +228,28 @@ def test_training_reduces_validation_loss_and_resumes(tmp_path):
     assert [h["step"] for h in ck2.provenance["history"]][:2] == [30, 60]
 
 
+def test_fine_tuning_starts_from_the_given_model_keeps_its_config_and_records_it(tmp_path):
+    model = ModelConfig(depth=3, width=16, dilations=[1, 2, 1], rank=4, taps=4)
+    cfg = TrainConfig(steps=40, batch=4, window=64, val_every=20, val_instances=8, workers=0, lr=3e-3, warmup=5)
+    base = train(tmp_path / "base.pt", model=model, config=cfg, progress=False)
+    # Zero steps of fine-tuning: the weights are the init's, and so is the validation loss.
+    same = train(tmp_path / "same.pt", init=base, config=TrainConfig(**{**cfg.to_dict(), "steps": 0}), progress=False)
+    assert same.config == base.config
+    assert all(torch.equal(same.state_dict[k], v) for k, v in base.state_dict.items())
+    rec = same.provenance["init"]
+    assert rec["name"] == "base" and rec["steps"] == 40 and rec["val_loss"] == pytest.approx(same.provenance["final_val_loss"])
+    # A few steps on other noise move the weights; the record still says where they started.
+    from rtdenoise.synth import DetectorConfig, DetectorNoise
+
+    noisier = DetectorNoise(DetectorConfig(read_noise=(40.0, 40.0)))
+    tuned = train(tmp_path / "tuned.pt", init=base, noise=noisier, config=TrainConfig(**{**cfg.to_dict(), "steps": 20}),
+                  progress=False)
+    assert not all(torch.equal(tuned.state_dict[k], v) for k, v in base.state_dict.items())
+    assert load(tmp_path / "tuned.pt").provenance["init"]["name"] == "base"
+    with pytest.raises(ValueError, match="config comes from init"):
+        train(tmp_path / "x.pt", init=base, model=ModelConfig(lag=2), config=cfg, progress=False)
+
+
 def test_training_refuses_mismatched_settings(tmp_path):
     with pytest.raises(ValueError, match="window"):
         train(tmp_path / "m.pt", model=ModelConfig(lag=3, taps=4), config=TrainConfig(window=3, workers=0), progress=False)

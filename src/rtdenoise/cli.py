@@ -74,7 +74,7 @@ def _add_train(sub) -> None:
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget")
     p.add_argument("--batch", type=int, default=t.batch)
     p.add_argument("--window", type=int, default=t.window, help="frames per instance (default 256 spectral, 32 imaging)")
-    p.add_argument("--lr", type=float, default=t.lr)
+    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {t.lr:g}; {t.lr / 4:g} with --init)")
     p.add_argument("--workers", type=int, default=t.workers, help="processes making instances beside the optimizer")
     p.add_argument("--threads", type=int, default=t.threads, help="torch threads (default: the cores the workers leave)")
     p.add_argument("--seed", type=int, default=t.seed)
@@ -85,7 +85,10 @@ def _add_train(sub) -> None:
     p.add_argument("--self-supervised", default=None, metavar="MOVIE",
                    help="imaging: fine-tune --init on your own noisy movie (T, H, W), causal blind-spot training, "
                         "no clean data needed (default budget 5 min)")
-    p.add_argument("--init", default=None, metavar="MODEL", help="with --self-supervised: the imaging model to start from (default: imaging-lag0)")
+    p.add_argument("--init", default=None, metavar="MODEL",
+                   help="start from this model (a .pt or shipped name) and fine-tune it: with --dark/--light, calibrate it "
+                        "to your rig's recorded noise in minutes (its config is kept); with --self-supervised, the imaging "
+                        "model to start from (default: imaging-lag0)")
     p.set_defaults(func=cmd_train)
 
 
@@ -98,9 +101,16 @@ def cmd_train(args) -> int:
         return _finetune(args)
     given = {k: getattr(args, k) for k in ("arch", "depth", "width") if getattr(args, k) is not None}
     dilations = None if args.dilations is None else [int(d) for d in args.dilations.split(",") if d.strip()]
-    model = default_config(args.modality, **given, lag=args.lag, rank=args.rank, taps=args.taps, dilations=dilations)
+    init = model = None
+    if args.init:
+        init = _init_model(args, given, dilations)
+        args.modality = init.modality
+    else:
+        model = default_config(args.modality, **given, lag=args.lag, rank=args.rank, taps=args.taps, dilations=dilations)
+    d = TrainConfig()
     cfg = TrainConfig(
-        steps=args.steps, minutes=args.minutes, batch=args.batch, window=args.window, lr=args.lr,
+        steps=args.steps, minutes=args.minutes, batch=args.batch, window=args.window,
+        lr=args.lr if args.lr is not None else d.lr / 4 if init else d.lr,
         workers=args.workers, seed=args.seed, patch=tuple(args.patch), threads=args.threads,
     )
     if args.modality == "imaging":
@@ -112,16 +122,36 @@ def cmd_train(args) -> int:
         noise = noise_from_args(args.dark, args.light, n_bins=signal.n_bins)
     ckpt = train(
         args.out, model=model, signal=signal, noise=noise, config=cfg, name=args.name, resume=args.resume,
-        command="rtdenoise " + " ".join(sys.argv[1:]),
+        command="rtdenoise " + " ".join(sys.argv[1:]), init=init,
     )
     pv = ckpt.provenance
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 writes and reports
         return 0
+    before = f", {pv['init']['name']} before {pv['init']['val_loss']:.4f}" if "init" in pv else ""
     print(
         f"wrote {args.out}: {pv['steps']} steps, {pv['instances']} instances, val loss {pv['final_val_loss']:.4f} "
-        f"(identity {pv['val_loss_raw']:.4f}), {pv['wall_time_s'] / 60:.1f} min"
+        f"(identity {pv['val_loss_raw']:.4f}{before}), {pv['wall_time_s'] / 60:.1f} min"
     )
     return 0
+
+
+def _init_model(args, given: dict, dilations):
+    """The model ``--init`` names; the architecture flags may not contradict it (its config is kept)."""
+    from rtdenoise.model.checkpoint import load
+    from rtdenoise.model.config import default_config
+
+    init = load(args.init)
+    c, m = init.config, default_config("spectral")
+    asked = {**given, **({"dilations": dilations} if dilations is not None else {}),
+             **{k: getattr(args, k) for k in ("lag", "rank", "taps") if getattr(args, k) != getattr(m, k)}}
+    clash = {k: v for k, v in asked.items() if v != getattr(c, k)}
+    if clash:
+        raise ValueError(f"--init {args.init}: its config is kept, but {', '.join(f'--{k} {v}' for k, v in clash.items())} "
+                         f"differs from it ({', '.join(f'{k}={getattr(c, k)}' for k in clash)}); drop the flag, or train "
+                         "from scratch without --init")
+    if init.modality != args.modality and args.modality != "spectral":  # --modality left at its default is fine
+        raise ValueError(f"--init {args.init} is a {init.modality} model, not {args.modality}")
+    return init
 
 
 def _finetune(args) -> int:

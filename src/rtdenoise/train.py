@@ -113,6 +113,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     command: str | None = None,
+    init: Checkpoint | None = None,
 ) -> Checkpoint:
     """Train a causal model on synthetic instances and write the checkpoint to ``out``.
 
@@ -123,9 +124,18 @@ def train(
     ``out`` is rewritten at every validation (atomically), so an interrupted run leaves the
     last good checkpoint; ``resume=True`` continues from it (``out + '.state'`` holds the
     optimizer). Returns the final checkpoint.
+
+    ``init``: fine-tune this model (its config and weights) rather than start from random
+    weights, e.g. to calibrate a shipped model to a rig's recorded noise in minutes; its name
+    and its validation loss on this run's held-out instances before any step are recorded
+    (``provenance["init"]``).
     """
     from tqdm import tqdm
 
+    if init is not None:
+        if model is not None and model != init.config:
+            raise ValueError(f"the model's config comes from init ({init.name!r}); give one or the other")
+        model = init.config
     model_cfg = model or ModelConfig()
     images = model_cfg.family.modality == "imaging"
     cfg = dataclasses.replace(config or TrainConfig())
@@ -153,6 +163,8 @@ def train(
 
     torch.manual_seed(cfg.seed)
     net = model_cfg.build()
+    if init is not None:
+        net.load_state_dict(init.state_dict)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, wall_before, history = 0, 0.0, []
     if resume:
@@ -204,6 +216,7 @@ def train(
                 "world_size": world,
                 "command": command or " ".join(sys.argv),
                 "torch": str(torch.__version__),  # TorchVersion would not load with weights_only
+                **({"init": init_record} if init is not None else {}),
                 "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores".strip(),
                 "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             },
@@ -219,13 +232,20 @@ def train(
 
     # The loss of the identity (no denoising) on the same instances: the yardstick.
     raw_val = float(np.mean([identity_loss(x, t, model_cfg.lag).item() for x, t in val]))
+    init_record = None
+    if init is not None:  # where fine-tuning starts, on this noise
+        init_record = {"name": init.name, "val_loss": validate(), "steps": init.provenance.get("steps"),
+                       "noise": init.provenance.get("noise", {}).get("kind")}
+        if resume and history:  # the first run's record: it saw the weights before any step
+            init_record = (torch.load(out, map_location="cpu", weights_only=True).get("provenance", {})
+                           .get("init", init_record))
     t0 = time.perf_counter()
     step0 = step  # where this run started (after a resume, not 0)
     deadline = t0 + cfg.minutes * 60 if cfg.minutes else None
     total = cfg.steps
     bar = tqdm(total=total, initial=step, disable=not progress or rank != 0, unit="step", dynamic_ncols=True)
     running, seen, t_rate = None, 0, time.perf_counter()
-    val_loss = history[-1]["val_loss"] if history else float("nan")
+    val_loss = history[-1]["val_loss"] if history else init_record["val_loss"] if init_record else float("nan")
     ckpt = None
     net.train()
     while step < total:

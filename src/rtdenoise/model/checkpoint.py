@@ -217,6 +217,8 @@ def format_info(info: dict) -> str:
             f"{pv.get('wall_time_s', 0) / 60:.1f} min on {pv.get('machine')}, seed {pv.get('train', {}).get('seed')}",
             f"val loss       {pv.get('final_val_loss'):.4f} (identity {pv.get('val_loss_raw'):.4f})",
             f"noise          {pv.get('noise', {}).get('kind')}",
+            *([f"fine-tuned     from {pv['init']['name']} (val loss {pv['init']['val_loss']:.4f} before, on this noise)"]
+              if "init" in pv else []),
             f"command        {pv.get('command')}",
         ]
     for k, v in info.get("metrics", {}).items():

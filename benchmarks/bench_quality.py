@@ -37,16 +37,22 @@ RESULTS = Path(__file__).parent / "results"
 FRAMES = 3000  # 10 minutes at 5 Hz
 
 # Outside the training draws: emission peak (trained 500-522 nm), decay (0.4-4 s), rate (0.02-0.4 Hz).
-OUT_OF_RANGE = dict(emission_peak_nm=(526.0, 526.0), decay_s=(4.5, 4.5), event_rate_hz=(0.45, 0.45))
+OUT_OF_RANGE = dict(emission_peak_nm=(526.0, 526.0), decay_s=(4.5, 4.5), event_rate_hz=(0.45, 0.45),
+                    state_level=(0.0, 0.0))
+NO_STATES = dict(state_level=(0.0, 0.0))  # the recordings as they were before brain states (comparable results)
+# Minutes-long wake/NREM/REM-like ACh levels with events on top (the training draws: 0-0.15, 60-300 s)
+STATES = dict(state_level=(0.2, 0.2), state_dwell_s=(90.0, 90.0))
 QUIET = dict(event_rate_hz=(0.0, 0.0), slow_std=(0.0, 0.0), hemo_std=(0.0, 0.0))
 
 
 def recordings() -> dict[str, dict]:
     read8 = DetectorNoise(DetectorConfig(read_noise=(8.0, 8.0)))
     return {
-        "reference 2000 counts": simulate(FRAMES, seed=90_001, photons=2000, noise=read8),
+        "reference 2000 counts": simulate(FRAMES, seed=90_001, photons=2000, signal=SpectralConfig(**NO_STATES), noise=read8),
         "held-out 500 counts": simulate(FRAMES, seed=90_002, photons=500, signal=SpectralConfig(**OUT_OF_RANGE), noise=read8),
         "held-out 5000 counts": simulate(FRAMES, seed=90_003, photons=5000, signal=SpectralConfig(**OUT_OF_RANGE), noise=read8),
+        "held-out sleep/wake states 1000 counts": simulate(FRAMES, seed=90_005, photons=1000,
+                                                           signal=SpectralConfig(**STATES), noise=read8),
     }
 
 
@@ -129,7 +135,7 @@ def main(argv=None) -> int:
         print(f"{rname}: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
     # Pure noise: steady light, no dynamics. No transients may be invented.
-    steady = simulate(FRAMES, seed=90_004, photons=2000, signal=SpectralConfig(**QUIET),
+    steady = simulate(FRAMES, seed=90_004, photons=2000, signal=SpectralConfig(**QUIET, **NO_STATES),
                       noise=DetectorNoise(DetectorConfig(read_noise=(8.0, 8.0))))
     raw_trace = sensor_trace(steady["noisy"], steady)
     d = np.diff(raw_trace)

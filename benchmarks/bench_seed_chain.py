@@ -52,7 +52,7 @@ SIGMAS = (0.5, 0.6, 1.0)
 
 
 def recording(photons: float, frames: int, seed: int) -> dict:
-    sig = SpectralConfig(decay_s=(DECAY_S, DECAY_S))
+    sig = SpectralConfig(decay_s=(DECAY_S, DECAY_S), state_level=(0.0, 0.0))
     return simulate(frames, seed=seed, photons=photons, signal=sig, noise=DetectorNoise(DetectorConfig(read_noise=(8.0, 8.0))))
 
 

@@ -14,6 +14,7 @@ QUIET = dict(
     event_rate_hz=(0.0, 0.0),
     slow_std=(0.0, 0.0),
     hemo_std=(0.0, 0.0),
+    state_level=(0.0, 0.0),
 )
 
 
@@ -22,6 +23,23 @@ def test_zero_dynamics_give_photons_times_emission():
     inst = sample_instance(cfg, 50, np.random.default_rng(0))
     np.testing.assert_allclose(inst.clean, 2000.0 * inst.emission[None, :] * np.ones((50, 1)), rtol=1e-12)
     assert inst.emission.max() == pytest.approx(1.0)
+
+
+def test_brain_states_are_minutes_long_levels_high_in_wake_and_rem():
+    from rtdenoise.synth.spectral import STATES, brain_states
+
+    trace, labels = brain_states(np.random.default_rng(3), 20 * 60 * 5, fs=5.0, level=0.2, dwell_s=90.0)
+    assert abs(trace.mean()) < 1e-12 and set(np.unique(labels)) <= {0, 1, 2} and STATES[1] == "nrem"
+    bouts = np.flatnonzero(np.diff(labels)) + 1
+    assert 4 <= len(bouts) <= 40  # minutes long: 20 minutes hold a handful to a few dozen bouts
+    assert not (np.diff(labels)[bouts - 1] == 0).any()  # a bout always ends in another state
+    settled = [b for b in np.split(np.arange(len(labels)), bouts) if len(b) > 100]  # past the 10 s ramp
+    level = {s: np.mean([trace[b[60:]].mean() for b in settled if labels[b[0]] == s]) for s in (0, 1)}
+    assert level[0] - level[1] == pytest.approx(0.2, abs=0.01)  # wake above NREM by the level
+    # In the draws by default, the states are part of the activity the network must keep.
+    rec = simulate(1500, seed=2, photons=1000, signal=SpectralConfig(state_level=(0.15, 0.15), state_dwell_s=(60.0, 60.0)))
+    assert rec["states"].shape == (1500,) and len(np.unique(rec["states"])) >= 2
+    assert "states" not in simulate(50, seed=2, signal=SpectralConfig(state_level=(0.0, 0.0)))
 
 
 def test_multiplicative_model_is_exact_in_log_space():

@@ -55,7 +55,8 @@ def simulate(
     the noiseless signal, ``static`` (W,) the detector's offset (a perfect denoiser returns
     ``clean + static``), ``wavelengths``, the spectra ``emission``, ``signature``,
     ``eps_hbo2``, ``eps_hb``, the traces ``activity``, ``events``, ``hbo2``, ``hb``,
-    ``event_onsets``, ``event_amplitudes``, and ``fs``.
+    ``event_onsets``, ``event_amplitudes``, ``fs``, and ``states`` (the brain state per frame,
+    an index into :data:`~rtdenoise.synth.spectral.STATES`) when the signal has them.
 
     Examples
     --------
@@ -85,6 +86,7 @@ def simulate(
         "event_onsets": inst.event_onsets,
         "event_amplitudes": inst.event_amplitudes,
         "fs": np.float64(signal.fs),
+        **({"states": inst.states} if inst.states is not None else {}),
     }
 
 

@@ -64,6 +64,9 @@ class SpectralConfig:
     decay_s: Range = (0.4, 4.0)  # decay time constant of one event
     slow_std: Range = (0.0, 0.08)  # slow state-dependent changes, std in log-units
     slow_cutoff_hz: Range = (0.005, 0.05)  # their bandwidth
+    # Brain states (wake / NREM / REM-like): minutes-long ACh levels with the events on top.
+    state_level: Range = (0.0, 0.15)  # ACh level of wake and REM above NREM, log-units; (0, 0): no states
+    state_dwell_s: Range = (60.0, 300.0)  # mean time in a wake or NREM bout (REM bouts: half of it)
 
     # Hemodynamics h(t): two independent low-passed processes (HbO₂ and Hb).
     hemo_std: Range = (0.0, 0.06)  # std of each, in units of the normalised absorbance
@@ -210,6 +213,39 @@ def lowpass_noise(rng: np.random.Generator, n: int, *, fs: float, cutoff_hz: flo
     return x * (std / sd) if sd > 0 else x
 
 
+STATES = ("wake", "nrem", "rem")
+# Next-state probabilities (rows: from wake, NREM, REM); a bout always ends in another state.
+_STATE_NEXT = np.array([[0.0, 0.9, 0.1], [0.6, 0.0, 0.4], [0.8, 0.2, 0.0]])
+
+
+def brain_states(rng: np.random.Generator, n: int, *, fs: float, level: float, dwell_s: float,
+                 ramp_s: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
+    """Minutes-long wake / NREM / REM-like bouts as an ACh level trace, log-units.
+
+    Bouts last an exponential time (mean ``dwell_s``; REM ``dwell_s / 2``) and follow a
+    Markov chain (wake → NREM mostly, NREM → wake or REM, REM → wake mostly); ACh is
+    ``level`` in wake, 0 in NREM and 0.8–1.3 × ``level`` in REM (high in wake and REM, low
+    in NREM, as recorded across sleep), with ``ramp_s`` transitions. Returns ``(trace (n,),
+    state index per frame (n,))``; the trace is centred on its time average.
+    """
+    labels = np.empty(n, dtype=np.int8)
+    value = np.empty(n)
+    state = int(rng.choice(3, p=[0.5, 0.35, 0.15]))
+    i = 0
+    while i < n:
+        mean = dwell_s / (2.0 if state == 2 else 1.0)
+        length = max(1, int(round(rng.exponential(mean) * fs)))
+        labels[i : i + length] = state
+        value[i : i + length] = (level, 0.0, level * rng.uniform(0.8, 1.3))[state]
+        i += length
+        state = int(rng.choice(3, p=_STATE_NEXT[state]))
+    k = max(1, int(round(ramp_s * fs)))  # smooth steps: a moving average over the ramp
+    padded = np.concatenate([np.full(k, value[0]), value])
+    c = np.cumsum(padded)
+    trace = (c[k:] - c[:-k]) / k
+    return trace - trace.mean(), labels
+
+
 def release_events(
     rng: np.random.Generator, n: int, *, fs: float, rate_hz: float, amplitude: Range, decay_s: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -239,13 +275,14 @@ class SpectralInstance:
     signature: np.ndarray  # (W,) S, peak 1
     eps_hbo2: np.ndarray  # (W,)
     eps_hb: np.ndarray  # (W,)
-    activity: np.ndarray  # (T,) a(t): events + slow
+    activity: np.ndarray  # (T,) a(t): events + slow + brain states
     events: np.ndarray  # (T,) the event part of a(t)
     event_onsets: np.ndarray  # (E,) frame indices
     event_amplitudes: np.ndarray  # (E,) log-units
     hbo2: np.ndarray  # (T,) h1(t)
     hb: np.ndarray  # (T,) h2(t)
     params: dict = field(default_factory=dict)  # the values drawn for this instance
+    states: np.ndarray | None = None  # (T,) brain state per frame (index into STATES), None without states
 
     @property
     def spectra(self) -> np.ndarray:
@@ -287,11 +324,19 @@ def sample_instance(
         std, fc = _draw(rng, cfg.hemo_std), _draw(rng, cfg.hemo_cutoff_hz)
         hemo.append(lowpass_noise(rng, n_frames, fs=fs, cutoff_hz=fc, std=std))
     h1, h2 = hemo
+    # Brain states last (a config without them draws exactly what it drew before they existed).
+    labels = None
+    state_level = 0.0
+    if cfg.state_level[1] > 0:
+        state_level, dwell = _draw(rng, cfg.state_level), _draw(rng, cfg.state_dwell_s)
+        level_trace, labels = brain_states(rng, n_frames, fs=fs, level=state_level, dwell_s=dwell)
+        activity = activity + level_trace
 
     # (T, W) = outer products of the traces with the spectra, in log space.
     log_mod = np.outer(activity, signature) - np.outer(h1, eps_hbo2) - np.outer(h2, eps_hb)
     clean = p * emission[None, :] * np.exp(log_mod)
-    params = dict(photons=p, event_rate_hz=rate, decay_s=decay, slow_std=slow_std, slow_cutoff_hz=slow_fc, **em_kw)
+    params = dict(photons=p, event_rate_hz=rate, decay_s=decay, slow_std=slow_std, slow_cutoff_hz=slow_fc,
+                  state_level=state_level, **em_kw)
     return SpectralInstance(
         clean=clean,
         wavelengths=wl,
@@ -306,4 +351,5 @@ def sample_instance(
         hbo2=h1,
         hb=h2,
         params=params,
+        states=labels,
     )

@@ -184,11 +184,17 @@ def test_train_init_calibrates_a_shipped_model_to_recorded_noise(tmp_path, capsy
     assert "spectral-lag0 before" in capsys.readouterr().out
     assert main(["info", str(out)]) == 0
     info = capsys.readouterr().out
-    assert "fine-tuned     from spectral-lag0" in info and "noise          recorded" in info
+    assert "fine-tuned     from spectral-lag0" in info and "noise          mixed" in info
     from rtdenoise.model.checkpoint import load
 
     ck = load(out)
     assert ck.config == load("spectral-lag0").config and ck.provenance["train"]["lr"] == pytest.approx(2e-3 / 4)
+    # by default a quarter of the instances keep the detector model the shipped model was trained on
+    mixed = ck.provenance["noise"]
+    assert [s["kind"] for s in mixed["sources"]] == ["recorded", "detector"] and mixed["weights"] == [0.75, 0.25]
+    assert main(["train", str(out), "--init", "spectral-lag0", "--dark", str(dark), "--light", str(light),
+                 "--prior", "0", "--steps", "1", "--batch", "2", "--workers", "0"]) == 0
+    assert load(out).provenance["noise"]["kind"] == "recorded"
 
 
 def test_train_refuses_an_arch_of_another_modality(tmp_path, capsys):

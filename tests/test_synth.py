@@ -253,3 +253,21 @@ def test_config_roundtrip_and_unknown_keys():
         SpectralConfig.from_dict({"colour": 1})
     with pytest.raises(ValueError, match="unknown DetectorConfig"):
         DetectorConfig.from_dict({"gain": [1, 1], "bogus": [0, 0]})
+
+
+def test_mixed_noise_draws_each_instance_from_one_source_by_weight():
+    from rtdenoise.synth import MixedNoise
+
+    rng = np.random.default_rng(0)
+    dark = rng.normal(100.0, 8.0, (300, 152))
+    light = rng.poisson(1500.0, (300, 152)) + rng.normal(100.0, 8.0, (300, 152))
+    rec = RecordedNoise(dark, light)
+    mix = MixedNoise([rec, DetectorNoise()], [3, 1])
+    assert mix.describe()["weights"] == [0.75, 0.25] and mix.describe()["sources"][0]["kind"] == "recorded"
+    clean = np.full((20, 152), 500.0)
+    statics = [mix.sample(clean, rng, fs=5.0)[1] for _ in range(400)]
+    from_recording = np.mean([np.allclose(s, rec.dark_mean) for s in statics])
+    assert 0.68 < from_recording < 0.82  # each instance wholly from one source, 3:1
+    for bad in ([1], [0, 0], [1, -1], [1, float("nan")]):
+        with pytest.raises(ValueError, match="weight"):
+            MixedNoise([rec, DetectorNoise()], bad)

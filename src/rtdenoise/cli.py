@@ -80,6 +80,9 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int, default=t.seed)
     p.add_argument("--dark", help="recorded dark frames; with --light replaces the detector model")
     p.add_argument("--light", help="recorded steady-light frames")
+    p.add_argument("--prior", type=float, default=0.25, metavar="F",
+                   help="with --init and --dark/--light: the share of instances drawn with the noise the model was "
+                        "trained on (the detector model), so calibrating to your rig does not forget it (default 0.25)")
     p.add_argument("--name", help="model name stored in the checkpoint (default: file stem)")
     p.add_argument("--resume", action="store_true", help="continue from OUT and OUT.state")
     p.add_argument("--self-supervised", default=None, metavar="MOVIE",
@@ -95,7 +98,7 @@ def _add_train(sub) -> None:
 def cmd_train(args) -> int:
     from rtdenoise.model.config import default_config
     from rtdenoise.synth import SpectralConfig, noise_from_args
-    from rtdenoise.train import TrainConfig, train
+    from rtdenoise.train import TrainConfig, calibration_noise, train
 
     if args.self_supervised:
         return _finetune(args)
@@ -120,6 +123,8 @@ def cmd_train(args) -> int:
     else:
         signal = SpectralConfig()
         noise = noise_from_args(args.dark, args.light, n_bins=signal.n_bins)
+        if init is not None and args.dark and args.prior > 0:
+            noise = calibration_noise(noise, init, args.prior)
     ckpt = train(
         args.out, model=model, signal=signal, noise=noise, config=cfg, name=args.name, resume=args.resume,
         command="rtdenoise " + " ".join(sys.argv[1:]), init=init,

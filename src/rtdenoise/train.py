@@ -282,6 +282,21 @@ def train(
     return ckpt
 
 
+def calibration_noise(recorded, init: Checkpoint, prior: float = 0.25):
+    """The noise to calibrate ``init`` to a rig with: ``recorded`` (the rig's dark and light
+    frames), and a ``prior`` share of instances with the noise ``init`` was trained on (its
+    detector model), so it keeps what it knew. ``prior`` 0: the recorded noise alone."""
+    from rtdenoise.synth import DetectorConfig, DetectorNoise, MixedNoise
+
+    if not 0.0 <= prior < 1.0:
+        raise ValueError(f"prior must be in [0, 1), got {prior}")
+    was = init.provenance.get("noise", {})
+    if prior == 0 or was.get("kind") != DetectorNoise.kind:  # trained on recorded noise: nothing general to keep
+        return recorded
+    detector = DetectorNoise(DetectorConfig.from_dict(was["config"]) if "config" in was else None)
+    return MixedNoise([recorded, detector], [1.0 - prior, prior])
+
+
 def _eta_steps(step: int, t0: float, deadline: float, cap: int) -> int:
     """With a time budget, the steps this run's budget will allow (``step``: done so far in it)."""
     elapsed = time.perf_counter() - t0

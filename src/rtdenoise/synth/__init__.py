@@ -8,6 +8,7 @@ from rtdenoise.synth.imaging import ImagingConfig, ImagingInstance, sample_scene
 from rtdenoise.synth.noise import (
     DetectorConfig,
     DetectorNoise,
+    MixedNoise,
     PMTConfig,
     PMTNoise,
     RecordedMovieNoise,
@@ -23,6 +24,7 @@ __all__ = [
     "DetectorNoise",
     "ImagingConfig",
     "ImagingInstance",
+    "MixedNoise",
     "PMTConfig",
     "PMTNoise",
     "RecordedMovieNoise",

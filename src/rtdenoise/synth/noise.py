@@ -190,6 +190,32 @@ def poisson(rng: np.random.Generator, lam: np.ndarray) -> np.ndarray:
     return np.maximum(out, 0.0)
 
 
+class MixedNoise:
+    """Each instance's noise from one of ``sources``, drawn with ``weights``.
+
+    For calibrating a trained model to a rig's recorded noise: keeping a share of the noise
+    it was trained on stops it forgetting the recordings that noise stands for (fine-tuned
+    on the rig alone, the shipped spectral model lost 0.6–0.9 dB on detector-model
+    recordings; ``benchmarks/results/calibrate.md``).
+    """
+
+    kind = "mixed"
+
+    def __init__(self, sources, weights):
+        sources, w = list(sources), np.asarray(weights, dtype=np.float64)
+        if not sources or w.shape != (len(sources),):
+            raise ValueError(f"give one weight per noise source: {len(sources)} sources, weights {list(weights)}")
+        if not (np.isfinite(w).all() and (w >= 0).all() and w.sum() > 0):
+            raise ValueError(f"weights must be >= 0 and not all 0, got {list(weights)}")
+        self.sources, self.p = sources, w / w.sum()
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "sources": [s.describe() for s in self.sources], "weights": self.p.tolist()}
+
+    def sample(self, clean: np.ndarray, rng: np.random.Generator, *, fs: float) -> tuple[np.ndarray, np.ndarray]:
+        return self.sources[int(rng.choice(len(self.sources), p=self.p))].sample(clean, rng, fs=fs)
+
+
 def noise_from_args(dark=None, light=None, *, n_bins: int | None = None, read_noise: float | None = None):
     """Recorded noise when both files are given, the detector model when neither is.
 

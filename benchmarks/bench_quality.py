@@ -94,13 +94,13 @@ def event_fidelity(est: np.ndarray, rec: dict) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="*", default=None, help="checkpoints (default: every shipped model)")
+    ap.add_argument("--models", nargs="*", default=None, help="checkpoints (default: every shipped spectral model)")
     ap.add_argument("--out", default=str(RESULTS / "quality"), help="output stem (.json, .md, .png)")
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
 
     models = args.models or sorted(str(p) for p in shipped_models_dir().glob("*.pt"))
-    ckpts = [load(m) for m in models]
+    ckpts = [ck for ck in map(load, models) if ck.modality == "spectral"]  # movies: bench_imaging_quality.py
     recs = recordings()
     results: dict = {"machine": machine(), "command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "recordings": {}}
     outputs: dict[str, dict[str, np.ndarray]] = {}

@@ -177,8 +177,12 @@ def test_train_init_calibrates_a_shipped_model_to_recorded_noise(tmp_path, capsy
     np.save(light, (rng.poisson(1500.0, (300, 152)) + rng.normal(100.0, 8.0, (300, 152))).astype(np.float32))
     out = tmp_path / "cal.pt"
     # The architecture comes from the model: a flag that contradicts it is refused, with the fix.
-    assert main(["train", str(out), "--init", "spectral-lag0", "--lag", "2", "--steps", "1"]) == 2
-    assert "--lag 2 differs from it (lag=0)" in capsys.readouterr().err and not out.exists()
+    assert main(["train", str(out), "--init", "spectral-lag5", "--lag", "0", "--steps", "1"]) == 2
+    assert "--lag 0 differs from it (lag=5)" in capsys.readouterr().err and not out.exists()
+    assert main(["train", str(out), "--init", "spectral-lag0", "--modality", "imaging", "--steps", "1"]) == 2
+    assert "is a spectral model, not imaging" in capsys.readouterr().err
+    assert main(["train", str(out), "--init", "spectral-lag0", "--prior", "-0.1", "--steps", "1"]) == 2
+    assert "--prior is a share" in capsys.readouterr().err and not out.exists()
     assert main(["train", str(out), "--init", "spectral-lag0", "--dark", str(dark), "--light", str(light),
                  "--steps", "3", "--batch", "2", "--workers", "0"]) == 0
     assert "spectral-lag0 before" in capsys.readouterr().out
@@ -192,6 +196,11 @@ def test_train_init_calibrates_a_shipped_model_to_recorded_noise(tmp_path, capsy
     # by default a quarter of the instances keep the detector model the shipped model was trained on
     mixed = ck.provenance["noise"]
     assert [s["kind"] for s in mixed["sources"]] == ["recorded", "detector"] and mixed["weights"] == [0.75, 0.25]
+    from rtdenoise.synth import RecordedNoise
+    from rtdenoise.train import calibration_noise
+
+    again = calibration_noise(RecordedNoise.from_files(dark, light), ck, 0.25)  # calibrating a calibrated model
+    assert again.describe()["sources"][1] == mixed["sources"][1]  # keeps the detector model it kept
     assert main(["train", str(out), "--init", "spectral-lag0", "--dark", str(dark), "--light", str(light),
                  "--prior", "0", "--steps", "1", "--batch", "2", "--workers", "0"]) == 0
     assert load(out).provenance["noise"]["kind"] == "recorded"

@@ -115,7 +115,8 @@ def test_the_front_end_on_the_engines_device_gives_the_host_front_ends_outputs(i
 
     ck = imaging_engine("torch", lag=lag).checkpoint
     host, dev = TorchEngine(ck, device="cpu"), TorchEngine(ck, device="cpu", device_frontend=True)
-    x = np.stack([movie[:26], movie[4:30]])
+    x = np.stack([movie[:26], movie[4:30]]).astype(">u2")  # big-endian: the wire allows it, torch needs a copy
+    x.flags.writeable = False  # as the service's frames (views of the received message)
     chunks = [1, 3, 1, 5, 2, 6, 4]  # 22 frames, then 4 flushed
     a, sa = _steps(host, x, chunks, reset_at=10)
     b, sb = _steps(dev, x, chunks, reset_at=10)

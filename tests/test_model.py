@@ -248,6 +248,14 @@ def test_fine_tuning_starts_from_the_given_model_keeps_its_config_and_records_it
     assert load(tmp_path / "tuned.pt").provenance["init"]["name"] == "base"
     with pytest.raises(ValueError, match="config comes from init"):
         train(tmp_path / "x.pt", init=base, model=ModelConfig(lag=2), config=cfg, progress=False)
+    # Resuming keeps the first run's record (the weights before any step), and needs the same init.
+    more = TrainConfig(**{**cfg.to_dict(), "steps": 30})
+    resumed = train(tmp_path / "tuned.pt", init=base, noise=noisier, config=more, progress=False, resume=True)
+    assert resumed.provenance["steps"] == 30 and resumed.provenance["init"] == tuned.provenance["init"]
+    with pytest.raises(ValueError, match="resume it with the same init"):
+        train(tmp_path / "tuned.pt", noise=noisier, config=more, progress=False, resume=True)
+    with pytest.raises(ValueError, match="not started from it"):
+        train(tmp_path / "base.pt", init=tuned, config=more, progress=False, resume=True)
 
 
 def test_training_refuses_mismatched_settings(tmp_path):

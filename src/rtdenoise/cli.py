@@ -60,13 +60,14 @@ def _add_train(sub) -> None:
     m, im, t = default_config("spectral"), default_config("imaging"), TrainConfig()
     p = sub.add_parser("train", help="train a causal denoiser on synthetic spectra or movies + instrument noise")
     p.add_argument("out", help="checkpoint to write (.pt); rewritten at every validation")
-    p.add_argument("--modality", choices=MODALITIES, default="spectral", help="what the model denoises")
+    # Architecture flags default to None: with --init only the flags given are checked against the model.
+    p.add_argument("--modality", choices=MODALITIES, default=None, help="what the model denoises (default spectral)")
     p.add_argument("--arch", choices=list(FAMILIES), default=None, help=f"default {m.arch} (spectral), {im.arch} (imaging)")
-    p.add_argument("--lag", type=int, default=m.lag, help="frames of lookahead (0 = strictly causal)")
+    p.add_argument("--lag", type=int, default=None, help=f"frames of lookahead (default {m.lag}: strictly causal)")
     p.add_argument("--depth", type=int, default=None, help=f"default {m.depth} (spectral), {im.depth} (imaging)")
     p.add_argument("--width", type=int, default=None, help=f"default {m.width} (spectral), {im.width} (imaging)")
-    p.add_argument("--rank", type=int, default=m.rank)
-    p.add_argument("--taps", type=int, default=m.taps)
+    p.add_argument("--rank", type=int, default=None, help=f"default {m.rank}")
+    p.add_argument("--taps", type=int, default=None, help=f"default {m.taps}")
     p.add_argument("--patch", type=int, nargs=2, default=list(t.patch), metavar=("H", "W"), help="imaging: pixels per instance")
     p.add_argument("--dilations", default=None,
                    help="comma-separated, one per layer (default: the model's own at its default depth, else all 1)")
@@ -102,14 +103,17 @@ def cmd_train(args) -> int:
 
     if args.self_supervised:
         return _finetune(args)
-    given = {k: getattr(args, k) for k in ("arch", "depth", "width") if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in ("arch", "depth", "width", "lag", "rank", "taps") if getattr(args, k) is not None}
     dilations = None if args.dilations is None else [int(d) for d in args.dilations.split(",") if d.strip()]
+    if not 0.0 <= args.prior < 1.0:
+        raise ValueError(f"--prior is a share of the instances, in [0, 1); got {args.prior}")
     init = model = None
     if args.init:
         init = _init_model(args, given, dilations)
         args.modality = init.modality
     else:
-        model = default_config(args.modality, **given, lag=args.lag, rank=args.rank, taps=args.taps, dilations=dilations)
+        args.modality = args.modality or "spectral"
+        model = default_config(args.modality, **given, dilations=dilations)
     d = TrainConfig()
     cfg = TrainConfig(
         steps=args.steps, minutes=args.minutes, batch=args.batch, window=args.window,
@@ -143,18 +147,16 @@ def cmd_train(args) -> int:
 def _init_model(args, given: dict, dilations):
     """The model ``--init`` names; the architecture flags may not contradict it (its config is kept)."""
     from rtdenoise.model.checkpoint import load
-    from rtdenoise.model.config import default_config
 
     init = load(args.init)
-    c, m = init.config, default_config("spectral")
-    asked = {**given, **({"dilations": dilations} if dilations is not None else {}),
-             **{k: getattr(args, k) for k in ("lag", "rank", "taps") if getattr(args, k) != getattr(m, k)}}
+    c = init.config
+    asked = {**given, **({"dilations": dilations} if dilations is not None else {})}
     clash = {k: v for k, v in asked.items() if v != getattr(c, k)}
     if clash:
         raise ValueError(f"--init {args.init}: its config is kept, but {', '.join(f'--{k} {v}' for k, v in clash.items())} "
                          f"differs from it ({', '.join(f'{k}={getattr(c, k)}' for k in clash)}); drop the flag, or train "
                          "from scratch without --init")
-    if init.modality != args.modality and args.modality != "spectral":  # --modality left at its default is fine
+    if args.modality is not None and init.modality != args.modality:
         raise ValueError(f"--init {args.init} is a {init.modality} model, not {args.modality}")
     return init
 

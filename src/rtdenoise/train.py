@@ -170,6 +170,9 @@ def train(
     if resume:
         if not out.exists() or not state_path.exists():
             raise FileNotFoundError(f"cannot resume: {out} or {state_path} is missing")
+        was = torch.load(out, map_location="cpu", weights_only=True).get("provenance", {}).get("init")
+        if was and init is None:  # its learning rate and noise came with the init: resuming without would change them
+            raise ValueError(f"{out} fine-tunes {was['name']!r}: resume it with the same init (--init {was['name']})")
         st = torch.load(state_path, map_location="cpu", weights_only=True)
         net.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
@@ -233,12 +236,13 @@ def train(
     # The loss of the identity (no denoising) on the same instances: the yardstick.
     raw_val = float(np.mean([identity_loss(x, t, model_cfg.lag).item() for x, t in val]))
     init_record = None
-    if init is not None:  # where fine-tuning starts, on this noise
+    if init is not None and resume:  # the first run's record: it saw the weights before any step
+        init_record = torch.load(out, map_location="cpu", weights_only=True).get("provenance", {}).get("init")
+        if init_record is None or init_record.get("name") != init.name:
+            raise ValueError(f"cannot resume {out} as a fine-tuning of {init.name!r}: it was not started from it")
+    elif init is not None:  # where fine-tuning starts, on this noise
         init_record = {"name": init.name, "val_loss": validate(), "steps": init.provenance.get("steps"),
                        "noise": init.provenance.get("noise", {}).get("kind")}
-        if resume and history:  # the first run's record: it saw the weights before any step
-            init_record = (torch.load(out, map_location="cpu", weights_only=True).get("provenance", {})
-                           .get("init", init_record))
     t0 = time.perf_counter()
     step0 = step  # where this run started (after a resume, not 0)
     deadline = t0 + cfg.minutes * 60 if cfg.minutes else None
@@ -291,6 +295,8 @@ def calibration_noise(recorded, init: Checkpoint, prior: float = 0.25):
     if not 0.0 <= prior < 1.0:
         raise ValueError(f"prior must be in [0, 1), got {prior}")
     was = init.provenance.get("noise", {})
+    if was.get("kind") == MixedNoise.kind:  # a calibrated model: the detector model it kept, if any
+        was = next((s for s in was.get("sources", []) if s.get("kind") == DetectorNoise.kind), {})
     if prior == 0 or was.get("kind") != DetectorNoise.kind:  # trained on recorded noise: nothing general to keep
         return recorded
     detector = DetectorNoise(DetectorConfig.from_dict(was["config"]) if "config" in was else None)

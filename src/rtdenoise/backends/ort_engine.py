@@ -85,6 +85,7 @@ class OrtEngine(Engine):
         opts.log_severity_level = 3  # errors only: unused-initializer notes are not news
         self.threads = int(threads)
         self.providers = list(providers) if providers else ["CPUExecutionProvider"]
+        self.gpu = self.providers[0] != "CPUExecutionProvider"
         self.session = ort.InferenceSession(source, sess_options=opts, providers=self.providers)
         got_in = [i.name for i in self.session.get_inputs()]
         got_out = [o.name for o in self.session.get_outputs()]

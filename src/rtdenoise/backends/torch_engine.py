@@ -140,8 +140,12 @@ class TorchEngine(Engine):
 
 
 def _to_device(x: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Frames to ``device`` in their own dtype (a uint16 frame moves half the bytes of a float32 one)."""
-    return torch.from_numpy(np.ascontiguousarray(x)).to(device)
+    """Frames to ``device`` in their own dtype (a uint16 frame moves half the bytes of a float32 one).
+
+    torch takes only native byte order and warns on read-only memory (the service's frames
+    are views of the received message): those are copied here first."""
+    x = np.require(x, dtype=x.dtype.newbyteorder("="), requirements=["C", "W"])
+    return torch.from_numpy(x).to(device)
 
 
 class TorchFrontEnd:

@@ -26,7 +26,8 @@ training target.
 
 Everything uses only the past, and all of it is state updated in place per stream, so a
 stream can be processed in chunks of any size with identical results. It runs on the host
-in numpy for every backend.
+in numpy for every backend, except that CUDA torch runs a per-element front end (no subspace)
+on the GPU as :class:`~rtdenoise.backends.torch_engine.TorchFrontEnd`, the same arithmetic.
 """
 
 from __future__ import annotations

@@ -205,7 +205,9 @@ class Service:
     def _warm_up(self) -> None:
         """Step a scratch state once on a GPU engine before the first message: the first CUDA
         step of a process loads its kernels and libraries (about 0.2 s on an H200, seen as the
-        first frames' latency of the live benchmark), which should not fall on a stream."""
+        first frames' latency of the live benchmark), which should not fall on a stream. Each
+        stream's own first one-frame step still captures its CUDA graph at its frame size (two
+        eager steps and a capture)."""
         shape = tuple(64 if d is None else d for d in self.engine.frame_shape)
         self.engine.step(np.zeros((1, *shape), dtype=np.float32), self.engine.new_state(1))
 

@@ -52,12 +52,14 @@ class SpectralDataset(torch.utils.data.IterableDataset):
         self.noise = noise or DetectorNoise()
         if window < 1:
             raise ValueError(f"window must be >= 1 frame, got {window}")
-        if isinstance(self.noise, RecordedNoise):
-            if self.noise.dark.shape[1] != self.signal.n_bins:
+        for rec in [self.noise, *getattr(self.noise, "sources", [])]:  # a MixedNoise's recordings too
+            if not isinstance(rec, RecordedNoise):
+                continue
+            if rec.dark.shape[1] != self.signal.n_bins:
                 raise ValueError(
-                    f"noise recordings have {self.noise.dark.shape[1]} bins, the signal model {self.signal.n_bins}"
+                    f"noise recordings have {rec.dark.shape[1]} bins, the signal model {self.signal.n_bins}"
                 )
-            shortest = min(self.noise.dark.shape[0], self.noise.light.shape[0])
+            shortest = min(rec.dark.shape[0], rec.light.shape[0])
             if shortest < window:
                 raise ValueError(
                     f"noise recordings have {shortest} frames, fewer than one window of {window}; "

@@ -10,6 +10,7 @@ Needs a CUDA GPU (it says so and exits 2 without one). Measures, for the issue's
   streams in one state; the front end on the host (numpy, as every backend had it) or on the
   GPU, CUDA graphs off and on, TF32 off and on: per-step p50/p99 ms and frames/s across the
   streams (streams × 1000 / p50);
+- ``floor``: the same paced load through a bare ZeroMQ echo (no engine), the transport's share;
 - ``live``: ``rtdenoise demo --modality imaging`` (the service as its own process, backend
   auto = CUDA torch here) at 512 × 512 / 30 Hz and 128 × 128 / 100 Hz, spin mode on and off:
   frames lost and latency from each frame's due time to the subscriber.
@@ -113,11 +114,39 @@ def live_case(size: int, rate: float, seconds: float, spin: bool) -> dict:
     return {k: r[k] for k in ("shape", "rate_hz", "frames_in", "frames_lost", "latency_ms", "backend", "snr_db") if k in r} | {"spin": spin}
 
 
+_ECHO = ("import sys, threading; sys.path.insert(0, {here!r}); import bench_latency as b; "
+         "b.echo_server({sub!r}, {pub!r}, threading.Event())")
+
+
+def floor_case(size: int, rate: float, seconds: float) -> dict:
+    """The transport floor for this frame size: a bare ZeroMQ echo in its own process (decode,
+    float32 copy, encode; no engine), paced as the live case, latency due time → subscriber."""
+    import subprocess
+
+    from bench_latency import free_port
+
+    from rtdenoise.bench import paced_load
+
+    sub, pub = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    proc = subprocess.Popen([sys.executable, "-c", _ECHO.format(here=str(HERE), sub=sub, pub=pub)])
+    try:
+        time.sleep(1.5)  # imports, binds
+        n = max(10, int(rate * seconds))
+        movie = _movie(16, 1, size)[0]
+        res = paced_load(sub, pub, {"echo": movie[np.arange(n) % 16]}, rate=rate, fs=rate)
+        lat = res.latency_summary()
+        return {"size": size, "rate_hz": rate, "frames_in": res.frames_in, "frames_lost": res.frames_lost,
+                "latency_ms": {k: lat[k] for k in ("p50", "p99", "max")}}
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=200, help="timed steps per engine case")
     ap.add_argument("--seconds", type=float, default=15.0, help="seconds per live case")
-    ap.add_argument("--parts", default="equal,engine,live")
+    ap.add_argument("--parts", default="equal,live,floor,engine")
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--device", default="cuda", help="cpu: a dry run of this script (figures meaningless)")
     args = ap.parse_args(argv)
@@ -154,6 +183,13 @@ def main(argv: list[str] | None = None) -> int:
                 res["live"].append(c)
                 print(json.dumps(c), file=sys.stderr, flush=True)
                 save()
+    if "floor" in parts:
+        res["floor"] = []
+        for size, rate, _ in LIVE:
+            c = floor_case(size, rate, args.seconds)
+            res["floor"].append(c)
+            print(json.dumps(c), file=sys.stderr, flush=True)
+            save()
     if "engine" in parts:
         res["engine"] = []
         for size in SIZES:
@@ -201,6 +237,13 @@ def markdown(res: dict) -> str:
             lines.append(f"| {'×'.join(map(str, r['shape']))} | {r['rate_hz']:g} Hz | {'on' if r['spin'] else 'off'} | "
                          f"{r.get('backend', '?')} | {r['frames_in']} | {r['frames_lost']} | {lat['p50']:.2f} | "
                          f"{lat['p99']:.2f} | {lat['max']:.2f} | {r['p99_target_ms']:g} | {'yes' if r['met'] else '**no**'} |")
+    if res.get("floor"):
+        lines += ["", "## The transport floor (a bare ZeroMQ echo in its own process, no engine)", "",
+                  "| frames | rate | frames in | lost | p50 | p99 | max |", "|---|---|---|---|---|---|---|"]
+        for r in res["floor"]:
+            lat = r["latency_ms"]
+            lines.append(f"| {r['size']}×{r['size']} | {r['rate_hz']:g} Hz | {r['frames_in']} | {r['frames_lost']} | "
+                         f"{lat['p50']:.2f} | {lat['p99']:.2f} | {lat['max']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -204,6 +204,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _ratios(res: dict) -> list[str]:
+    """The issue's ratio per live case, where the floor and the engine were measured in the same run."""
+    steps = {e["size"]: e["step_p99_ms"] for e in res.get("engine", [])
+             if e["streams"] == 1 and e["device_frontend"] and e["cuda_graph"] and not e["tf32"]}
+    floors = {f["size"]: f["latency_ms"]["p99"] for f in res.get("floor", [])}
+    out = []
+    for r in res.get("live", []):
+        size = r["shape"][0]
+        if size in steps and size in floors:
+            out.append(f"{size}² {'spin' if r['spin'] else 'default'} "
+                       f"{r['latency_ms']['p99'] / (floors[size] + steps[size]):.1f}")
+    return out
+
+
 def markdown(res: dict) -> str:
     c = res["card"]
     lines = [
@@ -244,6 +258,10 @@ def markdown(res: dict) -> str:
             lat = r["latency_ms"]
             lines.append(f"| {r['size']}×{r['size']} | {r['rate_hz']:g} Hz | {r['frames_in']} | {r['frames_lost']} | "
                          f"{lat['p50']:.2f} | {lat['p99']:.2f} | {lat['max']:.2f} |")
+        ratios = _ratios(res)
+        if ratios:
+            lines += ["", "Live p99 ÷ (floor p99 + engine step p99, one stream, front end on the GPU, graph on; "
+                      "target ≤ 3): " + "; ".join(ratios)]
     return "\n".join(lines) + "\n"
 
 

@@ -124,6 +124,13 @@ def rig(model, **kw):
             r.close()
 
 
+def _wait_for_resets(svc, stream: str, n: int, timeout: float = 5.0) -> None:
+    """Until the service has done ``n`` resets of ``stream`` (or the timeout; the caller's assert says)."""
+    deadline = time.monotonic() + timeout
+    while svc.stats()["streams"][stream]["resets"] < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def frames_of(messages):
     return np.concatenate([f for _, f in messages])
 
@@ -175,9 +182,7 @@ def test_stream_equals_offline(ckpt, rec, arch, lag, chunk, spin):
         assert control(r.svc.control_address, "reset", stream="rig1")["ok"]  # ...or a reset flushes them
         msgs = r.collect("rig1", 120)
         rf = r.svc.engine.receptive_field
-        deadline = time.monotonic() + 5  # a reset is answered when asked, done at the engine's next turn
-        while r.svc.stats()["streams"]["rig1"]["resets"] == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _wait_for_resets(r.svc, "rig1", 1)  # a reset is answered when asked, done at the engine's next turn
     assert_same(frames_of(msgs), ref)
     assert check_headers(msgs, first_seq=0, lag=lag, model=ck.name, rf=rf) == 120
     assert all(h["gap"] == 0 for h, _ in msgs)
@@ -414,6 +419,7 @@ def test_control_status_reset_stop_and_errors(ckpt, rec):
             assert key in p
         assert set(p["latency_ms"]) == {"n", "p50", "p90", "p99", "max"} and p["latency_ms"]["n"] >= 1
         assert control(addr, "reset", stream="probe") == {"ok": True, "reset": ["probe"]}
+        _wait_for_resets(svc, "probe", 1)  # answered when asked, done at the engine's next turn
         bad = control(addr, "reset", stream="nope")
         assert not bad["ok"] and "nope" in bad["error"]
         unknown = control(addr, "explode")
@@ -430,6 +436,7 @@ def test_control_status_reset_stop_and_errors(ckpt, rec):
         assert req.poll(5000) and not json.loads(req.recv())["ok"]
         req.close(linger=0)
         r.close()
+        _wait_for_resets(svc, "probe", 2)
 
         assert control(addr, "stop") == {"ok": True, "stopping": True}
         assert svc.wait(5)

@@ -20,6 +20,7 @@ own steps (and restores the process's setting after each).
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import numpy as np
 import torch
@@ -139,12 +140,16 @@ class TorchEngine(Engine):
         st.graph, st.static_in, st.static_out = graph, static_in, static_out
 
 
+# The service's frames are read-only views of the received message; torch only reads them
+# (to copy them to the device), so its warning about non-writable arrays says nothing here.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+
+
 def _to_device(x: np.ndarray, device: torch.device) -> torch.Tensor:
     """Frames to ``device`` in their own dtype (a uint16 frame moves half the bytes of a float32 one).
 
-    torch takes only native byte order and warns on read-only memory (the service's frames
-    are views of the received message): those are copied here first."""
-    x = np.require(x, dtype=x.dtype.newbyteorder("="), requirements=["C", "W"])
+    torch takes only native byte order: big-endian frames are copied first (no copy otherwise)."""
+    x = np.require(x, dtype=x.dtype.newbyteorder("="), requirements=["C"])
     return torch.from_numpy(x).to(device)
 
 

@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from bench_quality import NO_STATES, OUT_OF_RANGE, machine, recordings, sensor_trace  # noqa: E402
+from bench_quality import NO_STATES, OUT_OF_RANGE, machine, recordings, sensor_trace, write_results  # noqa: E402
 
 from rtdenoise import baselines, metrics  # noqa: E402
 from rtdenoise.denoise import denoise  # noqa: E402
@@ -167,10 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, rec in recs.items():
         res["recordings"][name] = score(rec, models)
         print(name, json.dumps({k: round(v["snr_db"], 2) for k, v in res["recordings"][name].items()}), file=sys.stderr, flush=True)
-    out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    out.with_suffix(".md").write_text(markdown(res))
-    print(markdown(res))
+    print(write_results(args.out, res, markdown))
     return 0
 
 

@@ -12,7 +12,6 @@ lost; p99 under one frame period (33 ms) at 512 × 512, 30 Hz; p99 ≤ 15 ms at 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from bench_quality import machine  # noqa: E402
+from bench_quality import machine, write_results  # noqa: E402
 
 from rtdenoise.demo import run_demo  # noqa: E402
 
@@ -46,10 +45,7 @@ def main(argv: list[str] | None = None) -> int:
               f"p99 {r['latency_ms']['p99']:.1f} ms", file=sys.stderr, flush=True)
     res = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "command": "python benchmarks/"
            "bench_live_imaging.py " + " ".join(argv if argv is not None else sys.argv[1:]), "runs": runs}
-    out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    out.with_suffix(".md").write_text(markdown(res))
-    print(markdown(res))
+    print(write_results(args.out, res, markdown))
     return 0
 
 

@@ -68,6 +68,16 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
 
 
+def write_results(stem, res: dict, markdown) -> str:
+    """``stem``.json (the figures) and ``stem``.md (``markdown(res)``); returns the markdown."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(res, indent=1, default=float))
+    md = markdown(res)
+    stem.with_suffix(".md").write_text(md)
+    return md
+
+
 def sensor_trace(frames: np.ndarray, rec: dict) -> np.ndarray:
     """The sensor's activity trace by unmixing with the known spectra (dark level removed)."""
     spectra = np.stack([rec["signature"], -rec["eps_hbo2"], -rec["eps_hb"]])

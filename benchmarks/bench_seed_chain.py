@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from bench_quality import machine  # noqa: E402
+from bench_quality import machine, write_results  # noqa: E402
 
 from rtdenoise import baselines, metrics  # noqa: E402
 from rtdenoise.denoise import denoise  # noqa: E402
@@ -147,12 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         row["spectral-lag0"]["coherence_ge_gaussian1_below_1hz"] = bool(np.all(c0[f < 1.0] >= g1[f < 1.0]))
         res["recordings"][name] = row
         print(name, json.dumps({k: round(v["gain_db"], 2) for k, v in row.items()}), file=sys.stderr, flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    out.with_suffix(".md").write_text(markdown(res))
-    plot(curves, res, out.with_suffix(".png"))
-    print(markdown(res))
+    md = write_results(args.out, res, markdown)
+    plot(curves, res, Path(args.out).with_suffix(".png"))
+    print(md)
     return 0
 
 

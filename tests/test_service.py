@@ -25,6 +25,7 @@ import zmq
 
 from rtdenoise.denoise import denoise
 from rtdenoise.stream import Service, Subscriber, control, replay, wire
+from rtdenoise.stream.control import format_status
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -274,6 +275,30 @@ def test_two_interleaved_streams_do_not_disturb_each_other(ckpt, rec):
     assert mb[0][0]["seq"] == 1000
     assert {st["streams"][s]["frames_out"] for s in "ab"} == {60}
     assert st["n_streams"] == 3  # a, b and the probe
+
+
+@pytest.mark.parametrize("max_batch", [16, 1])
+def test_sixteen_streams_stepped_together_equal_offline(ckpt, rec, max_batch):
+    ck = ckpt("subspace", 2)
+    recs = {f"rig{k:02d}": rec(40, seed=k) * (1 + k / 8) for k in range(16)}
+    with rig(ck, max_batch=max_batch) as r:
+        for i in range(40):  # one frame of every stream per round, as 16 rigs at one rate
+            for name, x in recs.items():
+                r.send(name, x[i:i + 1], i)
+        got = {name: r.collect(name, 40 - 2) for name in recs}  # lag 2: the last 2 wait for the flush
+        for name in recs:
+            control(r.svc.control_address, "reset", stream=name)
+        got = {name: r.collect(name, 40) for name in recs}
+        st = r.status()
+    for name, x in recs.items():
+        assert_same(frames_of(got[name]), denoise(x, model=ck))
+    b = st["batch"]
+    assert b["max_batch"] == max_batch and b["members"] == 17  # and the probe
+    if max_batch > 1:
+        assert b["groups"] == 2 and b["slots"] == 16 + 1 and b["batched_frames"] > b["batched_calls"] > 0
+        assert "frames stepped together" in format_status(st)
+    else:
+        assert b["groups"] == 17 and b["batched_calls"] == 0
 
 
 # ----------------------------------------------------------------------------- malformed input

@@ -343,6 +343,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--spin", action="store_true",
                    help="latency mode: receive and denoise on one thread that polls without sleeping (lowest "
                         "latency; keeps one CPU core busy all the time)")
+    p.add_argument("--max-batch", type=int, default=d.max_batch,
+                   help=f"most streams with frames of one size stepped in one engine call (default {d.max_batch}; "
+                        "1: each stream alone). Streams go together only where that measures faster")
     p.add_argument("--json", action="store_true", help="print the final stats as JSON")
     p.add_argument("--verbose", action="store_true", help="log every rejection (default: first ones and every 1000th)")
     p.set_defaults(func=cmd_serve)
@@ -363,6 +366,7 @@ def cmd_serve(args) -> int:
         max_streams=args.max_streams, max_streams_per_sender=args.max_streams_per_sender, stream_idle_s=args.stream_idle,
         subscribe=tuple(args.subscribe) if args.subscribe else ServiceConfig.subscribe, threads=args.threads,
         spin=args.spin,
+        max_batch=args.max_batch,
         curve_keys=args.curve_keys,
         max_header_bytes=args.max_header_bytes, max_payload_bytes=args.max_payload_bytes,
     )

@@ -164,7 +164,7 @@ class InProcess:
 class ServiceProcess:
     """``rtdenoise serve`` as a child process on free loopback ports (``separate=True``)."""
 
-    def __init__(self, *, model, backend: str, threads: int, spin: bool, max_queue: int):
+    def __init__(self, *, model, backend: str, threads: int, spin: bool, max_queue: int, max_batch: int | None = None):
         import re
         import subprocess
         import sys
@@ -179,7 +179,7 @@ class ServiceProcess:
         cmd = [sys.executable, "-m", "rtdenoise.cli", "serve", "--bind-sub", "--sub", "tcp://127.0.0.1:*",
                "--pub", "tcp://127.0.0.1:*", "--control", "ipc://*", "--backend", backend, "--threads", str(threads),
                "--max-queue", str(max_queue), *(["--model", str(model)] if model is not None else []),
-               *(["--spin"] if spin else [])]
+               *(["--spin"] if spin else []), *(["--max-batch", str(max_batch)] if max_batch else [])]
         # stderr to a file: a pipe nobody reads would block the service once full of warnings
         self._err = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._err, text=True)

@@ -184,6 +184,33 @@ class Engine:
         state.last = np.zeros((state.batch, *frame))  # written in place at every step
         state.shape = frame
 
+    def slot(self, state: StreamState, index: int) -> StreamState:
+        """Stream ``index`` of ``state`` as a one-stream state whose arrays are views of that
+        stream's rows: stepping, flushing or resetting the slot changes that stream of
+        ``state`` and no other, and stepping ``state`` advances the slot too. The service
+        keeps each stream's state this way, so a stream can be stepped alone or with others
+        in one call (:mod:`rtdenoise.stream.batch`)."""
+        if state.net is None:
+            raise ValueError("a slot needs an allocated state: new_state(batch, frame)")
+        if not 0 <= index < state.batch:
+            raise IndexError(f"slot {index} of a state of {state.batch} streams")
+        sl = slice(index, index + 1)
+        return StreamState(state.frontend.view(index), self._view_net(state.net, index), 1,
+                           seen=state.seen[sl], last=state.last[sl], shape=state.shape)
+
+    def slot_arrays(self, state: StreamState) -> list:
+        """Every array of ``state`` that holds rows per stream, stream first (numpy arrays or
+        torch tensors): what saving and restoring one stream's past copies."""
+        return [*state.frontend.arrays(), *self._net_arrays(state.net), state.seen, state.last]
+
+    def _view_net(self, net_state: Any, index: int) -> Any:
+        """The network rows of stream ``index`` as views, a state of the same kind (works for a
+        mapping of numpy arrays or torch tensors; other states override it)."""
+        return type(net_state)({k: v[index : index + 1] for k, v in net_state.items()})
+
+    def _net_arrays(self, net_state: Any) -> list:
+        return list(net_state.values())
+
     def max_step(self, frame: tuple[int, ...]) -> int:
         """Most frames of shape ``frame`` per engine step: bounded memory for any frame size."""
         return max(1, min(MAX_STEP_FRAMES, MAX_STEP_VALUES // max(1, int(np.prod(frame)))))

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from rtdenoise.backends.base import Engine
 from rtdenoise.model.checkpoint import Checkpoint
+from rtdenoise.model.frontend import slot_view
 
 
 class TorchEngine(Engine):
@@ -76,7 +77,7 @@ class TorchEngine(Engine):
                 st = state.net
                 if st.graph is None:
                     self._capture(st, torch.zeros(x.shape, dtype=torch.float64, device=self.device),
-                                  lambda xin: self._advance_on_device(xin, fe, st), fe.tensors())
+                                  lambda xin: self._advance_on_device(xin, fe, st), fe.arrays())
                 st.static_in.copy_(_to_device(x, self.device))
                 st.graph.replay()
                 return st.static_out.cpu().numpy()
@@ -175,8 +176,11 @@ class TorchFrontEnd:
 
         self.mean, self.count, self.hist_b, self.hist_s = t(fe.mean), t(fe.count), t(fe.hist_b), t(fe.hist_s)
 
-    def tensors(self) -> list[torch.Tensor]:
+    def arrays(self) -> list[torch.Tensor]:
         return [self.mean, self.count, self.hist_b, self.hist_s]
+
+    def view(self, index: int) -> "TorchFrontEnd":
+        return slot_view(self, index)
 
     def reset(self, index: int | None = None) -> None:
         sl = slice(None) if index is None else index

@@ -369,6 +369,16 @@ class TrtEngine(Engine):
             super()._reset_net(net_state.inputs, index)
         self.dev.synchronize()
 
+    def _view_net(self, net_state: _TrtState, index: int) -> _TrtState:
+        view = object.__new__(_TrtState)  # the rows of one stream: its own scratch and chunk buffers
+        view.batch, view.chunks = 1, PerChunk()
+        view.inputs = {k: v[index : index + 1] for k, v in net_state.inputs.items()}
+        view.outputs = {k: v[index : index + 1] for k, v in net_state.outputs.items()}
+        return view
+
+    def _net_arrays(self, net_state: _TrtState) -> list:
+        return list(net_state.inputs.values())
+
     def _net_step(self, feat: np.ndarray, net_state: _TrtState) -> np.ndarray:
         n = feat.shape[1]
         if n <= self.max_chunk:

@@ -54,6 +54,20 @@ class Normalized:
     out_basis: np.ndarray | None = None
 
 
+def slot_view(fe, index: int):
+    """A shallow copy of front end ``fe`` (numpy or torch) for its stream ``index`` alone,
+    every array in ``fe.arrays()`` replaced by a view of that stream's rows (in place updates
+    reach ``fe``; the arrays must be updated in place, never rebound)."""
+    import copy
+
+    view = copy.copy(fe)
+    for name, value in vars(fe).items():
+        if any(value is a for a in fe.arrays()):
+            setattr(view, name, value[index : index + 1])
+    view.batch = 1
+    return view
+
+
 def _initial_basis(n_bins: int, rank: int) -> np.ndarray:
     """The first ``rank`` DCT-II vectors: smooth spectra, a sensible prior before any data."""
     k = np.arange(rank)[None, :]
@@ -127,6 +141,15 @@ class FrontEnd:
             self.cov = np.zeros((batch, n_bins, n_bins), dtype=np.float32)
             self.basis = np.repeat(_initial_basis(n_bins, rank)[None], batch, axis=0).astype(np.float32)  # (B, W, r)
             self.hist_u = np.zeros((batch, lag, n_bins, rank), dtype=np.float32)
+
+    def arrays(self) -> list[np.ndarray]:
+        """Every per-stream statistic, the stream first: what :meth:`view` slices."""
+        return [self.mean, self.count, self.hist_b, self.hist_s] + ([self.cov, self.basis, self.hist_u] if self.rank else [])
+
+    def view(self, index: int) -> FrontEnd:
+        """Stream ``index`` alone, as a one-stream front end whose statistics are views of
+        this one's: stepping or resetting either changes both."""
+        return slot_view(self, index)
 
     def reset(self, index: int | None = None) -> None:
         """Forget the past of stream ``index`` (all streams if None)."""

@@ -63,6 +63,7 @@ class ServiceConfig:
     latency_window: int = 1000  # recent messages the latency percentiles cover
     threads: int | None = None  # engine threads (None: the engine's default, 1 on the CPU backends)
     spin: bool = False  # latency mode: one thread receives and steps, polling without sleeping (a core at 100 %)
+    max_batch: int = 16  # most streams (same frame shape) stepped in one engine call; 1: each stream alone
     curve_keys: Any = None  # directory with server.key_secret and authorized/*.key: CURVE on every socket
 
     def validate(self) -> None:
@@ -70,7 +71,7 @@ class ServiceConfig:
             raise ValueError(f"max_header_bytes must be <= {MAX_INPUT_HEADER} (the wire's {wire.MAX_HEADER_BYTES} less "
                              f"room for the keys output headers add), got {self.max_header_bytes}")
         for name in ("max_queue", "max_queue_bytes", "max_streams", "max_header_bytes", "max_payload_bytes",
-                     "rcvhwm", "latency_window"):
+                     "rcvhwm", "latency_window", "max_batch"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")

@@ -184,6 +184,10 @@ def format_status(stats: dict) -> str:
                          + (f" ({by_role}{limited})" if by_role else ""))
         else:
             lines.append("security: none (plaintext data sockets), control over " + sec.get("control", "?"))
+    b = stats.get("batch")
+    if b and b["batched_calls"]:
+        lines.append(f"batching: {b['batched_frames']} frames stepped together in {b['batched_calls']} engine calls "
+                     f"({b['members']} streams in {b['groups']} group(s), at most {b['max_batch']} per call)")
     conns = [f"{name} " + " ".join(f"{k}={v}" for k, v in sorted(c.items()))
              for name, c in (stats.get("connections") or {}).items() if c]
     if conns:

@@ -62,7 +62,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-__all__ = ["MAX_STEP", "Chunk", "Inbox", "Output", "Refused", "Sequencer"]
+__all__ = ["MAX_STEP", "Chunk", "Inbox", "Output", "Refused", "Sequencer", "Step", "follows"]
 
 MAX_STEP = 1024  # most frames per engine step (a backlog or a huge message is stepped in pieces, as offline)
 
@@ -91,6 +91,11 @@ class Chunk:
             c.seq, c.n, c.t_ns, c.fs, c.meta = self.seq + lo, hi - lo, self.t_ns, self.fs, self.meta
             c.frames, c.t_recv_ns, c.first = self.frames[lo:hi], self.t_recv_ns, self.first + lo
         return head, rest
+
+
+def follows(prev: Chunk, c: Chunk) -> bool:
+    """``c`` continues ``prev``: the next ``seq``, the same ``fs`` and ``meta`` (one run: one engine step)."""
+    return c.seq == prev.seq + prev.n and c.fs == prev.fs and c.meta == prev.meta
 
 
 class Inbox:
@@ -155,6 +160,16 @@ class Output:
 
 
 @dataclass
+class Step:
+    """Frames of one run of chunks, ready for the engine (:meth:`Sequencer.begin`)."""
+
+    run: list[Chunk]
+    x: np.ndarray  # (n, *frame), the run's frames in order
+    times: list[int]  # t_ns of each frame
+    seen: int  # frames the stream's state had seen since its reset, before these
+
+
+@dataclass
 class Refused:
     """Frames that get no output: counted as discarded, with the reason.
 
@@ -209,6 +224,8 @@ class Sequencer:
         self.pending_gap = 0
         self.warm = False
         self.resets = 0
+        self.frame_ns: collections.deque[float] = collections.deque(maxlen=16)  # engine ns per frame, its own last steps
+        self.group = self.slot = None  # the group state this stream's state is a slot of (rtdenoise.stream.batch)
 
     @property
     def in_flight(self) -> int:
@@ -239,7 +256,7 @@ class Sequencer:
         self._ensure_state()
         run: list[Chunk] = []
         for c in chunks:
-            if run and (c.seq != run[-1].seq + run[-1].n or c.fs != run[-1].fs or c.meta != run[-1].meta):
+            if run and not follows(run[-1], c):
                 yield from self._run(run)
                 run = []
             run.append(c)
@@ -269,12 +286,44 @@ class Sequencer:
     def _run(self, run: list[Chunk]) -> Iterator[Output | Refused]:
         """Step the engine on contiguous chunks as one chunk; yield the flush before it, if
         any, and its outputs."""
+        before, step = self.begin(run)
+        yield from before
+        if step is not None:
+            yield from self.advance(step)
+
+    def advance(self, step: Step) -> Iterator[Output | Refused]:
+        """Step the engine on :meth:`begin`'s frames, this stream alone, and :meth:`finish`."""
+        x, n = step.x, step.x.shape[0]
+        most = min(self.max_step, self.engine.max_step(x.shape[1:]))  # bounded memory for any frame size
+        t0 = time.perf_counter_ns()
+        try:
+            if n <= most:
+                y = self.engine.step(x, self.state, checked=self.checked)
+            else:  # bounded memory whatever the backlog or the message size
+                if not self.checked:
+                    self.engine.check_frames(x)
+                y = np.concatenate([self.engine.step(x[i:i + most], self.state, checked=True) for i in range(0, n, most)])
+        except (ValueError, TypeError) as e:  # the engine refused the chunk
+            yield self.refuse(step, e)
+            return
+        took = time.perf_counter_ns() - t0
+        self.frame_ns.append(took / n)
+        yield from self.finish(step, y, took)
+
+    def begin(self, run: list[Chunk]) -> tuple[list[Output | Refused], Step | None]:
+        """The first half of stepping a run of contiguous chunks, for a caller that steps the
+        engine itself (:mod:`rtdenoise.stream.batch` steps several streams in one call): the
+        outputs to publish first (a flush before a gap or restart; a :class:`Refused` if the
+        frame times overflow), and the frames to step, or None. Step them on :attr:`state`
+        (or on a state it is a slot of), then :meth:`finish` with the outputs (or
+        :meth:`refuse` with what the engine raised)."""
+        before: list[Output | Refused] = []
         seq0 = run[0].seq
         if self.next_seq is not None and seq0 != self.next_seq:
             jump = seq0 - self.next_seq  # > 0: frames missing (lost upstream or dropped on overflow)
             out = self._restart(run[0].t_recv_ns)
             if out is not None:
-                yield out
+                before.append(out)
             self.pending_gap += max(0, jump)
         if self.fresh:  # the first frame of a context: outputs start here
             self.out_seq, self.fresh = seq0, False
@@ -283,26 +332,22 @@ class Sequencer:
         try:  # before the engine sees a frame: a failure here loses nothing and shifts no seq
             times = [t for c in run for t in c.frame_times()]
         except (OverflowError, ValueError) as e:
-            yield Refused(n, f"seq {seq0}..{seq0 + n - 1}: frame times from t_ns and fs: {e}", "time_range")
-            return
-        seen = int(self.state.seen[0])
-        step, state, checked = self.engine.step, self.state, self.checked
-        most = min(self.max_step, self.engine.max_step(x.shape[1:]))  # bounded memory for any frame size
-        t0 = time.perf_counter_ns()
-        try:
-            if n <= most:
-                y = step(x, state, checked=checked)
-            else:  # bounded memory whatever the backlog or the message size
-                if not checked:
-                    self.engine.check_frames(x)
-                y = np.concatenate([step(x[i:i + most], state, checked=True) for i in range(0, n, most)])
-        except (ValueError, TypeError) as e:  # the engine refused the chunk
-            yield Refused(n, f"seq {seq0}..{seq0 + n - 1}: {e}")
-            return
-        t1 = time.perf_counter_ns()
+            before.append(Refused(n, f"seq {seq0}..{seq0 + n - 1}: frame times from t_ns and fs: {e}", "time_range"))
+            return before, None
+        return before, Step(run, x, times, int(self.state.seen[0]))
+
+    def refuse(self, step: Step, error: Exception) -> Refused:
+        """The engine refused ``step``'s frames (nothing was stepped)."""
+        seq0, n = step.run[0].seq, step.x.shape[0]
+        return Refused(n, f"seq {seq0}..{seq0 + n - 1}: {error}")
+
+    def finish(self, step: Step, y: np.ndarray, engine_ns: int) -> Iterator[Output | Refused]:
+        """The second half: ``y`` (n, *frame), the engine's outputs for ``step``'s frames, which
+        took ``engine_ns``; yields its output, if any (or a :class:`Refused` if it went non-finite)."""
+        run, n, seq0 = step.run, step.x.shape[0], step.run[0].seq
         self.next_seq = seq0 + n
         self.last_fs, self.last_meta = run[-1].fs, run[-1].meta
-        self.pending_t.extend(times)
+        self.pending_t.extend(step.times)
         if not np.isfinite(y).all():  # never published: drop what is owed, start afresh after it
             lost = len(self.pending_t)
             self.engine.reset(self.state)
@@ -312,10 +357,10 @@ class Sequencer:
             yield Refused(lost, f"seq {seq0}..{seq0 + n - 1}: the model's output went non-finite; the stream was "
                           f"reset and the {lost} frames owed an output dropped", "non_finite_output")
             return
-        owed_before = max(0, self.lag - seen)  # outputs that belong to frames before the reset
+        owed_before = max(0, self.lag - step.seen)  # outputs that belong to frames before the reset
         valid = max(0, n - owed_before)
         if valid:
-            yield self._output(y[n - valid:], run, t1 - t0, meta=run[-1].meta, fs=run[-1].fs)
+            yield self._output(y[n - valid:], run, engine_ns, meta=run[-1].meta, fs=run[-1].fs)
         else:
             self.warm = bool(self.engine.warm(self.state)[0])
 

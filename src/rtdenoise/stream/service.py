@@ -5,6 +5,7 @@
     [SUB] receive thread ─▶ wire.decode ─▶ admission.admit ─▶ sequencer.Inbox (per stream, bounded)
                                                                    │
     [PUB] ◀─ publish ◀─ sequencer.Sequencer (per stream: engine.step / flush) ◀─ engine thread
+                        batch.Batcher (streams of one group with new frames: one engine call)
     [REP] control thread: control.answer / handle (status, reset, stop)
     sockets.ServiceSockets: the three sockets, their monitors, CURVE    stats.Stats: counters, one lock
 
@@ -19,7 +20,10 @@ Each thread owns exactly one ZeroMQ socket (sockets are not thread-safe).
 - The **engine thread** takes *all* pending messages of a stream at once; the stream's
   sequencer steps the engine on each run of contiguous messages as one chunk (a backlog is
   worked off in big, cheap steps) and each ``denoised/<stream>`` message is published as
-  soon as it is computed. Gaps, restarts, the lag flush and the output headers are the
+  soon as it is computed. Each stream's state is a slot of its group's (streams of one
+  frame shape, :mod:`rtdenoise.stream.batch`): where several streams of a group have a run
+  of the same length this turn, and one call measures cheaper than one per stream, they
+  are stepped in one engine call. Gaps, restarts, the lag flush and the output headers are the
   sequencer's (:mod:`rtdenoise.stream.sequencer`): every input frame gets exactly one
   output frame, and ``frames_in == frames_out + dropped + discarded + queue_depth + in_flight``.
 - The **control thread** answers JSON requests on a REP socket (see :func:`control`).
@@ -78,6 +82,7 @@ import zmq
 from rtdenoise import security
 from rtdenoise.stream import admission, wire
 from rtdenoise.stream.admission import SERVICE_REASONS
+from rtdenoise.stream.batch import Batcher
 from rtdenoise.stream.config import ServiceConfig
 from rtdenoise.stream.control import answer, control, format_status
 from rtdenoise.stream.sequencer import MAX_STEP, Chunk, Inbox, Output, Refused, Sequencer
@@ -160,6 +165,8 @@ class Service:
         self._threads: list[threading.Thread] = []
         self._errors: list[BaseException] = []
         self._reconnect_due: float | None = None  # receive thread only: when to connect the input again
+        # Engine thread only: each stream's state is a slot of its group's, stepped alone or with the group.
+        self._batcher = Batcher(engine, min(config.max_batch, getattr(engine, "max_batch", config.max_batch)))
         self._warm: np.ndarray | None = None  # spin: the latest frame (1, *shape), to keep the engine warm on
         self._next_idle_scan = 0.0  # receive thread only
         self.epoch = secrets.randbits(63)  # in every output header: a consumer tells a restart from a gap
@@ -431,7 +438,9 @@ class Service:
             self._sockets.close("pub")
 
     def _work(self) -> None:
-        """Step and publish every stream with pending frames (engine thread)."""
+        """Step and publish every stream with pending frames (engine thread): streams of one
+        group with one run of the same length each in one engine call where that pays
+        (:mod:`rtdenoise.stream.batch`), the others one by one."""
         with self._cv:
             work = []
             for name in self._ready:  # one piece per stream per round: a huge message takes turns
@@ -443,28 +452,57 @@ class Service:
                 if st.inbox.queued:  # the rest of a big message: after every other stream's turn
                     self._ready[st.name] = None
         t_deq = time.time_ns()
-        for st, items, reset, expire in work:
+        turn = []
+        for st, items, reset, _ in work:
             try:
-                self._process(st, items, reset, t_deq)
-                if expire and not items:  # idle: flush what it owes; the receive thread then forgets it
-                    self._emit(st, st.seq.end(time.time_ns()))
-                    with self._lock:
-                        st.expired = st.expiring  # unless a message came meanwhile
+                self._batcher.join(st.seq, st.shape)  # a slot of its group (again, after it was forgotten)
+                if reset:
+                    self._emit(st, st.seq.reset(time.time_ns()))
             except Exception as e:  # a bug: count it, log it (rate-limited) with the stream, keep serving
+                self._internal_error(st, e)
+                continue
+            if items:
                 with self._lock:
-                    self._stats.reject("internal_error", f"{type(e).__name__}: {e}", st, exc_info=True)
+                    for m in items:
+                        st.queue_ms.append((t_deq - m.t_recv_ns) / 1e6)
+                turn.append((st, items))
+        together, alone = self._batcher.plan([(st.seq, items) for st, items in turn])
+        for idx in together:
+            record = {turn[i][0].seq: turn[i][0] for i in idx}
+            try:
+                for seq, out in self._batcher.step([(turn[i][0].seq, turn[i][1]) for i in idx]):
+                    self._emit(record[seq], out)
+            except Exception as e:
+                for st in record.values():
+                    self._internal_error(st, e)
+        for i in alone:
+            st, items = turn[i]
+            try:
+                self._feed(st, items)
+            except Exception as e:
+                self._internal_error(st, e)
+        for st, items, _, expire in work:
+            if not expire or items:
+                continue
+            try:  # idle: flush what it owes and free its slot; the receive thread then forgets it
+                self._emit(st, st.seq.end(time.time_ns()))
+                with self._lock:
+                    st.expired = st.expiring  # unless a message came meanwhile
+                if st.expired:
+                    self._batcher.leave(st.seq)
+            except Exception as e:
+                self._internal_error(st, e)
 
-    def _process(self, st: StreamRecord, items, reset: bool, t_deq: int) -> None:
-        if reset:
-            self._emit(st, st.seq.reset(time.time_ns()))
-        if items:
-            with self._lock:
-                for m in items:
-                    st.queue_ms.append((t_deq - m.t_recv_ns) / 1e6)
+    def _internal_error(self, st: StreamRecord, e: Exception) -> None:
+        with self._lock:
+            self._stats.reject("internal_error", f"{type(e).__name__}: {e}", st, exc_info=True)
+
+    def _feed(self, st: StreamRecord, items) -> None:
+        """Step one stream alone on its chunks and publish each output as it is computed."""
         t0 = time.perf_counter()
-        for out in st.seq.feed(items):  # each output leaves as soon as it is computed
+        for out in st.seq.feed(items):
             self._emit(st, out)
-        if items and self.config.spin and not getattr(self.engine, "gpu", False):  # what the spin loop keeps warm, if it is cheap
+        if self.config.spin and not getattr(self.engine, "gpu", False):  # what the spin loop keeps warm, if it is cheap
             cheap = time.perf_counter() - t0 < _WARM_MAX_S * len(items)
             self._warm = np.array(items[-1].frames[-1:]) if cheap else None
 
@@ -556,6 +594,7 @@ class Service:
                          "roles": curve.summary() if curve else None,
                          "control": "curve" if curve else self.addresses["control"].split("://")[0]},
             "max_streams_per_sender": self.config.max_streams_per_sender, "spin": self.config.spin,
+            "batch": self._batcher.stats(),
             "n_streams": report["n_streams"], "streams_expired": report["streams_expired"],
             "stream_idle_s": self.config.stream_idle_s, "streams": report["streams"],
             "running": bool(self._threads) and not self._stop.is_set(),

@@ -131,9 +131,11 @@ def headers(outs):
 
 @pytest.mark.parametrize("model, backend, shape", CASES)
 @pytest.mark.parametrize("max_batch", [4, 16])
-def test_stepped_together_equals_alone(engine_for, model, backend, shape, max_batch):
+def test_stepped_together_equals_alone(engine_for, model, backend, shape, max_batch, monkeypatch):
     eng = engine_for(model, backend)
     rng = np.random.default_rng(1)
+    # Together or one by one as a coin falls (what pays is measured; here both ways must agree)
+    monkeypatch.setattr(batch.Group, "worth", lambda self, seqs: rng.random() < 0.8)
     n_streams = 7
     frames = {s: rng.poisson(rng.uniform(20, 200, shape), (400, *shape)).astype(np.uint16) for s in range(n_streams)}
     batcher = Batcher(eng, max_batch=max_batch)
@@ -213,3 +215,22 @@ def test_streams_out_of_step_are_masked_not_stepped(engine_for, model, backend, 
 
 def _host(a) -> np.ndarray:
     return a.detach().cpu().numpy().copy() if isinstance(a, torch.Tensor) else np.array(a)
+
+
+def test_streams_go_together_only_where_one_call_measures_faster(engine_for):
+    eng = engine_for("spectral-lag0", "onnxruntime")
+    batcher = Batcher(eng, max_batch=4)
+    seqs = [Sequencer(eng, str(i)) for i in range(4)]
+    for s in seqs:
+        batcher.join(s, (152,))
+    g = seqs[0].group
+    assert g.worth(seqs)  # nothing measured: try the call
+    g.frame_ns.append(1e6)
+    assert not g.worth(seqs)  # the call is measured, one by one is not: try that
+    for s in seqs:
+        s.frame_ns.extend([0.5e6, 0.5e6])
+    g.choices = 0
+    # 4 streams at 0.5 ms each: a mean wait of 1.25 ms one by one, against 1 ms for the call
+    assert [g.worth(seqs) for _ in range(batch.EXPLORE)] == [True] * (batch.EXPLORE - 1) + [False]
+    g.frame_ns.extend([2e6, 2e6])  # a CPU core: the call costs as much as the streams one by one
+    assert not g.worth(seqs) and not g.worth(seqs[:2])

@@ -278,7 +278,10 @@ def test_two_interleaved_streams_do_not_disturb_each_other(ckpt, rec):
 
 
 @pytest.mark.parametrize("max_batch", [16, 1])
-def test_sixteen_streams_stepped_together_equal_offline(ckpt, rec, max_batch):
+def test_sixteen_streams_stepped_together_equal_offline(ckpt, rec, max_batch, monkeypatch):
+    from rtdenoise.stream.batch import Group
+
+    monkeypatch.setattr(Group, "worth", lambda self, seqs: True)  # whether a call pays is measured: here it always does
     ck = ckpt("subspace", 2)
     recs = {f"rig{k:02d}": rec(40, seed=k) * (1 + k / 8) for k in range(16)}
     with rig(ck, max_batch=max_batch) as r:

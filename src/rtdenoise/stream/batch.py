@@ -16,10 +16,13 @@ and streams of a group can be stepped in one call:
   its rows of the outputs (:meth:`~rtdenoise.stream.sequencer.Sequencer.finish`); the
   outputs equal those of stepping each stream alone (to float rounding).
 - Whether a call for ``k`` streams pays is measured, not assumed: a GPU steps 16 slots in
-  about the time of one, a CPU core in about 16 times that (and the masked slots cost the
-  same as the others). Streams go together when ``k`` × (their own step per frame) > (the
-  group's step per frame), medians of the last 16 of each; every :data:`EXPLORE` th choice
-  goes the other way, so both stay measured.
+  about the time of one, a CPU core 16 images in about 16 times that (and the masked slots
+  cost as much as the others). A call holds every output until it ends, while one by one
+  the ``i``-th stream waits ``i`` steps, so streams go together when the group's step per
+  frame < (``k`` + 1) / 2 × their own: a lower mean wait, and so a higher throughput too.
+  Both are medians of the last 16 steps, a state's first step left out
+  (it makes buffers, bindings, a CUDA graph); every :data:`EXPLORE` th choice goes the
+  other way, so both stay measured.
 - A group grows by doubling (1, 2, 4, … ``max_batch`` slots), its rows copied and its
   members' slots made anew, so a few streams never pay for ``max_batch``; a slot freed by a
   stream that was forgotten is reused.
@@ -69,6 +72,7 @@ class Group:
         self.state = engine.new_state(capacity, self.shape)
         self.members: list[Sequencer | None] = [None] * capacity
         self.frame_ns: deque[float] = deque(maxlen=16)  # ns per frame of this group's calls
+        self.warm = False  # called since the state was made
         self.choices = 0
 
     @property
@@ -100,14 +104,19 @@ class Group:
             if seq is not None:
                 seq.state = self.engine.slot(new, i)
         self.frame_ns.clear()
+        self.warm = False
 
     def worth(self, seqs: list[Sequencer]) -> bool:
         """Step ``seqs`` (members with runs of the same length) in one call rather than one by one?"""
         self.choices += 1
-        own = [t for s in seqs for t in s.frame_ns]
-        if not self.frame_ns or not own:  # not measured yet: try the call
+        if not self.frame_ns:  # not measured yet: try the call
             return True
-        together = len(seqs) * statistics.median(own) > statistics.median(self.frame_ns)
+        own = [t for s in seqs for t in s.frame_ns]
+        if not own:  # nor one by one
+            return False
+        # One call holds every output until its end; one by one, the i-th of k waits i steps:
+        # together only if that lowers the mean wait (and so also the total).
+        together = statistics.median(self.frame_ns) < (len(seqs) + 1) / 2 * statistics.median(own)
         return together != (self.choices % EXPLORE == 0)
 
 
@@ -201,7 +210,9 @@ class Batcher:
                 for a, s in zip(arrays, saved):
                     a[masked] = s
         took = time.perf_counter_ns() - t0
-        g.frame_ns.append(took / n)
+        if g.warm:  # the first call of a state (buffers, bindings, a CUDA graph) says nothing of the next ones
+            g.frame_ns.append(took / n)
+        g.warm = True
         self.calls += 1
         self.frames += n * len(ready)
         share = took // len(ready)  # each output's engine time: its share of the call

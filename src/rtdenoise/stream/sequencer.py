@@ -307,7 +307,8 @@ class Sequencer:
             yield self.refuse(step, e)
             return
         took = time.perf_counter_ns() - t0
-        self.frame_ns.append(took / n)
+        if step.seen:  # a fresh context's first step (buffers, bindings, a CUDA graph) says nothing of the next ones
+            self.frame_ns.append(took / n)
         yield from self.finish(step, y, took)
 
     def begin(self, run: list[Chunk]) -> tuple[list[Output | Refused], Step | None]:

@@ -1,6 +1,6 @@
 """Many streams in one service: stepped together in one engine call (``--max-batch 16``) or one by one (1).
 
-    python benchmarks/bench_batch.py [--streams 16] [--seconds 10] [--backend auto]
+    python benchmarks/bench_batch.py [--streams 16] [--seconds 10] [--backend auto] [--size 128 --size 512]
 
 The service runs as its own process (``rtdenoise serve``); this process publishes every
 stream's frames on one PUB socket (uint16, one message per frame) and subscribes to the
@@ -38,7 +38,7 @@ from rtdenoise.demo import ServiceProcess  # noqa: E402
 from rtdenoise.stream import Subscriber, control, wire  # noqa: E402
 
 RESULTS = HERE / "results"
-CASES = [("imaging-lag0", (128, 128)), ("spectral-lag0", (152,))]
+MODELS = ("imaging-lag0", "spectral-lag0")
 
 
 class Streams:
@@ -173,10 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=int, default=2, help="throughput: rounds in flight at most")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--threads", type=int, default=2, help="engine threads")
-    ap.add_argument("--case", action="append", choices=[m for m, _ in CASES], help="default: all")
+    ap.add_argument("--case", action="append", choices=MODELS, help="default: all")
+    ap.add_argument("--size", type=int, action="append", help="image side(s) for imaging-lag0 (default 128; a GPU: 128 512)")
     ap.add_argument("--out", default=str(RESULTS / "batch"))
     args = ap.parse_args(argv)
-    cases = [(m, s) for m, s in CASES if not args.case or m in args.case]
+    sizes = args.size or [128]
+    cases = [(m, s) for m in MODELS if not args.case or m in args.case
+             for s in ([(n, n) for n in sizes] if m.startswith("imaging") else [(152,)])]
     res = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
            "command": "python benchmarks/bench_batch.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "cases": [run_case(m, s, args) for m, s in cases]}

@@ -234,3 +234,82 @@ def test_streams_go_together_only_where_one_call_measures_faster(engine_for):
     assert [g.worth(seqs) for _ in range(batch.EXPLORE)] == [True] * (batch.EXPLORE - 1) + [False]
     g.frame_ns.extend([2e6, 2e6])  # a CPU core: the call costs as much as the streams one by one
     assert not g.worth(seqs) and not g.worth(seqs[:2])
+
+
+def _turn(batcher, seqs, frames, seq_no):
+    """One turn of one frame per stream through ``batcher.step``; outputs by stream name."""
+    work = [(s, collections.deque([Chunk({"seq": seq_no, "n": 1, "t_ns": seq_no}, f[None], 0)])) for s, f in zip(seqs, frames)]
+    outs = collections.defaultdict(list)
+    for s, out in batcher.step(work):
+        outs[s.stream].append(out)
+    return outs
+
+
+def test_an_unchecked_stream_stepped_together_refuses_bad_frames_as_alone(engine_for):
+    eng = engine_for("spectral-lag0", "onnxruntime")
+    batcher = Batcher(eng, max_batch=4)
+    seqs = [Sequencer(eng, str(i)) for i in range(2)]  # checked=False: they validate their own frames
+    alone = Sequencer(eng, "alone")
+    for s in seqs:
+        batcher.join(s, (152,))
+    x = np.full((3, 152), 100.0, "<f4")
+    bad = x[1].copy()
+    bad[5] = np.nan
+    _turn(batcher, seqs, [x[0], x[0]], 0)
+    list(alone.feed([Chunk({"seq": 0, "n": 1, "t_ns": 0}, x[:1], 0)]))
+    outs = _turn(batcher, seqs, [bad, x[1]], 1)
+    want = list(alone.feed([Chunk({"seq": 1, "n": 1, "t_ns": 1}, bad[None], 0)]))
+    assert [(o.reason, o.n) for o in outs["0"]] == [(o.reason, o.n) for o in want] == [("bad_frames", 1)]
+    assert isinstance(outs["1"][0], Output)
+    assert int(seqs[0].state.seen[0]) == 1 and int(seqs[1].state.seen[0]) == 2  # nothing of the bad frame stepped
+
+
+def test_a_failed_call_counts_every_streams_frames_and_they_go_on(engine_for, monkeypatch):
+    eng = engine_for("imaging-lag2", "onnxruntime")
+    batcher = Batcher(eng, max_batch=4)
+    seqs = [Sequencer(eng, str(i), checked=True) for i in range(3)]
+    for s in seqs:
+        batcher.join(s, (20, 27))
+    x = np.random.default_rng(3).poisson(80, (6, 20, 27)).astype(np.uint16)
+    for t in range(3):
+        _turn(batcher, seqs, [x[t]] * 3, t)
+    step = eng.step
+
+    def fails(frames, state, **kw):  # a GPU error in the group's call
+        if state.batch > 1:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return step(frames, state, **kw)
+
+    monkeypatch.setattr(eng, "step", fails)
+    outs = _turn(batcher, seqs[:2], [x[3]] * 2, 3)
+    monkeypatch.undo()
+    for s in seqs[:2]:  # the frame and the 2 owed by the lag: dropped, counted, the stream reset
+        (r,) = outs[s.stream]
+        assert (r.reason, r.n) == ("internal_error", 3) and "illegal memory access" in r.message
+        assert s.fresh and s.next_seq == 4 and int(s.state.seen[0]) == 0
+    assert int(seqs[2].state.seen[0]) == 3  # the masked stream was not touched
+    outs = _turn(batcher, seqs, [x[4]] * 3, 4)
+    assert not outs["0"] and not outs["1"]  # a fresh context: its first 2 outputs wait for the lag
+    assert [(o.header["seq"], len(o.frames)) for o in outs["2"]] == [(1, 2)]  # it missed seq 3: its 2 owed, flushed
+    outs = _turn(batcher, seqs, [x[5]] * 3, 5)
+    assert not outs["0"]
+    outs = _turn(batcher, seqs, [x[5]] * 3, 6)
+    assert [(o.header["seq"], o.header["gap"]) for o in outs["0"]] == [(4, 3)]  # the gap counts the 3 dropped
+
+
+def test_a_stream_that_stepped_alone_keeps_its_past_when_it_joins(engine_for):
+    eng = engine_for("subspace-lag3", "torch")
+    x = np.random.default_rng(4).poisson(300, (12, 152)).astype("<f4")
+    ref = Sequencer(eng, "a")
+    want = [o for t in range(12) for o in ref.feed([Chunk({"seq": t, "n": 1, "t_ns": t}, x[t:t + 1], 0)])]
+    batcher = Batcher(eng, max_batch=4)
+    other, seq = Sequencer(eng, "b"), Sequencer(eng, "a")
+    batcher.join(other, (152,))
+    got = [o for t in range(6) for o in seq.feed([Chunk({"seq": t, "n": 1, "t_ns": t}, x[t:t + 1], 0)])]
+    batcher.join(seq, (152,))  # e.g. joining had failed before (no memory to grow the group)
+    assert seq.group is other.group
+    for t in range(6, 12):
+        got += _turn(batcher, [other, seq], [x[t], x[t]], t)["a"]
+    assert [o.header["seq"] for o in got] == [o.header["seq"] for o in want]
+    np.testing.assert_allclose(np.concatenate([o.frames for o in got]), np.concatenate([o.frames for o in want]),
+                               rtol=0, atol=1e-4)

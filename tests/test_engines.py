@@ -572,6 +572,14 @@ def test_trt_engine_logic_with_standin(standin_trt, tiny_checkpoint, noisy_frame
     _stream(eng, x, 2, state)
     eng.reset(state)
     np.testing.assert_allclose(_stream(eng, x, 5, state)[lag:], ref[: 30 - lag], rtol=0, atol=1e-5 * scale)
+    # A stream's rows of a 2-stream state, stepped alone (the service's slots), and stepped with the other
+    group = eng.new_state(2)
+    half = _stream(eng, x[:15], 1, eng.slot(group, 1))
+    rest = _stream(eng, np.stack([x[15:] * 0.5, x[15:]]), 5, group)[1]
+    np.testing.assert_allclose(np.concatenate([half, rest])[lag:], ref[: 30 - lag], rtol=0, atol=1e-5 * scale)
+    # TensorRT wants 256-byte aligned addresses: slots only where every state's rows are a multiple of that
+    rows = [4 * int(np.prod(v[1:])) for v in eng.state_shapes(1, eng.frame_shape).values()]
+    assert eng.slot_limit(eng.frame_shape) == (2 if all(r % 256 == 0 for r in rows) else 1)
 
 
 @pytest.mark.parametrize(

@@ -685,6 +685,7 @@ def test_idle_streams_are_flushed_and_forgotten_so_junk_names_cannot_lock_out_ne
     assert full["rejected_by_reason"] == {"too_many_streams": 1} and full["streams"]["b"]["in_flight"] == 2
     assert got["b"] == got["c"] == 5  # what the lag-2 model owed was flushed before the streams left
     assert after["streams_expired"] == 3 and set(after["streams"]) == {"d"} and after["stream_idle_s"] == 0.6
+    assert after["batch"]["members"] <= 1  # the forgotten streams' slots were freed: at most "d" holds one
 
 
 def test_each_streams_queue_is_bounded_in_bytes_too(ck):

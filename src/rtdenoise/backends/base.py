@@ -198,6 +198,10 @@ class Engine:
         return StreamState(state.frontend.view(index), self._view_net(state.net, index), 1,
                            seen=state.seen[sl], last=state.last[sl], shape=state.shape)
 
+    def slot_limit(self, frame: tuple[int, ...]) -> int | None:
+        """Most streams of frames of shape ``frame`` one state may hold as slots (None: any)."""
+        return None
+
     def slot_arrays(self, state: StreamState) -> list:
         """Every array of ``state`` that holds rows per stream, stream first (numpy arrays or
         torch tensors): what saving and restoring one stream's past copies."""

@@ -397,8 +397,8 @@ class TrtEngine(Engine):
             self._bind(ctx, "feat", (bsz, n, self.n_features), x_dev)
             for k in self.states:
                 self._bind(ctx, k, tuple(st.inputs[k].shape), st.inputs[k])
-                ctx.set_tensor_address(k + ".out", st.outputs[k].data_ptr())
-            ctx.set_tensor_address("out", out_dev.data_ptr())
+                self._address(ctx, k + ".out", st.outputs[k])
+            self._address(ctx, "out", out_dev)
             if not ctx.execute_async_v3(self.dev.handle):
                 raise RuntimeError("TensorRT execution failed (execute_async_v3 returned False)")
             for k in self.states:  # the new rows back into the fixed state buffers, same stream
@@ -407,8 +407,20 @@ class TrtEngine(Engine):
         self.dev.synchronize()
         return out_host.numpy().copy()
 
-    @staticmethod
-    def _bind(ctx, name: str, shape: tuple, buf) -> None:
+    @classmethod
+    def _bind(cls, ctx, name: str, shape: tuple, buf) -> None:
         if not ctx.set_input_shape(name, shape):
             raise RuntimeError(f"TensorRT refused shape {shape} for input {name!r}")
-        ctx.set_tensor_address(name, buf.data_ptr())
+        cls._address(ctx, name, buf)
+
+    @staticmethod
+    def _address(ctx, name: str, buf) -> None:
+        if not ctx.set_tensor_address(name, buf.data_ptr()):  # else it would run on the previous address
+            raise RuntimeError(f"TensorRT refused the address of {name!r} ({buf.data_ptr():#x}; it wants 256-byte alignment)")
+
+    def slot_limit(self, frame: tuple[int, ...]) -> int:
+        """TensorRT wants every tensor address 256-byte aligned: a slot (one stream's rows of a
+        group state) is only when each state's rows are a multiple of 256 bytes; else one stream
+        per state. At most the plan's ``max_batch`` either way."""
+        rows = [4 * int(np.prod(self.io["state_shapes"][n])) for n in self.states]
+        return self.max_batch if all(r % 256 == 0 for r in rows) else 1

@@ -83,11 +83,18 @@ class Group:
         return None in self.members
 
     def join(self, seq: Sequencer) -> None:
-        """Give ``seq`` a free slot (a fresh context: the slot is reset)."""
+        """Give ``seq`` a free slot: a fresh context, or the past of the state it stepped on alone."""
         i = self.members.index(None)
+        own, view = seq.state, self.engine.slot(self.state, i)
+        if own is not None and own.net is not None:  # it stepped alone (joining had failed): its past comes along
+            arrays = self.engine.slot_arrays(view)
+            for a, b in zip(arrays, self.engine.slot_arrays(own)):
+                a[...] = b
+            _settle(arrays)
+        else:
+            self.engine.reset(view)
         self.members[i] = seq
-        seq.state, seq.group, seq.slot = self.engine.slot(self.state, i), self, i
-        self.engine.reset(seq.state)
+        seq.state, seq.group, seq.slot = view, self, i
 
     def leave(self, seq: Sequencer) -> None:
         self.members[seq.slot] = None
@@ -96,8 +103,10 @@ class Group:
     def grow(self, capacity: int) -> None:
         """Make room for ``capacity`` streams: the members' rows are copied, their slots made anew."""
         old, new = self.state, self.engine.new_state(capacity, self.shape)
-        for a, b in zip(self.engine.slot_arrays(new), self.engine.slot_arrays(old)):
+        arrays = self.engine.slot_arrays(new)
+        for a, b in zip(arrays, self.engine.slot_arrays(old)):
             a[: old.batch] = b
+        _settle(arrays)
         self.state = new
         self.members += [None] * (capacity - old.batch)
         for i, seq in enumerate(self.members):
@@ -137,12 +146,14 @@ class Batcher:
         """Put ``seq`` (a stream of frames of ``shape``) in a group, unless it is in one."""
         if seq.group is not None:
             return
-        groups = self.groups.setdefault(tuple(shape), [])
+        shape = tuple(shape)
+        most = min(self.max_batch, self.engine.slot_limit(shape) or self.max_batch)
+        groups = self.groups.setdefault(shape, [])
         g = next((g for g in groups if g.has_room()), None)
         if g is None:
-            g = next((g for g in groups if g.capacity < self.max_batch), None)
+            g = next((g for g in groups if g.capacity < most), None)
             if g is not None:
-                g.grow(min(self.max_batch, 2 * g.capacity))
+                g.grow(min(most, 2 * g.capacity))
             else:
                 g = Group(self.engine, shape)
                 groups.append(g)
@@ -155,7 +166,10 @@ class Batcher:
             return
         g.leave(seq)
         if not any(g.members):
-            self.groups[g.shape].remove(g)
+            groups = self.groups[g.shape]
+            groups.remove(g)
+            if not groups:
+                del self.groups[g.shape]
 
     def plan(self, work: list[tuple[Sequencer, Iterable[Chunk]]]) -> tuple[list[list[int]], list[int]]:
         """Split a turn, ``(sequencer, chunks)`` per stream, into calls for several streams
@@ -182,6 +196,12 @@ class Batcher:
             before, step = seq.begin(list(items))
             for out in before:
                 yield seq, out
+            if step is not None and not seq.checked:  # as its own step would: a bad run is refused, nothing stepped
+                try:
+                    self.engine.check_frames(step.x, shape=seq.group.shape)
+                except (ValueError, TypeError) as e:
+                    yield seq, seq.refuse(step, e)
+                    continue
             if step is not None:
                 ready.append((seq, step))
         if len(ready) == 1:
@@ -205,10 +225,15 @@ class Batcher:
             for seq, step in ready:
                 yield seq, seq.refuse(step, e)
             return
+        except Exception as e:  # noqa: BLE001 - failed (a GPU error): each stream counts its frames and goes on
+            for seq, step in ready:
+                yield seq, seq.fail(step, e)
+            return
         finally:
             if saved is not None:  # the masked streams' rows as they were: they were not stepped
                 for a, s in zip(arrays, saved):
                     a[masked] = s
+                _settle(arrays)
         took = time.perf_counter_ns() - t0
         if g.warm:  # the first call of a state (buffers, bindings, a CUDA graph) says nothing of the next ones
             g.frame_ns.append(took / n)
@@ -216,9 +241,10 @@ class Batcher:
         self.calls += 1
         self.frames += n * len(ready)
         share = took // len(ready)  # each output's engine time: its share of the call
-        for seq, step in ready:
-            for out in seq.finish(step, y[seq.slot], share):
-                yield seq, out
+        # Every stream's outputs before any is handed on: a consumer that fails on one leaves no
+        # stream stepped but unfinished.
+        outs = [(seq, out) for seq, step in ready for out in list(seq.finish(step, y[seq.slot], share))]
+        yield from outs
 
     def stats(self) -> dict:
         """Groups, slots in use, and the calls for several streams with the frames they stepped."""
@@ -235,13 +261,18 @@ def _one_run(items: Iterable[Chunk]) -> bool:
 
 
 def _rows(arrays: list, index: list[int]) -> list:
-    """Copies of rows ``index`` of numpy arrays or torch tensors (on a GPU, finished before
-    anything else runs: TensorRT steps on a CUDA stream of its own)."""
+    """Copies of rows ``index`` of numpy arrays or torch tensors."""
     rows = [a[index] for a in arrays]  # advanced indexing: copies
-    for r in rows:
-        if getattr(r, "is_cuda", False):
+    _settle(rows)
+    return rows
+
+
+def _settle(arrays: list) -> None:
+    """Wait for torch's copies on a GPU to be done: TensorRT steps on a CUDA stream of its own,
+    which nothing orders after torch's."""
+    for a in arrays:
+        if getattr(a, "is_cuda", False):
             import torch
 
-            torch.cuda.current_stream(r.device).synchronize()
-            break
-    return rows
+            torch.cuda.current_stream(a.device).synchronize()
+            return

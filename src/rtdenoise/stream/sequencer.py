@@ -178,6 +178,8 @@ class Refused:
     whose outputs were not yet published are dropped, the state is reset and the next
     output's ``gap`` counts them (also for a flush whose outputs went non-finite).
     ``time_range``: the frame times of a run overflow (nothing was stepped).
+    ``internal_error``: the engine failed on a run (not a refusal: the state may have
+    changed); as for ``non_finite_output``, the run and what was owed are dropped, the state reset.
     """
 
     n: int
@@ -306,6 +308,9 @@ class Sequencer:
         except (ValueError, TypeError) as e:  # the engine refused the chunk
             yield self.refuse(step, e)
             return
+        except Exception as e:  # noqa: BLE001 - the engine failed (a GPU error, a bug): counted, the stream goes on
+            yield self.fail(step, e)
+            return
         took = time.perf_counter_ns() - t0
         if step.seen:  # a fresh context's first step (buffers, bindings, a CUDA graph) says nothing of the next ones
             self.frame_ns.append(took / n)
@@ -342,22 +347,34 @@ class Sequencer:
         seq0, n = step.run[0].seq, step.x.shape[0]
         return Refused(n, f"seq {seq0}..{seq0 + n - 1}: {error}")
 
+    def fail(self, step: Step, error: Exception) -> Refused:
+        """The engine failed on ``step``'s frames after it may have changed the state (not a
+        refusal): they and the outputs owed are dropped, and the stream starts afresh after them."""
+        seq0, n = step.run[0].seq, step.x.shape[0]
+        return self._drop(step, f"seq {seq0}..{seq0 + n - 1}: the engine failed ({type(error).__name__}: {error})",
+                          "internal_error")
+
+    def _drop(self, step: Step, why: str, reason: str) -> Refused:
+        """``step`` was stepped, but nothing owed will be published: reset, and the next output's gap counts it."""
+        self.next_seq = step.run[0].seq + step.x.shape[0]
+        self.last_fs, self.last_meta = step.run[-1].fs, step.run[-1].meta
+        lost = len(self.pending_t) + len(step.times)
+        self.engine.reset(self.state)
+        self.pending_t.clear()
+        self.out_index, self.fresh, self.warm = 0, True, False
+        self.pending_gap += lost
+        return Refused(lost, f"{why}; the stream was reset and the {lost} frames owed an output dropped", reason)
+
     def finish(self, step: Step, y: np.ndarray, engine_ns: int) -> Iterator[Output | Refused]:
         """The second half: ``y`` (n, *frame), the engine's outputs for ``step``'s frames, which
         took ``engine_ns``; yields its output, if any (or a :class:`Refused` if it went non-finite)."""
         run, n, seq0 = step.run, step.x.shape[0], step.run[0].seq
+        if not np.isfinite(y).all():  # never published: drop what is owed, start afresh after it
+            yield self._drop(step, f"seq {seq0}..{seq0 + n - 1}: the model's output went non-finite", "non_finite_output")
+            return
         self.next_seq = seq0 + n
         self.last_fs, self.last_meta = run[-1].fs, run[-1].meta
         self.pending_t.extend(step.times)
-        if not np.isfinite(y).all():  # never published: drop what is owed, start afresh after it
-            lost = len(self.pending_t)
-            self.engine.reset(self.state)
-            self.pending_t.clear()
-            self.out_index, self.fresh, self.warm = 0, True, False
-            self.pending_gap += lost
-            yield Refused(lost, f"seq {seq0}..{seq0 + n - 1}: the model's output went non-finite; the stream was "
-                          f"reset and the {lost} frames owed an output dropped", "non_finite_output")
-            return
         owed_before = max(0, self.lag - step.seen)  # outputs that belong to frames before the reset
         valid = max(0, n - owed_before)
         if valid:

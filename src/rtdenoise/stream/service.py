@@ -166,7 +166,7 @@ class Service:
         self._errors: list[BaseException] = []
         self._reconnect_due: float | None = None  # receive thread only: when to connect the input again
         # Engine thread only: each stream's state is a slot of its group's, stepped alone or with the group.
-        self._batcher = Batcher(engine, min(config.max_batch, getattr(engine, "max_batch", config.max_batch)))
+        self._batcher = Batcher(engine, config.max_batch)
         self._warm: np.ndarray | None = None  # spin: the latest frame (1, *shape), to keep the engine warm on
         self._next_idle_scan = 0.0  # receive thread only
         self.epoch = secrets.randbits(63)  # in every output header: a consumer tells a restart from a gap
@@ -455,12 +455,15 @@ class Service:
         turn = []
         for st, items, reset, _ in work:
             try:
-                self._batcher.join(st.seq, st.shape)  # a slot of its group (again, after it was forgotten)
+                if items:  # a slot of its group (again, after it went idle); on failure it steps on a state of its own
+                    self._batcher.join(st.seq, st.shape)
+            except Exception as e:  # noqa: BLE001 - e.g. no memory to grow the group: counted, the frames still stepped
+                self._internal_error(st, e)
+            try:
                 if reset:
                     self._emit(st, st.seq.reset(time.time_ns()))
             except Exception as e:  # a bug: count it, log it (rate-limited) with the stream, keep serving
                 self._internal_error(st, e)
-                continue
             if items:
                 with self._lock:
                     for m in items:
@@ -471,7 +474,10 @@ class Service:
             record = {turn[i][0].seq: turn[i][0] for i in idx}
             try:
                 for seq, out in self._batcher.step([(turn[i][0].seq, turn[i][1]) for i in idx]):
-                    self._emit(record[seq], out)
+                    try:  # one stream's failure to publish is its own
+                        self._emit(record[seq], out)
+                    except Exception as e:
+                        self._internal_error(record[seq], e)
             except Exception as e:
                 for st in record.values():
                     self._internal_error(st, e)

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Everything #11 asks of a lent GPU, as one device call of about 8 minutes (the session's device
+# budget is 15, so there is time to run it again):
+#
+#   run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=600)
+#
+# .whl/ holds a pyzmq wheel for the lent machine's Python (it reaches no package registry; CUDA
+# torch, numpy and onnxruntime are there). What comes back under $OUT: the card, the GPU tests'
+# output, gpu.{md,json} (bench_gpu.py) and batch_gpu.{md,json} (bench_batch.py): copy the .md/.json
+# into benchmarks/results/ and say which card gave them. PARTS=tests,gpu,batch (the default) picks
+# steps, to split it over two calls; DRY=1 runs it on a CPU (figures meaningless; the CPU is slow).
+set -uo pipefail
+OUT=${OUT:-/tmp/rtdenoise-gpu}
+mkdir -p "$OUT"
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c "import zmq" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+python3 -c "import rtdenoise" 2>/dev/null || python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . \
+  || { echo "could not install rtdenoise here"; exit 1; }
+DEVICE=cuda STEPS=200 SECONDS_LIVE=10 SECONDS_BATCH=5
+if [ "${DRY:-0}" = 1 ]; then DEVICE=cpu STEPS=3 SECONDS_LIVE=1 SECONDS_BATCH=1; fi
+(nvidia-smi -L || echo "no nvidia-smi") > "$OUT/card.txt" 2>&1
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())" >> "$OUT/card.txt"
+cat "$OUT/card.txt"
+
+PARTS=${PARTS:-tests,gpu,batch}
+step() {  # part, name, time limit (s), command...
+  local part=$1 name=$2 limit=$3; shift 3
+  case ",$PARTS," in *",$part,"*) ;; *) return 0 ;; esac
+  local t0=$SECONDS
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  echo "== $name: exit $? after $((SECONDS - t0)) s"; tail -n 25 "$OUT/$name.log"
+}
+# 1. the GPU-marked tests: CUDA graphs per slot and per group, the engines, TensorRT where installed
+step tests gpu_tests 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_batch.py tests/test_engines.py tests/test_imaging_engines.py
+# 2. engine.step at 128² and 512², 1 and 16 streams; the ZeroMQ floor; the live service (#11's GPU targets)
+step gpu bench_gpu 330 python3 benchmarks/bench_gpu.py --device "$DEVICE" --steps "$STEPS" --seconds "$SECONDS_LIVE" --out "$OUT"
+# 3. 16 streams of 128² and 512² through one service: stepped together against one by one
+step batch bench_batch 180 python3 benchmarks/bench_batch.py --case imaging-lag0 --size 128 --size 512 \
+  --seconds "$SECONDS_BATCH" --backend auto --out "$OUT/batch_gpu"
+ls -la "$OUT"

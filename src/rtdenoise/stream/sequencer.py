@@ -185,6 +185,7 @@ class Refused:
     n: int
     message: str
     reason: str = "bad_frames"
+    error: BaseException | None = None  # internal_error: what the engine raised, for the log's traceback
 
 
 class Sequencer:
@@ -351,8 +352,10 @@ class Sequencer:
         """The engine failed on ``step``'s frames after it may have changed the state (not a
         refusal): they and the outputs owed are dropped, and the stream starts afresh after them."""
         seq0, n = step.run[0].seq, step.x.shape[0]
-        return self._drop(step, f"seq {seq0}..{seq0 + n - 1}: the engine failed ({type(error).__name__}: {error})",
-                          "internal_error")
+        out = self._drop(step, f"seq {seq0}..{seq0 + n - 1}: the engine failed ({type(error).__name__}: {error})",
+                         "internal_error")
+        out.error = error
+        return out
 
     def _drop(self, step: Step, why: str, reason: str) -> Refused:
         """``step`` was stepped, but nothing owed will be published: reset, and the next output's gap counts it."""

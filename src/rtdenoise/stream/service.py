@@ -517,7 +517,7 @@ class Service:
         if isinstance(out, Refused):
             with self._lock:
                 st.discarded += out.n
-                self._stats.reject(out.reason, out.message, st)
+                self._stats.reject(out.reason, out.message, st, exc_info=out.error or False)
         elif out is not None:
             self._publish(st, out)
 

@@ -89,9 +89,9 @@ class Stats:
         self._log_counts: collections.Counter = collections.Counter()
 
     def reject(self, reason: str, message: str, stream: StreamRecord | None = None, name: str | None = None, *,
-               exc_info: bool = False) -> None:
+               exc_info: bool | BaseException = False) -> None:
         """Count a rejected message (the caller holds the lock) and log it, rate-limited
-        (``exc_info``: with the traceback of the exception being handled, for a bug)."""
+        (``exc_info``: with the traceback of the exception being handled, or of this one, for a bug)."""
         self.rejected[reason] += 1
         if stream is not None:
             stream.rejected[reason] += 1

@@ -345,7 +345,8 @@ def _add_serve(sub) -> None:
                         "latency; keeps one CPU core busy all the time)")
     p.add_argument("--max-batch", type=int, default=d.max_batch,
                    help=f"most streams with frames of one size stepped in one engine call (default {d.max_batch}; "
-                        "1: each stream alone). Streams go together only where that measures faster")
+                        "1: each stream alone, bit for bit its offline result; together, equal to float rounding). "
+                        "Streams go together only where that measures faster")
     p.add_argument("--json", action="store_true", help="print the final stats as JSON")
     p.add_argument("--verbose", action="store_true", help="log every rejection (default: first ones and every 1000th)")
     p.set_defaults(func=cmd_serve)

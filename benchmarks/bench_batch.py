@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from bench_quality import machine, write_results  # noqa: E402
+from bench_quality import run_info, write_results  # noqa: E402
 
 from rtdenoise.demo import ServiceProcess  # noqa: E402
 from rtdenoise.stream import Subscriber, control, wire  # noqa: E402
@@ -180,9 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = args.size or [128]
     cases = [(m, s) for m in MODELS if not args.case or m in args.case
              for s in ([(n, n) for n in sizes] if m.startswith("imaging") else [(152,)])]
-    res = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
-           "command": "python benchmarks/bench_batch.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "cases": [run_case(m, s, args) for m, s in cases]}
+    res = {**run_info(__file__, argv), "cases": [run_case(m, s, args) for m, s in cases]}
     print(write_results(args.out, res, markdown))
     return 0
 

@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from bench_quality import NO_STATES, OUT_OF_RANGE, machine, recordings, sensor_trace, write_results  # noqa: E402
+from bench_quality import NO_STATES, OUT_OF_RANGE, run_info, recordings, sensor_trace, write_results  # noqa: E402
 
 from rtdenoise import baselines, metrics  # noqa: E402
 from rtdenoise.denoise import denoise  # noqa: E402
@@ -161,9 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         "rig, 500 counts, held-out dynamics": simulate(FRAMES, seed=91_002, photons=500, signal=SpectralConfig(**OUT_OF_RANGE), noise=rig),
         **{f"detector model: {k}": v for k, v in recordings().items()},
     }
-    res = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "prior": args.prior,
-           "command": "python benchmarks/bench_calibrate.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "calibration": runs, "recordings": {}}
+    res = {**run_info(__file__, argv), "prior": args.prior, "calibration": runs, "recordings": {}}
     for name, rec in recs.items():
         res["recordings"][name] = score(rec, models)
         print(name, json.dumps({k: round(v["snr_db"], 2) for k, v in res["recordings"][name].items()}), file=sys.stderr, flush=True)

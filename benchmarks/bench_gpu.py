@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from bench_quality import machine  # noqa: E402
+from bench_quality import run_info  # noqa: E402
 
 MODEL = "imaging-lag0"
 SIZES = (128, 512)
@@ -160,8 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     warnings.simplefilter("ignore")
     parts = set(args.parts.split(","))
-    res = {"machine": machine(), "card": card(), "date": time.strftime("%Y-%m-%d %H:%M"), "model": MODEL,
-           "command": "python benchmarks/bench_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    res = {**run_info(__file__, argv), "card": card(), "model": MODEL}
     print(json.dumps(res), file=sys.stderr, flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

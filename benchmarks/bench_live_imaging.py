@@ -25,7 +25,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
 from bench_gpu import floor_case  # noqa: E402
-from bench_quality import machine, write_results  # noqa: E402
+from bench_quality import run_info, write_results  # noqa: E402
 
 RESULTS = HERE / "results"
 CASES = [(512, 30.0, 33.3), (128, 100.0, 15.0)]  # size, rate Hz, p99 target ms
@@ -54,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{size}x{size} at {rate:g} Hz: lost {r['frames_lost']}, p50 {r['latency_ms']['p50']:.1f} "
               f"p99 {r['latency_ms']['p99']:.1f} ms; floor p99 {r['floor']['latency_ms']['p99']:.1f}, "
               f"step p99 {r['step_p99_ms']:.1f}, ratio {r['ratio']:.1f}", file=sys.stderr, flush=True)
-    res = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "command": "python benchmarks/"
-           "bench_live_imaging.py " + " ".join(argv if argv is not None else sys.argv[1:]), "runs": runs}
+    res = {**run_info(__file__, argv), "runs": runs}
     print(write_results(args.out, res, markdown))
     return 0
 

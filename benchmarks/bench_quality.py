@@ -68,6 +68,13 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
 
 
+def run_info(script: str, argv: list[str] | None) -> dict:
+    """What every result file starts with: the machine, the date and the command that made it."""
+    args = argv if argv is not None else sys.argv[1:]
+    return {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
+            "command": f"python benchmarks/{Path(script).name} " + " ".join(args)}
+
+
 def write_results(stem, res: dict, markdown) -> str:
     """``stem``.json (the figures) and ``stem``.md (``markdown(res)``); returns the markdown."""
     stem = Path(stem)

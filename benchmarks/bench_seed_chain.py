@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from bench_quality import machine, write_results  # noqa: E402
+from bench_quality import run_info, write_results  # noqa: E402
 
 from rtdenoise import baselines, metrics  # noqa: E402
 from rtdenoise.denoise import denoise  # noqa: E402
@@ -121,9 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=3000, help="frames per recording (5 Hz)")
     ap.add_argument("--out", default=str(RESULTS / "seed_chain"))
     args = ap.parse_args(argv)
-    res = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "decay_s": DECAY_S,
-           "command": "python benchmarks/bench_seed_chain.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "recordings": {}}
+    res = {**run_info(__file__, argv), "decay_s": DECAY_S, "recordings": {}}
     curves = {}
     for i, ph in enumerate(args.photons):
         rec = recording(ph, args.frames, seed=92_001 + i)

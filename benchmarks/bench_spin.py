@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
 from bench_latency import ServeProcess, free_port, run  # noqa: E402
-from bench_quality import machine  # noqa: E402
+from bench_quality import run_info  # noqa: E402
 
 RESULTS = HERE / "results"
 MODES = ("echo", "serve", "serve --spin", "demo", "demo --spin", "demo --in-process", "demo --in-process --spin")
@@ -87,9 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                for m in MODES}
     for m in MODES:
         summary[m]["frames_lost"] = int(sum(r[m]["frames_lost"] for r in rounds))
-    res = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "rate_hz": args.rate,
-           "seconds": args.seconds, "command": "python benchmarks/bench_spin.py " + " ".join(
-               argv if argv is not None else sys.argv[1:]), "summary": summary, "rounds": rounds}
+    res = {**run_info(__file__, argv), "rate_hz": args.rate, "seconds": args.seconds, "summary": summary,
+           "rounds": rounds}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=1))

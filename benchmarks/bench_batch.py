@@ -145,6 +145,7 @@ def run_case(model: str, shape: tuple[int, ...], args) -> dict:
     runs = {}
     for max_batch in (16, 1):
         svc = ServiceProcess(model=model, backend=args.backend, threads=args.threads, spin=False, max_queue=1000,
+                             warm_shapes=(shape,),
                              max_batch=max_batch)
         streams = Streams(svc, args.streams, shape)
         try:

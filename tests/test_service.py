@@ -210,7 +210,7 @@ def test_a_gpu_engine_is_warmed_up_before_the_first_frame_and_never_kept_busy(ck
     step = eng.step
     eng.step = lambda *a, **k: calls.append((threading.current_thread().name, a[0].shape)) or step(*a, **k)
     with rig(ck, engine=eng, spin=True) as r:
-        assert calls[0] == (threading.current_thread().name, (1, 152))  # the warm-up, in start()
+        assert calls[0] == (threading.current_thread().name, (1, 1, 152))  # the warm-up, in start()
         r.send_all("g", x)
         msgs = r.collect("g", 40)
         n = len(calls)
@@ -218,6 +218,28 @@ def test_a_gpu_engine_is_warmed_up_before_the_first_frame_and_never_kept_busy(ck
         assert len(calls) == n and r.svc._warm is None
         assert {t for t, _ in calls[1:]} == {"rtdenoise-spin"}
     assert_same(frames_of(msgs), denoise(x, model=ck))  # the scratch state touched no stream
+
+
+def test_warm_shapes_are_stepped_at_each_group_size_and_a_wrong_one_fails_before_binding(ckpt, rec):
+    """``warm_shapes``: cuDNN picks kernels per input shape (~0.1 s each on an H200), so the
+    service steps each given frame shape at start at every size its group grows through."""
+    from rtdenoise.backends import load_engine
+
+    ck = ckpt("spectral", 0)
+    x = rec(20)
+    eng = load_engine(ck, backend="torch", device="cpu")
+    calls = []
+    step = eng.step
+    eng.step = lambda *a, **k: calls.append(a[0].shape) or step(*a, **k)
+    with rig(ck, engine=eng, warm_shapes=((152,),), max_batch=6) as r:
+        assert calls[:5] == [(1, 1, 152), (2, 1, 152), (4, 1, 152), (6, 1, 152), (1, 152)]  # then the rig's probe
+        r.send_all("w", x)
+        msgs = r.collect("w", 20)
+    assert_same(frames_of(msgs), denoise(x, model=ck))  # the scratch states touched no stream
+    with pytest.raises(ValueError, match="warm shape 151: not a frame of model"):
+        Service(model=ck, sub="tcp://127.0.0.1:5599", bind_sub=True, pub=ANY, control="ipc://*", warm_shapes=((151,),))
+    with Service(model=ck, sub="tcp://127.0.0.1:5599", bind_sub=True, pub=ANY, control="ipc://*"):
+        pass  # nothing was left bound
 
 
 # ----------------------------------------------------------------------------- seq gaps, restarts

@@ -347,9 +347,23 @@ def _add_serve(sub) -> None:
                    help=f"most streams with frames of one size stepped in one engine call (default {d.max_batch}; "
                         "1: each stream alone, bit for bit its offline result; together, equal to float rounding). "
                         "Streams go together only where that measures faster")
+    p.add_argument("--warm-shape", action="append", type=_frame_shape, default=None, metavar="HxW",
+                   help="a frame shape to step once at start, at each group size, so the first frames of its "
+                        "streams do not wait while a GPU picks its kernels (repeatable; e.g. 512x512, or 152)")
     p.add_argument("--json", action="store_true", help="print the final stats as JSON")
     p.add_argument("--verbose", action="store_true", help="log every rejection (default: first ones and every 1000th)")
     p.set_defaults(func=cmd_serve)
+
+
+def _frame_shape(text: str) -> tuple[int, ...]:
+    """'512x512' or '152' -> a frame shape (argparse type)."""
+    try:
+        shape = tuple(int(d) for d in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"a frame shape like 512x512 or 152, got {text!r}")
+    return shape
 
 
 def cmd_serve(args) -> int:
@@ -368,6 +382,7 @@ def cmd_serve(args) -> int:
         subscribe=tuple(args.subscribe) if args.subscribe else ServiceConfig.subscribe, threads=args.threads,
         spin=args.spin,
         max_batch=args.max_batch,
+        warm_shapes=tuple(args.warm_shape or ()),
         curve_keys=args.curve_keys,
         max_header_bytes=args.max_header_bytes, max_payload_bytes=args.max_payload_bytes,
     )

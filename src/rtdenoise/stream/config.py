@@ -64,6 +64,7 @@ class ServiceConfig:
     threads: int | None = None  # engine threads (None: the engine's default, 1 on the CPU backends)
     spin: bool = False  # latency mode: one thread receives and steps, polling without sleeping (a core at 100 %)
     max_batch: int = 16  # most streams (same frame shape) stepped in one engine call; 1: each stream alone
+    warm_shapes: tuple[tuple[int, ...], ...] = ()  # frame shapes to step once at start, at each group size
     curve_keys: Any = None  # directory with server.key_secret and authorized/*.key: CURVE on every socket
 
     def validate(self) -> None:
@@ -78,6 +79,12 @@ class ServiceConfig:
         v = self.stream_idle_s
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
             raise ValueError(f"stream_idle_s must be a number of seconds >= 0 (0: never), got {v!r}")
+        try:
+            self.warm_shapes = tuple(tuple(int(d) for d in shape) for shape in self.warm_shapes)
+        except (TypeError, ValueError):
+            raise ValueError(f"warm_shapes must be frame shapes like ((512, 512),), got {self.warm_shapes!r}") from None
+        if any(not shape or min(shape) < 1 for shape in self.warm_shapes):
+            raise ValueError(f"warm_shapes must be frame shapes of sizes >= 1, got {self.warm_shapes!r}")
         v = self.max_streams_per_sender
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
             raise ValueError(f"max_streams_per_sender must be an int >= 1 or None (no limit), got {v!r}")

@@ -144,6 +144,11 @@ class Service:
             engine = load_engine(config.model, backend=config.backend, **kw)
         self.engine = engine
         self.lag = int(engine.lag)
+        for shape in config.warm_shapes:  # before any socket is bound
+            try:
+                engine.check_frames(np.ones((1, 1, *shape), dtype=np.float32))
+            except ValueError as e:
+                raise ValueError(f"warm shape {'x'.join(map(str, shape))}: not a frame of model {engine.name}: {e}") from None
         self._limits = admission.Limits(tuple(engine.frame_shape), config.max_streams, engine.name,
                                         config.max_header_bytes, config.max_payload_bytes,
                                         check_shape=getattr(engine, "check_shape", None),
@@ -197,7 +202,7 @@ class Service:
             raise RuntimeError("Service.start() was already called; a Service runs once")
         if self._sockets.sub is None or self._sockets.sub.closed:
             raise RuntimeError("Service is closed; make a new one")
-        if getattr(self.engine, "gpu", False):
+        if self.config.warm_shapes or getattr(self.engine, "gpu", False):
             self._warm_up()
         self._t_start = time.monotonic()
         loops = ((("spin", self._spin_loop),) if self.config.spin else
@@ -210,13 +215,19 @@ class Service:
         return self
 
     def _warm_up(self) -> None:
-        """Step a scratch state once on a GPU engine before the first message: the first CUDA
-        step of a process loads its kernels and libraries (about 0.2 s on an H200, seen as the
-        first frames' latency of the live benchmark), which should not fall on a stream. Each
-        stream's own first one-frame step still captures its CUDA graph at its frame size (two
-        eager steps and a capture)."""
-        shape = tuple(64 if d is None else d for d in self.engine.frame_shape)
-        self.engine.step(np.zeros((1, *shape), dtype=np.float32), self.engine.new_state(1))
+        """Step scratch states before the first message, at each of ``config.warm_shapes`` and
+        each size a group of them grows through (1, 2, 4, ... ``max_batch``); with none given, a
+        GPU engine once at a small frame. The first CUDA step of a process loads its kernels
+        (about 0.2 s on an H200), and cuDNN picks kernels anew for each input shape (about 0.1 s
+        more per shape): on a stream's first frames, that backlog. Each stream's own first step
+        still captures its CUDA graph (two eager steps and a capture, ~ms once warm)."""
+        shapes = self.config.warm_shapes or (tuple(64 if d is None else d for d in self.engine.frame_shape),)
+        for shape in shapes:
+            most = min(self.config.max_batch, self.engine.slot_limit(shape) or self.config.max_batch)
+            most = most if self.config.warm_shapes else 1
+            for k in sorted({min(2 ** i, most) for i in range(most.bit_length() + 1)}):
+                x = np.full((k, 1, *shape), 100.0, dtype=np.float32)
+                self.engine.step(x, self.engine.new_state(k), checked=True)
 
     def _guard(self, name: str, target: Callable[[], None]) -> None:
         """Run one thread's loop; a crash stops the whole service rather than half of it."""

@@ -78,12 +78,12 @@ def equal(steps: int = 48, size: int = 128) -> list[dict]:
     sr = ref.new_state(1)
     a = np.concatenate([ref.step(x[i : i + 1], sr) for i in range(steps)])
     res = []
-    for tf32 in (False, True):
+    for tf32, chunk in ((False, 1), (True, 1), (False, 6)):  # chunks of 6: the graph replayed 6 times a call
         gpu = load_engine(MODEL, backend="torch", device=DEVICE, cuda_graph=True, tf32=tf32)
         sg = gpu.new_state(1)
-        b = np.concatenate([gpu.step(x[i : i + 1], sg) for i in range(steps)])
+        b = np.concatenate([gpu.step(x[i : i + chunk], sg) for i in range(0, steps, chunk)])
         diff = float(np.abs(a - b).max())
-        res.append({"frames": steps, "size": size, "tf32": tf32, "max_abs_diff_counts": diff,
+        res.append({"frames": steps, "chunk": chunk, "size": size, "tf32": tf32, "max_abs_diff_counts": diff,
                     "max_diff_over_range": diff / float(a.max() - a.min()),
                     "output_range": [float(a.min()), float(a.max())]})
     return res
@@ -111,14 +111,15 @@ def live_case(size: int, rate: float, seconds: float, spin: bool) -> dict:
     from rtdenoise.demo import run_demo
 
     r = run_demo(modality="imaging", size=size, rate=rate, seconds=seconds, plot_path=None, progress=False, spin=spin)
-    return {k: r[k] for k in ("shape", "rate_hz", "frames_in", "frames_lost", "latency_ms", "backend", "snr_db") if k in r} | {"spin": spin}
+    keep = ("shape", "rate_hz", "frames_in", "frames_lost", "latency_ms", "latency_stages_ms_p50", "backend", "snr_db")
+    return {k: r[k] for k in keep if k in r} | {"spin": spin}
 
 
 _ECHO = ("import sys, threading; sys.path.insert(0, {here!r}); import bench_latency as b; "
          "b.echo_server({sub!r}, {pub!r}, threading.Event())")
 
 
-def floor_case(size: int, rate: float, seconds: float) -> dict:
+def floor_case(size: int, rate: float, seconds: float, transport: str = "tcp") -> dict:
     """The transport floor for this frame size: a bare ZeroMQ echo in its own process (decode,
     float32 copy, encode; no engine), paced as the live case, latency due time → subscriber."""
     import subprocess
@@ -127,7 +128,11 @@ def floor_case(size: int, rate: float, seconds: float) -> dict:
 
     from rtdenoise.bench import paced_load
 
-    sub, pub = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="rtdenoise-floor-")
+    sub, pub = ((f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}") if transport == "tcp"
+                else (f"ipc://{tmp}/in", f"ipc://{tmp}/out"))
     proc = subprocess.Popen([sys.executable, "-c", _ECHO.format(here=str(HERE), sub=sub, pub=pub)])
     try:
         time.sleep(1.5)  # imports, binds
@@ -135,7 +140,7 @@ def floor_case(size: int, rate: float, seconds: float) -> dict:
         movie = _movie(16, 1, size)[0]
         res = paced_load(sub, pub, {"echo": movie[np.arange(n) % 16]}, rate=rate, fs=rate)
         lat = res.latency_summary()
-        return {"size": size, "rate_hz": rate, "frames_in": res.frames_in, "frames_lost": res.frames_lost,
+        return {"size": size, "rate_hz": rate, "transport": transport, "frames_in": res.frames_in, "frames_lost": res.frames_lost,
                 "latency_ms": {k: lat[k] for k in ("p50", "p99", "max")}}
     finally:
         proc.kill()
@@ -146,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=200, help="timed steps per engine case")
     ap.add_argument("--seconds", type=float, default=15.0, help="seconds per live case")
-    ap.add_argument("--parts", default="equal,live,floor,engine")
+    ap.add_argument("--parts", default="equal,live,floor,engine", help="floor_ipc: the floor over ipc:// too")
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--device", default="cuda", help="cpu: a dry run of this script (figures meaningless)")
     args = ap.parse_args(argv)
@@ -182,11 +187,12 @@ def main(argv: list[str] | None = None) -> int:
                 res["live"].append(c)
                 print(json.dumps(c), file=sys.stderr, flush=True)
                 save()
-    if "floor" in parts:
+    if "floor" in parts or "floor_ipc" in parts:
         res["floor"] = []
         for size, rate, _ in LIVE:
-            c = floor_case(size, rate, args.seconds)
-            res["floor"].append(c)
+            for transport in ("tcp", "ipc") if "floor_ipc" in parts else ("tcp",):
+                c = floor_case(size, rate, args.seconds, transport)
+                res["floor"].append(c)
             print(json.dumps(c), file=sys.stderr, flush=True)
             save()
     if "engine" in parts:
@@ -207,7 +213,7 @@ def _ratios(res: dict) -> list[str]:
     """The issue's ratio per live case, where the floor and the engine were measured in the same run."""
     steps = {e["size"]: e["step_p99_ms"] for e in res.get("engine", [])
              if e["streams"] == 1 and e["device_frontend"] and e["cuda_graph"] and not e["tf32"]}
-    floors = {f["size"]: f["latency_ms"]["p99"] for f in res.get("floor", [])}
+    floors = {f["size"]: f["latency_ms"]["p99"] for f in res.get("floor", []) if f.get("transport", "tcp") == "tcp"}
     out = []
     for r in res.get("live", []):
         size = r["shape"][0]
@@ -228,7 +234,8 @@ def markdown(res: dict) -> str:
         "",
     ]
     for e in res.get("equal", []):
-        lines += [f"CUDA (graphs on, TF32 {'on' if e['tf32'] else 'off'}) vs CPU torch, {e['frames']} frames of "
+        lines += [f"CUDA (graphs on, TF32 {'on' if e['tf32'] else 'off'}, chunks of {e.get('chunk', 1)}) vs CPU torch, "
+                  f"{e['frames']} frames of "
                   f"{e['size']}×{e['size']}: largest difference {e['max_abs_diff_counts']:.2e} counts, "
                   f"{e['max_diff_over_range']:.1e} of the output's range.", ""]
     if res.get("engine"):
@@ -243,19 +250,24 @@ def markdown(res: dict) -> str:
     if res.get("live"):
         lines += ["## Live through the service (its own process, loopback TCP)", "",
                   "Latency from each frame's due time to the subscriber, ms.", "",
-                  "| frames | rate | spin | backend | frames in | lost | p50 | p99 | max | p99 target | met |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "`in / service / out`: the p50 of each stage: due time to the service's receipt, receipt to its "
+                  "publish (queue and step), publish to the subscriber.", "",
+                  "| frames | rate | spin | backend | frames in | lost | p50 | p99 | max | in / service / out | p99 target | met |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in res["live"]:
-            lat = r["latency_ms"]
+            lat, st = r["latency_ms"], r.get("latency_stages_ms_p50")
+            stages = " / ".join(f"{st[k]:.2f}" for k in ("in", "service", "out")) if st else "?"
             lines.append(f"| {'×'.join(map(str, r['shape']))} | {r['rate_hz']:g} Hz | {'on' if r['spin'] else 'off'} | "
                          f"{r.get('backend', '?')} | {r['frames_in']} | {r['frames_lost']} | {lat['p50']:.2f} | "
-                         f"{lat['p99']:.2f} | {lat['max']:.2f} | {r['p99_target_ms']:g} | {'yes' if r['met'] else '**no**'} |")
+                         f"{lat['p99']:.2f} | {lat['max']:.2f} | {stages} | {r['p99_target_ms']:g} | "
+                         f"{'yes' if r['met'] else '**no**'} |")
     if res.get("floor"):
         lines += ["", "## The transport floor (a bare ZeroMQ echo in its own process, no engine)", "",
-                  "| frames | rate | frames in | lost | p50 | p99 | max |", "|---|---|---|---|---|---|---|"]
+                  "| frames | rate | transport | frames in | lost | p50 | p99 | max |", "|---|---|---|---|---|---|---|---|"]
         for r in res["floor"]:
             lat = r["latency_ms"]
-            lines.append(f"| {r['size']}×{r['size']} | {r['rate_hz']:g} Hz | {r['frames_in']} | {r['frames_lost']} | "
+            lines.append(f"| {r['size']}×{r['size']} | {r['rate_hz']:g} Hz | {r.get('transport', 'tcp')} | "
+                         f"{r['frames_in']} | {r['frames_lost']} | "
                          f"{lat['p50']:.2f} | {lat['p99']:.2f} | {lat['max']:.2f} |")
         ratios = _ratios(res)
         if ratios:

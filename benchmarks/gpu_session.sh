@@ -8,7 +8,8 @@
 # torch, numpy and onnxruntime are there). What comes back under $OUT: the card, the GPU tests'
 # output, gpu.{md,json} (bench_gpu.py) and batch_gpu.{md,json} (bench_batch.py): copy the .md/.json
 # into benchmarks/results/ and say which card gave them. PARTS=tests,gpu,batch (the default) picks
-# steps, to split it over two calls; DRY=1 runs it on a CPU (figures meaningless; the CPU is slow).
+# steps, to split it over two calls; GPU_PARTS picks bench_gpu's parts (GPU_LIMIT its time limit);
+# DRY=1 runs it on a CPU (figures meaningless; the CPU is slow).
 set -uo pipefail
 OUT=${OUT:-/tmp/rtdenoise-gpu}
 mkdir -p "$OUT"
@@ -34,7 +35,8 @@ step() {  # part, name, time limit (s), command...
 # 1. the GPU-marked tests: CUDA graphs per slot and per group, the engines, TensorRT where installed
 step tests gpu_tests 90 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_batch.py tests/test_engines.py tests/test_imaging_engines.py
 # 2. engine.step at 128² and 512², 1 and 16 streams; the ZeroMQ floor; the live service (#11's GPU targets)
-step gpu bench_gpu 300 python3 benchmarks/bench_gpu.py --device "$DEVICE" --steps "$STEPS" --seconds "$SECONDS_LIVE" --out "$OUT"
+step gpu bench_gpu "${GPU_LIMIT:-300}" python3 benchmarks/bench_gpu.py --device "$DEVICE" --steps "$STEPS" --seconds "$SECONDS_LIVE" \
+  --parts "${GPU_PARTS:-equal,live,floor,engine}" --out "$OUT"
 # 3. 16 streams of 128² and 512² through one service: stepped together against one by one
 step batch bench_batch 180 python3 benchmarks/bench_batch.py --case imaging-lag0 --size 128 --size 512 \
   --seconds "$SECONDS_BATCH" --backend auto --out "$OUT/batch_gpu"

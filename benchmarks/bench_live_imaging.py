@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--spin", action="store_true", help="the service's latency mode")
     ap.add_argument("--settle", type=float, default=15.0, help="seconds between cases")
-    ap.add_argument("--out", default=str(RESULTS / "live_imaging"))
+    ap.add_argument("--out", default=None, help="default results/live_imaging, or live_imaging_spin with --spin")
     args = ap.parse_args(argv)
     runs = []
     for k, (size, rate, target) in enumerate(CASES):
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
               f"p99 {r['latency_ms']['p99']:.1f} ms; floor p99 {r['floor']['latency_ms']['p99']:.1f}, "
               f"step p99 {r['step_p99_ms']:.1f}, ratio {r['ratio']:.1f}", file=sys.stderr, flush=True)
     res = {**run_info(__file__, argv), "runs": runs}
-    print(write_results(args.out, res, markdown))
+    print(write_results(args.out or str(RESULTS / ("live_imaging_spin" if args.spin else "live_imaging")), res, markdown))
     return 0
 
 

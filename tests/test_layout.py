@@ -87,3 +87,13 @@ def test_light_imports_do_not_load_torch(module):
     code = f"import sys, {module}; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_rtdenoise_denoise_is_the_function_whatever_was_imported_first():
+    """The submodule rtdenoise.denoise shares the function's name: importing it (the service and the
+    CLI do) must not replace ``rtdenoise.denoise``, the documented API, with the module."""
+    code = ("import rtdenoise.stream.sequencer, rtdenoise.cli, rtdenoise.denoise, rtdenoise, numpy as np; "
+            "from rtdenoise.denoise import denoise; "
+            "print(rtdenoise.denoise is denoise, callable(rtdenoise.denoise))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True"]

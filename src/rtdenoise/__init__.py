@@ -9,8 +9,8 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "denoise"]
 
 
-def denoise(frames, *, model=None, **kwargs):
-    """Denoise a recording offline; see :func:`rtdenoise.denoise.denoise`."""
-    from rtdenoise.denoise import denoise as _denoise
-
-    return _denoise(frames, model=model, **kwargs)
+# Imported now (numpy only), not wrapped lazily: the first import of the submodule
+# rtdenoise.denoise sets the package's attribute `denoise` to that module, so a lazy wrapper
+# was replaced by a module once anything (the service, the CLI) had imported it, and
+# `rtdenoise.denoise(movie)` then failed with "'module' object is not callable".
+from rtdenoise.denoise import denoise  # noqa: E402

@@ -102,9 +102,10 @@ class TorchEngine(Engine):
         """Step ``x`` (B, n, ...) one frame at a time through ``st``'s one-frame graph.
 
         A run of n frames (a stream catching up after a stall) is n replays rather than one
-        eager call on a new shape: on an H200 each new n made cuDNN pick kernels for ~0.1 s,
-        and so a first stall grew a backlog of ever new run lengths (512x512 at 30 Hz: p90
-        latency 135 ms against p50 3.7). The result is the same: the model is causal."""
+        eager call on a new input shape, whose first use makes cuDNN pick kernels on the spot
+        (not measured per shape here; a process's first CUDA step took ~0.2 s on an H200), so
+        a stall cannot grow into a backlog of new run lengths. The result is the same: the
+        model is causal (chunks of 6 equal the CPU engine as single frames do, bench_gpu)."""
         outs = []
         for i in range(x.shape[1]):
             st.static_in.copy_(x[:, i : i + 1])

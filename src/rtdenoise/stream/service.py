@@ -218,9 +218,9 @@ class Service:
         """Step scratch states before the first message, at each of ``config.warm_shapes`` and
         each size a group of them grows through (1, 2, 4, ... ``max_batch``); with none given, a
         GPU engine once at a small frame. The first CUDA step of a process loads its kernels
-        (about 0.2 s on an H200), and cuDNN picks kernels anew for each input shape (about 0.1 s
-        more per shape): on a stream's first frames, that backlog. Each stream's own first step
-        still captures its CUDA graph (two eager steps and a capture, ~ms once warm)."""
+        (about 0.2 s on an H200), and cuDNN picks kernels anew for each input shape: without
+        this, on a stream's first frames. Each stream's own first step still captures its CUDA
+        graph (two eager steps and a capture, ~ms once warm)."""
         shapes = self.config.warm_shapes or (tuple(64 if d is None else d for d in self.engine.frame_shape),)
         for shape in shapes:
             most = min(self.config.max_batch, self.engine.slot_limit(shape) or self.config.max_batch)

@@ -83,3 +83,27 @@ def test_service_refuses_a_header_limit_its_outputs_could_not_meet():
 
     with pytest.raises(ValueError, match="max_header_bytes must be <="):
         ServiceConfig(max_header_bytes=wire.MAX_HEADER_BYTES).validate()
+
+
+def test_paced_load_loops_a_short_recording_and_can_keep_only_latencies(tiny_checkpoint):
+    """A long run from a short movie: frames beyond its end start it again with ``seq`` going
+    on; with ``keep_outputs=False`` only latencies are kept and every frame is still counted."""
+    import numpy as np
+
+    from rtdenoise import denoise
+    from rtdenoise.bench import paced_load
+    from rtdenoise.stream import Service
+
+    ck = tiny_checkpoint("spectral", lag=0)
+    rec = np.random.default_rng(0).poisson(200, (7, 152)).astype(np.float32)
+    with Service(model=ck, sub="tcp://127.0.0.1:*", bind_sub=True, pub="tcp://127.0.0.1:*", control="ipc://*") as svc:
+        kept = paced_load(svc.addresses["sub"], svc.addresses["pub"], {"a": rec}, rate=200, frames=20)
+        bare = paced_load(svc.addresses["sub"], svc.addresses["pub"], {"b": rec}, rate=200, frames=20,
+                          keep_outputs=False)
+    looped = np.concatenate([rec, rec, rec])[:20]
+    assert kept.frames_in == 20 and kept.frames_out == 20 and kept.frames_lost == 0
+    np.testing.assert_allclose(kept.outputs["a"], denoise(looped, model=ck), rtol=1e-5, atol=1e-3)
+    assert bare.outputs["b"] is None and (bare.frames_in, bare.frames_out, bare.frames_lost) == (20, 20, 0)
+    assert np.isfinite(bare.latency_summary()["p99"])
+    with pytest.raises(ValueError, match="frames must be >= 1"):
+        paced_load(svc.addresses["sub"], svc.addresses["pub"], {"a": rec}, rate=200, frames=0)

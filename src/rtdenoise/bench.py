@@ -26,7 +26,7 @@ class LoadResult:
     streams: list[str]
     rate: float
     frames_in: int  # frames published, all streams
-    outputs: dict[str, np.ndarray]  # per stream (T, *shape), NaN where nothing arrived
+    outputs: dict[str, np.ndarray | None]  # per stream (T, *shape), NaN where nothing arrived; None: not kept
     e2e_ms: dict[str, np.ndarray]  # due time of the frame that released the output → arrival
     stage_ms: dict[str, dict[str, np.ndarray]]  # "in", "service", "out" per stream
     late_sends: int = 0  # sends more than one period behind schedule (publisher overloaded)
@@ -35,7 +35,7 @@ class LoadResult:
 
     @property
     def frames_out(self) -> int:
-        return int(sum((~np.isnan(o.reshape(len(o), -1)[:, 0])).sum() for o in self.outputs.values()))
+        return int(sum((~np.isnan(e)).sum() for e in self.e2e_ms.values()))  # every output frame has its latency
 
     @property
     def frames_lost(self) -> int:
@@ -67,6 +67,8 @@ def paced_load(
     drain_s: float = 2.0,
     progress=None,
     curve_keys=None,
+    frames: int | None = None,
+    keep_outputs: bool = True,
 ) -> LoadResult:
     """Publish ``recordings`` (stream name -> (T, W) frames) at ``rate`` frames/s per stream.
 
@@ -83,6 +85,11 @@ def paced_load(
 
     ``curve_keys``: ``(client_secret_key_file, server_public_key_file)`` for a service run
     with CURVE; both sockets are then its CURVE clients.
+
+    ``frames``: frames per stream to publish (default: the shortest recording's length);
+    beyond a recording's end it starts again from its first frame, with ``seq`` going on (a
+    long run from a short movie). ``keep_outputs=False`` keeps only the latencies (a long
+    run of large frames would not fit in memory); ``outputs`` is then None per stream.
     """
     import zmq
 
@@ -94,9 +101,12 @@ def paced_load(
     if rate <= 0:
         raise ValueError(f"rate must be > 0 frames/s, got {rate}")
     names = list(recordings)
-    n = min(len(r) for r in recordings.values())
+    n = min(len(r) for r in recordings.values()) if frames is None else int(frames)
+    if n < 1:
+        raise ValueError(f"frames must be >= 1, got {n}")
     period_ns = 1e9 / rate
-    outputs = {s: np.full(recordings[s].shape, np.nan, dtype=np.float32) for s in names}
+    outputs = {s: np.full((n, *recordings[s].shape[1:]), np.nan, dtype=np.float32) if keep_outputs else None
+               for s in names}
     e2e = {s: np.full(n, np.nan) for s in names}
     stages = {s: {k: np.full(n, np.nan) for k in ("in", "service", "out")} for s in names}
     late = [0]
@@ -127,7 +137,8 @@ def paced_load(
                     elif -wait * 1e9 > period_ns:
                         late[0] += 1
                     for s in names:
-                        pub.send_multipart(wire.encode_frames(s, recordings[s][i : i + 1], seq=i, t_ns=due, fs=fs))
+                        j = i % len(recordings[s])
+                        pub.send_multipart(wire.encode_frames(s, recordings[s][j : j + 1], seq=i, t_ns=due, fs=fs))
                         sent[0] += 1
 
             th = threading.Thread(target=publish, name="rtdenoise-paced-publisher", daemon=True)
@@ -147,7 +158,8 @@ def paced_load(
                 s, seq, k = header["stream"], header["seq"], header["n"]
                 if s not in outputs or seq + k > n:  # a late probe answer
                     continue
-                outputs[s][seq : seq + k] = frames
+                if keep_outputs:
+                    outputs[s][seq : seq + k] = frames
                 for j in range(k):
                     due = t0 + int((seq + j + lag) * period_ns)
                     e2e[s][seq + j] = (t_arr - due) / 1e6

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 import warnings
@@ -145,6 +146,7 @@ def floor_case(size: int, rate: float, seconds: float, transport: str = "tcp") -
     finally:
         proc.kill()
         proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             for transport in ("tcp", "ipc") if "floor_ipc" in parts else ("tcp",):
                 c = floor_case(size, rate, args.seconds, transport)
                 res["floor"].append(c)
-            print(json.dumps(c), file=sys.stderr, flush=True)
-            save()
+                print(json.dumps(c), file=sys.stderr, flush=True)
+                save()
     if "engine" in parts:
         res["engine"] = []
         for size in SIZES:

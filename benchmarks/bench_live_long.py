@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     _, movie, _ = _simulate("imaging", max(1, int(args.loop * args.rate)), seed=0,
                             photons=DEFAULTS["imaging"]["photons"], size=args.size)
     svc = ServiceProcess(model=DEFAULT_MODELS["imaging"], backend="auto", threads=2, spin=False, max_queue=100,
-                         warm_shapes=(movie.shape[1:],))
+                         max_batch=1, warm_shapes=(movie.shape[1:],))  # one stream, as the demo
     rss: list[tuple[float, float]] = []  # (s since start, MiB)
     done = threading.Event()
     t0 = time.monotonic()

@@ -97,13 +97,16 @@ def test_paced_load_loops_a_short_recording_and_can_keep_only_latencies(tiny_che
     ck = tiny_checkpoint("spectral", lag=0)
     rec = np.random.default_rng(0).poisson(200, (7, 152)).astype(np.float32)
     with Service(model=ck, sub="tcp://127.0.0.1:*", bind_sub=True, pub="tcp://127.0.0.1:*", control="ipc://*") as svc:
-        kept = paced_load(svc.addresses["sub"], svc.addresses["pub"], {"a": rec}, rate=200, frames=20)
+        kept = paced_load(svc.addresses["sub"], svc.addresses["pub"], {"a": rec, "a5": rec[2:]}, rate=200, frames=20)
         bare = paced_load(svc.addresses["sub"], svc.addresses["pub"], {"b": rec}, rate=200, frames=20,
                           keep_outputs=False)
-    looped = np.concatenate([rec, rec, rec])[:20]
-    assert kept.frames_in == 20 and kept.frames_out == 20 and kept.frames_lost == 0
-    np.testing.assert_allclose(kept.outputs["a"], denoise(looped, model=ck), rtol=1e-5, atol=1e-3)
+    assert kept.frames_in == 40 and kept.frames_out == 40 and kept.frames_lost == 0
+    for name, r in (("a", rec), ("a5", rec[2:])):  # each stream loops its own recording
+        looped = np.concatenate([r] * 4)[:20]
+        np.testing.assert_allclose(kept.outputs[name], denoise(looped, model=ck), rtol=1e-5, atol=1e-3)
     assert bare.outputs["b"] is None and (bare.frames_in, bare.frames_out, bare.frames_lost) == (20, 20, 0)
     assert np.isfinite(bare.latency_summary()["p99"])
     with pytest.raises(ValueError, match="frames must be >= 1"):
         paced_load(svc.addresses["sub"], svc.addresses["pub"], {"a": rec}, rate=200, frames=0)
+    with pytest.raises(ValueError, match=r"recording\(s\) \['e'\] hold no frames"):
+        paced_load(svc.addresses["sub"], svc.addresses["pub"], {"a": rec, "e": rec[:0]}, rate=200)

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -221,8 +222,8 @@ def test_a_gpu_engine_is_warmed_up_before_the_first_frame_and_never_kept_busy(ck
 
 
 def test_warm_shapes_are_stepped_at_each_group_size_and_a_wrong_one_fails_before_binding(ckpt, rec):
-    """``warm_shapes``: cuDNN picks kernels per input shape (~0.1 s each on an H200), so the
-    service steps each given frame shape at start at every size its group grows through."""
+    """``warm_shapes``: a GPU sets up its kernels per input shape, so the service steps each
+    given frame shape at start at every size its group grows through."""
     from rtdenoise.backends import load_engine
 
     ck = ckpt("spectral", 0)
@@ -236,9 +237,12 @@ def test_warm_shapes_are_stepped_at_each_group_size_and_a_wrong_one_fails_before
         r.send_all("w", x)
         msgs = r.collect("w", 20)
     assert_same(frames_of(msgs), denoise(x, model=ck))  # the scratch states touched no stream
+    with socket.socket() as s:  # a free port, to bind twice below
+        s.bind(("127.0.0.1", 0))
+        sub = f"tcp://127.0.0.1:{s.getsockname()[1]}"
     with pytest.raises(ValueError, match="warm shape 151: not a frame of model"):
-        Service(model=ck, sub="tcp://127.0.0.1:5599", bind_sub=True, pub=ANY, control="ipc://*", warm_shapes=((151,),))
-    with Service(model=ck, sub="tcp://127.0.0.1:5599", bind_sub=True, pub=ANY, control="ipc://*"):
+        Service(model=ck, sub=sub, bind_sub=True, pub=ANY, control="ipc://*", warm_shapes=((151,),))
+    with Service(model=ck, sub=sub, bind_sub=True, pub=ANY, control="ipc://*"):
         pass  # nothing was left bound
 
 

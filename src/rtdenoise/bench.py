@@ -89,7 +89,8 @@ def paced_load(
     ``frames``: frames per stream to publish (default: the shortest recording's length);
     beyond a recording's end it starts again from its first frame, with ``seq`` going on (a
     long run from a short movie). ``keep_outputs=False`` keeps only the latencies (a long
-    run of large frames would not fit in memory); ``outputs`` is then None per stream.
+    run of large frames would not fit in memory); ``outputs`` is then None per stream, also
+    in what ``progress`` is given.
     """
     import zmq
 
@@ -101,6 +102,9 @@ def paced_load(
     if rate <= 0:
         raise ValueError(f"rate must be > 0 frames/s, got {rate}")
     names = list(recordings)
+    empty = [s for s, r in recordings.items() if len(r) == 0]
+    if empty:
+        raise ValueError(f"recording(s) {empty} hold no frames")
     n = min(len(r) for r in recordings.values()) if frames is None else int(frames)
     if n < 1:
         raise ValueError(f"frames must be >= 1, got {n}")

@@ -79,7 +79,8 @@ def run_demo(
         from rtdenoise.model.checkpoint import DEFAULT_MODELS
 
         model = DEFAULT_MODELS["imaging"]
-    kw = dict(model=model, backend=backend, threads=2 if imaging else 1, spin=spin, warm_shapes=(noisy.shape[1:],),
+    kw = dict(model=model, backend=backend, threads=2 if imaging else 1, spin=spin,
+              warm_shapes=(noisy.shape[1:],), max_batch=1,  # one stream: no group of several to warm
               max_queue=100 if imaging else 1000)  # ~3 s of a 30 Hz rig; a backlog is stale anyway
     service = ServiceProcess(**kw) if separate else InProcess(**kw)
     lag = service.lag

@@ -2,8 +2,9 @@
 
 On CUDA, one-frame steps replay a CUDA graph captured once per :class:`StreamState` (its
 state tensors are already at fixed addresses; the graph adds a static input buffer), which
-removes most of the per-kernel launch cost of a small network. A chunk of n frames replays
-it n times (no eager call on a new shape); the CPU runs the plain step.
+removes most of the per-kernel launch cost of a small network. A short chunk (up to
+:data:`REPLAY_MAX` frames: a live stream catching up) replays it once per frame; longer
+chunks (offline) and the CPU run the plain step.
 
 On CUDA a per-element front end (images, and spectral models without a subspace) runs on
 the GPU too (:class:`TorchFrontEnd`): the raw frame goes to the card as it came (uint16: half
@@ -29,6 +30,8 @@ import torch.nn.functional as F
 from rtdenoise.backends.base import Engine
 from rtdenoise.model.checkpoint import Checkpoint
 from rtdenoise.model.frontend import slot_view
+
+REPLAY_MAX = 8  # chunks up to this many frames replay the one-frame CUDA graph; longer ones run eagerly
 
 
 class TorchEngine(Engine):
@@ -73,7 +76,7 @@ class TorchEngine(Engine):
         if not isinstance(fe, TorchFrontEnd):
             return super()._advance(x, state)
         with torch.inference_mode(), self._precision():
-            if isinstance(state.net, _GraphState):
+            if isinstance(state.net, _GraphState) and x.shape[1] <= REPLAY_MAX:
                 st = state.net
                 if st.graph is None:
                     self._capture(st, torch.zeros((x.shape[0], 1, *x.shape[2:]), dtype=torch.float64, device=self.device),
@@ -89,7 +92,7 @@ class TorchEngine(Engine):
     @torch.inference_mode()
     def _net_step(self, feat: np.ndarray, net_state: dict[str, torch.Tensor]) -> np.ndarray:
         with self._precision():
-            if isinstance(net_state, _GraphState):
+            if isinstance(net_state, _GraphState) and feat.shape[1] <= REPLAY_MAX:
                 if net_state.graph is None:
                     self._capture(net_state, torch.zeros((feat.shape[0], 1, *feat.shape[2:]), device=self.device),
                                   lambda xin: self._step_into(xin, net_state))
@@ -101,17 +104,18 @@ class TorchEngine(Engine):
     def _replay(st: "_GraphState", x: torch.Tensor) -> np.ndarray:
         """Step ``x`` (B, n, ...) one frame at a time through ``st``'s one-frame graph.
 
-        A run of n frames (a stream catching up after a stall) is n replays rather than one
-        eager call on a new input shape, whose first use makes cuDNN pick kernels on the spot
-        (not measured per shape here; a process's first CUDA step took ~0.2 s on an H200), so
-        a stall cannot grow into a backlog of new run lengths. The result is the same: the
-        model is causal (chunks of 6 equal the CPU engine as single frames do, bench_gpu)."""
-        outs = []
-        for i in range(x.shape[1]):
+        A short run (a live stream catching up after a stall) is n replays rather than one
+        eager call on an input shape that may be new, whose first call sets up its kernels
+        (that cost was not measured per shape here). The result is the same: the model is
+        causal (chunks of 6 equal the CPU engine as single frames do, bench_gpu)."""
+        n = x.shape[1]
+        out = st.static_out if n == 1 else st.static_out.new_empty((x.shape[0], n, *st.static_out.shape[2:]))
+        for i in range(n):
             st.static_in.copy_(x[:, i : i + 1])
             st.graph.replay()
-            outs.append(st.static_out.clone() if x.shape[1] > 1 else st.static_out)
-        return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)).cpu().numpy()
+            if n > 1:
+                out[:, i : i + 1].copy_(st.static_out)
+        return out.cpu().numpy()
 
     @contextlib.contextmanager
     def _precision(self):

@@ -96,6 +96,17 @@ class Group:
         self.members[i] = seq
         seq.state, seq.group, seq.slot = view, self, i
 
+    def most(self, shape: tuple[int, ...]) -> int:
+        """Most streams of frames of ``shape`` in one group."""
+        return min(self.max_batch, self.engine.slot_limit(tuple(shape)) or self.max_batch)
+
+    def sizes(self, shape: tuple[int, ...]) -> list[int]:
+        """The capacities a group of ``shape`` grows through: 1, 2, 4, ... :meth:`most`."""
+        most, sizes = self.most(shape), [1]
+        while sizes[-1] < most:
+            sizes.append(min(most, 2 * sizes[-1]))
+        return sizes
+
     def leave(self, seq: Sequencer) -> None:
         self.members[seq.slot] = None
         seq.state = seq.group = seq.slot = None
@@ -147,7 +158,7 @@ class Batcher:
         if seq.group is not None:
             return
         shape = tuple(shape)
-        most = min(self.max_batch, self.engine.slot_limit(shape) or self.max_batch)
+        most = self.most(shape)
         groups = self.groups.setdefault(shape, [])
         g = next((g for g in groups if g.has_room()), None)
         if g is None:
@@ -158,6 +169,17 @@ class Batcher:
                 g = Group(self.engine, shape)
                 groups.append(g)
         g.join(seq)
+
+    def most(self, shape: tuple[int, ...]) -> int:
+        """Most streams of frames of ``shape`` in one group."""
+        return min(self.max_batch, self.engine.slot_limit(tuple(shape)) or self.max_batch)
+
+    def sizes(self, shape: tuple[int, ...]) -> list[int]:
+        """The capacities a group of ``shape`` grows through: 1, 2, 4, ... :meth:`most`."""
+        most, sizes = self.most(shape), [1]
+        while sizes[-1] < most:
+            sizes.append(min(most, 2 * sizes[-1]))
+        return sizes
 
     def leave(self, seq: Sequencer) -> None:
         """Free ``seq``'s slot (a stream forgotten); an empty group is dropped."""

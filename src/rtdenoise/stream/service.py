@@ -146,7 +146,7 @@ class Service:
         self.lag = int(engine.lag)
         for shape in config.warm_shapes:  # before any socket is bound
             try:
-                engine.check_frames(np.ones((1, 1, *shape), dtype=np.float32))
+                engine.check_shape(shape)
             except ValueError as e:
                 raise ValueError(f"warm shape {'x'.join(map(str, shape))}: not a frame of model {engine.name}: {e}") from None
         self._limits = admission.Limits(tuple(engine.frame_shape), config.max_streams, engine.name,
@@ -203,7 +203,11 @@ class Service:
         if self._sockets.sub is None or self._sockets.sub.closed:
             raise RuntimeError("Service is closed; make a new one")
         if self.config.warm_shapes or getattr(self.engine, "gpu", False):
-            self._warm_up()
+            try:
+                self._warm_up()
+            except BaseException:  # e.g. no memory for the largest group: nothing may stay bound
+                self._sockets.close_all()
+                raise
         self._t_start = time.monotonic()
         loops = ((("spin", self._spin_loop),) if self.config.spin else
                  (("receive", self._receive_loop), ("engine", self._engine_loop)))
@@ -218,14 +222,12 @@ class Service:
         """Step scratch states before the first message, at each of ``config.warm_shapes`` and
         each size a group of them grows through (1, 2, 4, ... ``max_batch``); with none given, a
         GPU engine once at a small frame. The first CUDA step of a process loads its kernels
-        (about 0.2 s on an H200), and cuDNN picks kernels anew for each input shape: without
-        this, on a stream's first frames. Each stream's own first step still captures its CUDA
-        graph (two eager steps and a capture, ~ms once warm)."""
+        (about 0.2 s on an H200), and each new input shape sets up its own (not measured per
+        shape here): without this, on a stream's first frames. Each stream's own first step
+        still captures its CUDA graph (two eager steps and a capture)."""
         shapes = self.config.warm_shapes or (tuple(64 if d is None else d for d in self.engine.frame_shape),)
         for shape in shapes:
-            most = min(self.config.max_batch, self.engine.slot_limit(shape) or self.config.max_batch)
-            most = most if self.config.warm_shapes else 1
-            for k in sorted({min(2 ** i, most) for i in range(most.bit_length() + 1)}):
+            for k in self._batcher.sizes(shape) if self.config.warm_shapes else [1]:
                 x = np.full((k, 1, *shape), 100.0, dtype=np.float32)
                 self.engine.step(x, self.engine.new_state(k), checked=True)
 

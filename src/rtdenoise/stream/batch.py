@@ -96,17 +96,6 @@ class Group:
         self.members[i] = seq
         seq.state, seq.group, seq.slot = view, self, i
 
-    def most(self, shape: tuple[int, ...]) -> int:
-        """Most streams of frames of ``shape`` in one group."""
-        return min(self.max_batch, self.engine.slot_limit(tuple(shape)) or self.max_batch)
-
-    def sizes(self, shape: tuple[int, ...]) -> list[int]:
-        """The capacities a group of ``shape`` grows through: 1, 2, 4, ... :meth:`most`."""
-        most, sizes = self.most(shape), [1]
-        while sizes[-1] < most:
-            sizes.append(min(most, 2 * sizes[-1]))
-        return sizes
-
     def leave(self, seq: Sequencer) -> None:
         self.members[seq.slot] = None
         seq.state = seq.group = seq.slot = None

@@ -15,7 +15,9 @@ from rtdenoise.model.checkpoint import Checkpoint
 from rtdenoise.model.config import ModelConfig
 
 BACKENDS = [pytest.param("torch", id="torch"), pytest.param("onnxruntime", id="ort")]
-ARCHS = [pytest.param("imaging-unet", id="unet"), pytest.param("imaging-fact", id="factorized")]
+LEAKY = "imaging-unet+leaky"  # the U-Net with leaky integrators of the input (config.rates)
+ARCHS = [pytest.param("imaging-unet", id="unet"), pytest.param("imaging-fact", id="factorized"),
+         pytest.param(LEAKY, id="unet-leaky")]
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,8 @@ def imaging_engine():
     def make(backend: str, arch: str = "imaging-unet", lag: int = 2):
         key = (backend, arch, lag)
         if key not in cache:
-            cfg = ModelConfig(arch=arch, depth=3, width=4, lag=lag, floor=1.0, horizon=20)
+            rates = [0.5, 0.1] if arch == LEAKY else []
+            cfg = ModelConfig(arch=arch.removesuffix("+leaky"), depth=3, width=4, lag=lag, floor=1.0, horizon=20, rates=rates)
             torch.manual_seed(0)
             net = cfg.build()
             with torch.no_grad():

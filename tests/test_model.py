@@ -258,7 +258,25 @@ def test_fine_tuning_starts_from_the_given_model_keeps_its_config_and_records_it
         train(tmp_path / "base.pt", init=tuned, config=more, progress=False, resume=True)
 
 
+def test_relative_loss_weighs_dim_and_bright_instances_alike():
+    from rtdenoise.train import lagged_loss, relative_loss
+
+    torch.manual_seed(0)
+    target = torch.zeros(2, 6, 8, 8)
+    noise = torch.randn(2, 6, 8, 8) * torch.tensor([0.1, 1.0])[:, None, None, None]  # dim, bright
+    feat = target + noise
+    halved = target + 0.5 * noise  # a quarter of each instance's noise power left
+    assert relative_loss(halved, feat, target, 0).item() == pytest.approx(0.25)
+    assert lagged_loss(halved, target, 0).item() == pytest.approx(0.25 * (noise[1] ** 2).mean().item() / 2, rel=0.05)
+    only_bright = torch.stack([feat[0], target[1]])  # the bright one denoised perfectly, the dim one not at all
+    assert relative_loss(only_bright, feat, target, 0).item() == pytest.approx(0.5)
+    lagged = torch.cat([torch.zeros(2, 2, 8, 8), halved[:, :-2]], dim=1)  # lag 2: row t is frame t - 2
+    assert relative_loss(lagged, feat, target, 2).item() == pytest.approx(0.25)
+
+
 def test_training_refuses_mismatched_settings(tmp_path):
+    with pytest.raises(ValueError, match="relative"):
+        train(tmp_path / "m.pt", config=TrainConfig(loss="relative", workers=0), progress=False)
     with pytest.raises(ValueError, match="window"):
         train(tmp_path / "m.pt", model=ModelConfig(lag=3, taps=4), config=TrainConfig(window=3, workers=0), progress=False)
     with pytest.raises(FileNotFoundError, match="cannot resume"):
@@ -270,18 +288,19 @@ def test_training_refuses_mismatched_settings(tmp_path):
 IMAGING = [pytest.param("imaging-unet", id="unet"), pytest.param("imaging-fact", id="factorized")]
 
 
-def _imaging_net(arch: str, lag: int = 2) -> CausalModel:
-    net = ModelConfig(arch=arch, depth=3, width=4, lag=lag, floor=1.0).build().eval()
+def _imaging_net(arch: str, lag: int = 2, rates=()) -> CausalModel:
+    net = ModelConfig(arch=arch, depth=3, width=4, lag=lag, floor=1.0, rates=list(rates)).build().eval()
     with torch.no_grad():
         for p in net.parameters():
             p.normal_(0, 0.1)
     return net
 
 
+@pytest.mark.parametrize("rates", [pytest.param((), id="fir"), pytest.param((0.5, 0.1), id="leaky")])
 @pytest.mark.parametrize("arch", IMAGING)
 @pytest.mark.parametrize("chunk", [1, 4, 20])
-def test_imaging_step_in_chunks_equals_one_pass_and_is_causal(arch, chunk):
-    net = _imaging_net(arch)
+def test_imaging_step_in_chunks_equals_one_pass_and_is_causal(arch, chunk, rates):
+    net = _imaging_net(arch, rates=rates)
     x = torch.randn(2, 20, 24, 36)  # a grid the U-Net takes as it is (multiples of 4)
     with torch.no_grad():
         whole = net(x)
@@ -310,6 +329,44 @@ def test_imaging_state_follows_the_frame_size(arch):
     assert ModelConfig(arch=arch, depth=4).receptive_field == 31  # 1 + 2 (1 + 2 + 4 + 8)
 
 
+def test_leaky_integrators_are_exponential_moving_averages_whatever_the_chunking():
+    from rtdenoise.model.imaging import Leaky
+
+    rates = [1.0, 0.5, 0.05]
+    layer = Leaky(rates)
+    x = torch.randn(2, 30, 1, 5, 6)
+    e0 = torch.randn(2, 1, 3, 5, 6)
+    expect, e = [], e0[:, 0].clone()
+    for t in range(30):  # the recurrence, frame by frame
+        e = e + torch.tensor(rates)[None, :, None, None] * (x[:, t] - e)
+        expect.append(e)
+    expect = torch.stack(expect, dim=1)
+    whole, last = layer(x, e0)
+    torch.testing.assert_close(whole, expect, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(whole[:, :, 0:1], x)  # rate 1 keeps the frame
+    torch.testing.assert_close(last, expect[:, -1:], atol=1e-5, rtol=1e-5)
+    first, mid = layer(x[:, :7], e0)
+    rest, _ = layer(x[:, 7:], mid)
+    torch.testing.assert_close(torch.cat([first, rest], dim=1), expect, atol=1e-5, rtol=1e-5)
+    net = _imaging_net("imaging-unet", rates=rates)
+    assert net.state_shapes(1, (16, 20))["leaky.previous"] == (1, 1, 3, 16, 20)  # one frame of state per rate
+
+
+@pytest.mark.parametrize("arch", IMAGING)
+def test_a_model_grown_leaky_integrators_denoises_as_before_until_tuned(arch):
+    from rtdenoise.model.imaging import with_leaky
+
+    net = _imaging_net(arch)
+    ck = Checkpoint("m", net.config, net.state_dict(), fs=30.0)
+    grown = with_leaky(ck, [0.5, 0.1])
+    assert grown.config.rates == [0.5, 0.1] and ck.config.rates == []
+    x = torch.randn(1, 12, 24, 36)
+    with torch.no_grad():
+        torch.testing.assert_close(grown.model()(x), net(x))
+    with pytest.raises(ValueError, match="without leaky"):
+        with_leaky(grown, [0.2])
+
+
 def test_untrained_imaging_model_is_close_to_the_identity_lag_frames_late():
     net = ModelConfig(arch="imaging-unet", depth=3, width=4, lag=1).build().eval()
     x = torch.randn(1, 6, 16, 16)
@@ -322,6 +379,9 @@ def test_untrained_imaging_model_is_close_to_the_identity_lag_frames_late():
     pytest.param(dict(arch="imaging-unet", width=0), "width", id="no-width"),
     pytest.param(dict(arch="imaging-fact", kernel_w=4), "odd", id="even-kernel"),
     pytest.param(dict(arch="imaging-unet", lag=3), "lag <= 2", id="unet-lag-out-of-view"),
+    pytest.param(dict(arch="imaging-unet", rates=[0.0]), "rates", id="leaky-rate-zero"),
+    pytest.param(dict(arch="imaging-fact", rates=[1.5]), "rates", id="leaky-rate-above-one"),
+    pytest.param(dict(arch="spectral", rates=[0.5]), "imaging", id="leaky-on-spectra"),
 ])
 def test_bad_imaging_configs_raise(kw, match):
     with pytest.raises(ValueError, match=match):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # arch -> the family's class, imported when first asked for ("module:Class"). A new kind of
 # model is one new class and one line here; the engines, the service and the wire never
@@ -27,16 +27,21 @@ def family(arch: str):
 
 
 MODALITIES = ("spectral", "imaging")
+# Imaging: per-frame rates of the leaky integrators of the input (time constants of about
+# 1.4, 3.5, 8 and 16 frames). Beside the U-Net's filters they are the long full-resolution
+# memory a Gaussian + EMA filter has: +0.44 dB at 1 photon, +0.23 at 10 in an A/B from one
+# start (benchmarks/results/imaging_leaky_ab.md).
+LEAKY_RATES = (0.5, 0.25, 0.12, 0.06)
 
 
 def default_config(modality: str = "spectral", **changes) -> "ModelConfig":
     """The model a modality trains by default, with ``changes``: the subspace model for
-    spectra; for movies a causal U-Net with a 31-frame temporal field, a 10 s per-pixel
-    baseline at 30 Hz and a variance floor of 1 photon². An ``arch`` of another modality
-    is a ValueError."""
+    spectra; for movies a causal U-Net with a 31-frame temporal field and leaky integrators
+    of the input (:data:`LEAKY_RATES`), a 10 s per-pixel baseline at 30 Hz and a variance
+    floor of 1 photon². An ``arch`` of another modality is a ValueError."""
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
-    base = dict(arch="imaging-unet", depth=4, width=8, horizon=300, floor=1.0) if modality == "imaging" else {}
+    base = dict(arch="imaging-unet", depth=4, width=8, horizon=300, floor=1.0, rates=list(LEAKY_RATES)) if modality == "imaging" else {}
     config = ModelConfig(**(base | changes))
     if config.family.modality != modality:
         raise ValueError(f"arch {config.arch!r} is a {config.family.modality} model; give --modality {config.family.modality}")
@@ -60,6 +65,7 @@ class ModelConfig:
     lag: int = 0  # frames of lookahead: the output for frame t leaves when t + lag arrives
     horizon: int = 150  # front end: frames in the running baseline (30 s at 5 Hz)
     floor: float = 25.0  # front end: variance floor in counts² (about a read noise of 5)
+    rates: list[float] = field(default_factory=list)  # imaging families: leaky integrators of the input, one per rate (per frame)
 
     def __post_init__(self):
         fam = family(self.arch)
@@ -72,6 +78,9 @@ class ModelConfig:
         if self.lag < 0:
             raise ValueError(f"lag must be >= 0, got {self.lag}")
         self.dilations = list(self.dilations)
+        self.rates = [float(r) for r in self.rates]
+        if self.rates and (fam.modality != "imaging" or not all(0.0 < r <= 1.0 for r in self.rates)):
+            raise ValueError(f"rates are for imaging families, each in (0, 1] per frame; got {self.rates} for arch {self.arch!r}")
         fam.check_config(self)
 
     @property

@@ -15,6 +15,10 @@ brightness.
 - :class:`Factorized` (``arch="imaging-fact"``): at full resolution throughout, a spatial
   k × k convolution before each causal temporal one (2-D spatial + 1-D temporal).
 
+With ``config.rates`` (the default for new models), :class:`Leaky` integrators of the input
+at full resolution join the frame as input channels: a fading memory of tens of frames at
+every pixel, for one frame of state each.
+
 Tensors are frame-major, ``(B, T, C, H, W)``: every spatial convolution is a ``Conv2d``
 over the ``B·T`` frames (a free reshape; CPU ``Conv3d`` kernels were 14× slower for the
 same work), and a temporal filter stacks its taps on the channels for one 1 × 1
@@ -92,6 +96,35 @@ class TemporalConv(StreamingLayer):
         return _movie(self.conv(_frames(taps)), x), new
 
 
+class Leaky(StreamingLayer):
+    """Leaky integrators of the input at fixed rates, one frame of state each.
+
+    ``(B, T, 1, H, W) -> (B, T, R, H, W)``: channel ``r`` is the exponential moving average
+    ``e_t = e_{t-1} + a_r (x_t - e_{t-1})`` of the input (in noise units, around the running
+    baseline), from the last state ``e`` (zero when cold). A chunk is one matrix product
+    along time, so any chunk length exports. This is the long, full-resolution memory the
+    trunk lacks (its finest temporal layer sees 3 frames): a Gaussian in space on top of
+    these is the best causal classical filter, and the network can learn it and better.
+    """
+
+    time_axis = 1
+
+    def __init__(self, rates: list[float]):
+        super().__init__(len(rates), 1)
+        self.register_buffer("rates", torch.tensor(rates, dtype=torch.float32), persistent=False)  # the config holds them
+
+    def forward(self, x: torch.Tensor, previous: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, t = x.shape[:2]
+        i = torch.arange(t, device=x.device, dtype=x.dtype)
+        age = i[:, None] - i[None, :]  # (T, T): frames from input s to output t
+        a = self.rates.to(x.dtype)[:, None, None]  # (R, 1, 1)
+        w = torch.where(age >= 0, a * (1.0 - a) ** age.clamp(min=0), torch.zeros_like(age))  # (R, T, T)
+        carry = (1.0 - a[:, :, 0]) ** (i + 1)  # (R, T): what is left of the state at each output
+        e = w @ x.reshape(b, 1, t, -1) + carry[None, :, :, None] * previous.reshape(b, -1, 1, x.shape[3] * x.shape[4])
+        e = e.reshape(b, -1, t, x.shape[3], x.shape[4]).transpose(1, 2)  # (B, T, R, H, W)
+        return e, e[:, t - 1 :]
+
+
 class _ImagingModel(CausalModel):
     """Movies ``(B, T, H, W)`` in noise units -> denoised ``(B, T, H, W)``, ``lag`` behind."""
 
@@ -100,6 +133,8 @@ class _ImagingModel(CausalModel):
 
     def __init__(self, config):
         super().__init__(config)
+        self.leaky = Leaky(config.rates) if config.rates else None
+        self.c_in = 1 + len(config.rates)  # the frame and its leaky integrals
         self._build()
         self.delay = History(1, config.lag)  # the input, lag frames late: what the noise is taken from
         self.delay.time_axis = 1
@@ -168,7 +203,11 @@ class _ImagingModel(CausalModel):
         x = xn.unsqueeze(2)  # (B, T, 1, H', W')
         new = {}
         past, new[self.delay.state_name] = self.delay(x, state[self.delay.state_name])
-        noise = self._trunk(x, state, new)
+        h = x
+        if self.leaky is not None:
+            e, new[self.leaky.state_name] = self.leaky(x, state[self.leaky.state_name])
+            h = torch.cat([x, e], dim=2)
+        noise = self._trunk(h, state, new)
         return (past[:, : x.shape[1]] - noise)[:, :, 0], new  # remove the predicted noise of frame t - lag
 
 
@@ -180,7 +219,7 @@ class Factorized(_ImagingModel):
     def _build(self) -> None:
         c, k = self.config.width, self.config.kernel_w
         dil = self.config.dilations or [1] * self.config.depth
-        self.space = nn.ModuleList(FrameConv(1 if i == 0 else c, c, k) for i in range(len(dil)))
+        self.space = nn.ModuleList(FrameConv(self.c_in if i == 0 else c, c, k) for i in range(len(dil)))
         self.time = nn.ModuleList(TemporalConv(c, self.config.kernel_t, dilation=d) for d in dil)
         self.out = FrameConv(c, 1, k)
 
@@ -219,7 +258,7 @@ class CausalUNet(_ImagingModel):
     def _build(self) -> None:
         c, k, kt = self.config.width, self.config.kernel_w, self.config.kernel_t
         d = self.config.dilations or [1] * self.config.depth
-        self.half_in = FrameConv(4, 2 * c, k)
+        self.half_in = FrameConv(4 * self.c_in, 2 * c, k)  # 2 x 2 phases of each input channel
         self.half_time = TemporalConv(2 * c, kt, dilation=d[0], scale=2, keep=c)
         self.half_mix = FrameConv(2 * c, 2 * c, k)
         self.down = FrameConv(2 * c, 4 * c, k, stride=2)
@@ -231,7 +270,7 @@ class CausalUNet(_ImagingModel):
 
     def _trunk(self, h, state, new):
         relu = torch.relu
-        a = _movie(F.pixel_unshuffle(_frames(h), 2), h)  # (B, T, 4, H/2, W/2)
+        a = _movie(F.pixel_unshuffle(_frames(h), 2), h)  # (B, T, 4·c_in, H/2, W/2)
         a = relu(self.half_in(a))
         a = relu(self._temporal(a, self.half_time, state, new))
         a = relu(self.half_mix(a))
@@ -241,3 +280,25 @@ class CausalUNet(_ImagingModel):
         q = relu(self.quarter_mix(q))
         u = relu(self.half_out(relu(self.up(q) + a)))
         return _movie(F.pixel_shuffle(_frames(self.out(u)), 2), h)  # (B, T, 1, H, W)
+
+
+def with_leaky(checkpoint, rates: list[float]):
+    """``checkpoint`` (an imaging model without leaky integrators) grown them at ``rates``,
+    their input weights zero: it denoises exactly as before, and fine-tuning learns to use
+    them (hours of training kept, rather than starting again)."""
+    import dataclasses
+
+    cfg = checkpoint.config
+    if cfg.family.modality != "imaging" or cfg.rates:
+        raise ValueError(f"{checkpoint.name!r} is not an imaging model without leaky integrators (arch {cfg.arch!r}, "
+                         f"rates {cfg.rates})")
+    grown = dataclasses.replace(cfg, rates=list(rates))
+    net = grown.build()
+    weights = dict(checkpoint.state_dict)
+    first = "half_in.conv.weight" if cfg.arch == "imaging-unet" else "space.0.conv.weight"
+    w = torch.zeros_like(net.state_dict()[first])
+    w[:, : weights[first].shape[1]] = weights[first]  # the frame's channels come first (phases 0-3 after unshuffle)
+    weights[first] = w
+    net.load_state_dict(weights)
+    return dataclasses.replace(checkpoint, config=grown, state_dict=net.state_dict(), path=None)
+

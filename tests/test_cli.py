@@ -139,7 +139,7 @@ def test_imaging_end_to_end_simulate_train_denoise_info(tmp_path, capsys):
     n_neurons = arrays["traces"].shape[0]
     assert set(np.unique(arrays["footprint_neuron"])) <= set(range(n_neurons))
     assert main(["train", str(model), "--modality", "imaging", "--steps", "4", "--batch", "2", "--window", "12",
-                 "--patch", "32", "32", "--workers", "0", "--loss", "relative"]) == 0
+                 "--patch", "32", "32", "--workers", "0"]) == 0
     assert main(["denoise", str(mov), str(out), "--model", str(model), "--quiet"]) == 0
     den = load_frames(out)
     assert den.shape == (40, 36, 44) and den.dtype == np.float32

@@ -258,25 +258,7 @@ def test_fine_tuning_starts_from_the_given_model_keeps_its_config_and_records_it
         train(tmp_path / "base.pt", init=tuned, config=more, progress=False, resume=True)
 
 
-def test_relative_loss_weighs_dim_and_bright_instances_alike():
-    from rtdenoise.train import lagged_loss, relative_loss
-
-    torch.manual_seed(0)
-    target = torch.zeros(2, 6, 8, 8)
-    noise = torch.randn(2, 6, 8, 8) * torch.tensor([0.1, 1.0])[:, None, None, None]  # dim, bright
-    feat = target + noise
-    halved = target + 0.5 * noise  # a quarter of each instance's noise power left
-    assert relative_loss(halved, feat, target, 0).item() == pytest.approx(0.25)
-    assert lagged_loss(halved, target, 0).item() == pytest.approx(0.25 * (noise[1] ** 2).mean().item() / 2, rel=0.05)
-    only_bright = torch.stack([feat[0], target[1]])  # the bright one denoised perfectly, the dim one not at all
-    assert relative_loss(only_bright, feat, target, 0).item() == pytest.approx(0.5)
-    lagged = torch.cat([torch.zeros(2, 2, 8, 8), halved[:, :-2]], dim=1)  # lag 2: row t is frame t - 2
-    assert relative_loss(lagged, feat, target, 2).item() == pytest.approx(0.25)
-
-
 def test_training_refuses_mismatched_settings(tmp_path):
-    with pytest.raises(ValueError, match="relative"):
-        train(tmp_path / "m.pt", config=TrainConfig(loss="relative", workers=0), progress=False)
     with pytest.raises(ValueError, match="window"):
         train(tmp_path / "m.pt", model=ModelConfig(lag=3, taps=4), config=TrainConfig(window=3, workers=0), progress=False)
     with pytest.raises(FileNotFoundError, match="cannot resume"):

@@ -86,9 +86,6 @@ def _add_train(sub) -> None:
                         "trained on (the detector model), so calibrating to your rig does not forget it (default 0.25)")
     p.add_argument("--name", help="model name stored in the checkpoint (default: file stem)")
     p.add_argument("--resume", action="store_true", help="continue from OUT and OUT.state")
-    p.add_argument("--loss", choices=["mse", "relative"], default="mse",
-                   help="imaging: 'relative' weighs each training movie by its own noise power, so dim movies count as "
-                        "much as bright ones (default mse, in the network's noise units)")
     p.add_argument("--self-supervised", default=None, metavar="MOVIE",
                    help="imaging: fine-tune --init on your own noisy movie (T, H, W), causal blind-spot training, "
                         "no clean data needed (default budget 5 min)")
@@ -121,7 +118,7 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(
         steps=args.steps, minutes=args.minutes, batch=args.batch, window=args.window,
         lr=args.lr if args.lr is not None else d.lr / 4 if init else d.lr,
-        workers=args.workers, seed=args.seed, patch=tuple(args.patch), threads=args.threads, loss=args.loss,
+        workers=args.workers, seed=args.seed, patch=tuple(args.patch), threads=args.threads,
     )
     if args.modality == "imaging":
         if args.dark or args.light:

@@ -46,7 +46,6 @@ class TrainConfig:
     seed: int = 0
     workers: int = 1  # processes making instances beside the training loop (0: inline)
     threads: int | None = None  # torch intra-op threads; None = the cores the workers leave
-    loss: str = "mse"  # "mse" in the network's units; "relative" (movies): each instance's MSE over its noise power
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -72,17 +71,6 @@ def lagged_loss(out: torch.Tensor, tn: torch.Tensor, lag: int) -> torch.Tensor:
     if lag == 0:
         return F.mse_loss(out, tn)
     return F.mse_loss(out[:, lag:], tn[:, :-lag])
-
-
-def relative_loss(out: torch.Tensor, feat: torch.Tensor, tn: torch.Tensor, lag: int) -> torch.Tensor:
-    """Each instance's MSE over its identity MSE (its noise power), averaged: dim and bright
-    instances weigh alike, as in a dB score. With the plain MSE a movie at 1 photon per pixel
-    weighs ~10× less than one at 15 (its noise, in the network's units, is that much smaller)."""
-    dims = tuple(range(1, out.dim()))
-    t = tn[:, : tn.shape[1] - lag]
-    mse = ((out[:, lag:] - t) ** 2).mean(dim=dims)
-    noise = ((feat[:, : t.shape[1], : t.shape[2]] - t) ** 2).mean(dim=dims).clamp(min=1e-6)
-    return (mse / noise).mean()
 
 
 def identity_loss(feat: torch.Tensor, tn: torch.Tensor, lag: int) -> torch.Tensor:
@@ -152,8 +140,6 @@ def train(
     images = model_cfg.family.modality == "imaging"
     cfg = dataclasses.replace(config or TrainConfig())
     cfg.window = cfg.window or (32 if images else 256)
-    if cfg.loss not in ("mse", "relative") or (cfg.loss == "relative" and not images):
-        raise ValueError(f"loss must be 'mse', or 'relative' for imaging models; got {cfg.loss!r} for a {model_cfg.family.modality} model")
     if images:
         from rtdenoise.synth.dataset import ImagingDataset
         from rtdenoise.synth.imaging import ImagingConfig
@@ -273,8 +259,7 @@ def train(
             horizon = total if not deadline else step0 + _eta_steps(step - step0, t0, deadline, total - step0)
             g["lr"] = lr_at(step, horizon, cfg)
         x, t = next(batch_iter)
-        out_ = ddp(x)
-        loss = relative_loss(out_, x, t, model_cfg.lag) if cfg.loss == "relative" else lagged_loss(out_, t, model_cfg.lag)
+        loss = lagged_loss(ddp(x), t, model_cfg.lag)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)

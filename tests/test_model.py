@@ -323,15 +323,20 @@ def test_leaky_integrators_are_exponential_moving_averages_whatever_the_chunking
         e = e + torch.tensor(rates)[None, :, None, None] * (x[:, t] - e)
         expect.append(e)
     expect = torch.stack(expect, dim=1)
-    whole, last = layer(x, e0)
-    torch.testing.assert_close(whole, expect, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(whole[:, :, 0:1], x)  # rate 1 keeps the frame
+    whole, last = layer(x, e0)  # the input, then its integrals
+    torch.testing.assert_close(whole[:, :, :1], x)
+    torch.testing.assert_close(whole[:, :, 1:], expect, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(whole[:, :, 1:2], x)  # rate 1 keeps the frame
     torch.testing.assert_close(last, expect[:, -1:], atol=1e-5, rtol=1e-5)
     first, mid = layer(x[:, :7], e0)
     rest, _ = layer(x[:, 7:], mid)
-    torch.testing.assert_close(torch.cat([first, rest], dim=1), expect, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat([first, rest], dim=1)[:, :, 1:], expect, atol=1e-5, rtol=1e-5)
+    phases = Leaky(rates, 4, scale=2)  # per pixel: on 4 channels, rate-major (channel c of rate r at 4r + c)
+    y = torch.randn(2, 5, 4, 3, 3)
+    out, _ = phases(y, torch.zeros(2, 1, 12, 3, 3))
+    torch.testing.assert_close(out[:, :, 4 + 4 * 2 : 4 + 4 * 3], Leaky([rates[2]], 4)(y, torch.zeros(2, 1, 4, 3, 3))[0][:, :, 4:])
     net = _imaging_net("imaging-unet", rates=rates)
-    assert net.state_shapes(1, (16, 20))["leaky.previous"] == (1, 1, 3, 16, 20)  # one frame of state per rate
+    assert net.state_shapes(1, (16, 20))["leaky.previous"] == (1, 1, 12, 8, 10)  # one frame per rate, on the ½ grid
 
 
 @pytest.mark.parametrize("arch", IMAGING)

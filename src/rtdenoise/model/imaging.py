@@ -16,8 +16,8 @@ brightness.
   k × k convolution before each causal temporal one (2-D spatial + 1-D temporal).
 
 With ``config.rates`` (the default for new models), :class:`Leaky` integrators of the input
-at full resolution join the frame as input channels: a fading memory of tens of frames at
-every pixel, for one frame of state each.
+join the frame as input channels: a fading memory of tens of frames at every pixel, for one
+frame of state each.
 
 Tensors are frame-major, ``(B, T, C, H, W)``: every spatial convolution is a ``Conv2d``
 over the ``B·T`` frames (a free reshape; CPU ``Conv3d`` kernels were 14× slower for the
@@ -99,30 +99,35 @@ class TemporalConv(StreamingLayer):
 class Leaky(StreamingLayer):
     """Leaky integrators of the input at fixed rates, one frame of state each.
 
-    ``(B, T, 1, H, W) -> (B, T, R, H, W)``: channel ``r`` is the exponential moving average
-    ``e_t = e_{t-1} + a_r (x_t - e_{t-1})`` of the input (in noise units, around the running
-    baseline), from the last state ``e`` (zero when cold). A chunk is one matrix product
-    along time, so any chunk length exports. This is the long, full-resolution memory the
+    ``(B, T, C, H, W) -> (B, T, C + R·C, H, W)``: the input, then for each rate ``a_r`` the
+    exponential moving average ``e_t = e_{t-1} + a_r (x_t - e_{t-1})`` of its ``C`` channels
+    (in noise units, around the running baseline), from the last state ``e`` (zero when
+    cold). A chunk is one matrix product along time with frames kept first (no large
+    transpose), so any chunk length exports. This is the long, fine-grained memory the
     trunk lacks (its finest temporal layer sees 3 frames): a Gaussian in space on top of
     these is the best causal classical filter, and the network can learn it and better.
+    Per pixel, so it may run on the 2 × 2 phases of a frame (the U-Net's ½ grid) as well
+    as on the frame: the same numbers.
     """
 
     time_axis = 1
 
-    def __init__(self, rates: list[float]):
-        super().__init__(len(rates), 1)
+    def __init__(self, rates: list[float], channels: int = 1, *, scale: int = 1):
+        super().__init__(len(rates) * channels, 1, scale=scale)
         self.register_buffer("rates", torch.tensor(rates, dtype=torch.float32), persistent=False)  # the config holds them
 
     def forward(self, x: torch.Tensor, previous: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, t = x.shape[:2]
         i = torch.arange(t, device=x.device, dtype=x.dtype)
         age = i[:, None] - i[None, :]  # (T, T): frames from input s to output t
-        a = self.rates.to(x.dtype)[:, None, None]  # (R, 1, 1)
-        w = torch.where(age >= 0, a * (1.0 - a) ** age.clamp(min=0), torch.zeros_like(age))  # (R, T, T)
-        carry = (1.0 - a[:, :, 0]) ** (i + 1)  # (R, T): what is left of the state at each output
-        e = w @ x.reshape(b, 1, t, -1) + carry[None, :, :, None] * previous.reshape(b, -1, 1, x.shape[3] * x.shape[4])
-        e = e.reshape(b, -1, t, x.shape[3], x.shape[4]).transpose(1, 2)  # (B, T, R, H, W)
-        return e, e[:, t - 1 :]
+        a = self.rates.to(x.dtype)[None, :, None]  # (1, R, 1)
+        w = torch.where(age[:, None, :] >= 0, a * (1.0 - a) ** age[:, None, :].clamp(min=0), torch.zeros_like(a))  # (T, R, T)
+        carry = (1.0 - a) ** (i[:, None, None] + 1)  # (T, R, 1): what is left of the state at each output
+        flat = x.reshape(b, t, -1)  # (B, T, C·H·W)
+        e = w.reshape(-1, t) @ flat  # (B, T·R, C·H·W)
+        e = e.reshape(b, t, -1, flat.shape[2]) + carry[None] * previous.reshape(b, 1, -1, flat.shape[2])  # (B, T, R, C·H·W)
+        e = e.reshape(b, t, -1, x.shape[3], x.shape[4])  # (B, T, R·C, H, W): rate-major, as with_leaky lays the weights
+        return torch.cat([x, e], dim=2), e[:, t - 1 :]
 
 
 class _ImagingModel(CausalModel):
@@ -133,7 +138,6 @@ class _ImagingModel(CausalModel):
 
     def __init__(self, config):
         super().__init__(config)
-        self.leaky = Leaky(config.rates) if config.rates else None
         self.c_in = 1 + len(config.rates)  # the frame and its leaky integrals
         self._build()
         self.delay = History(1, config.lag)  # the input, lag frames late: what the noise is taken from
@@ -154,6 +158,10 @@ class _ImagingModel(CausalModel):
     def _temporal(self, x: torch.Tensor, layer: TemporalConv, state: State, new: State) -> torch.Tensor:
         y, new[layer.state_name] = layer(x, state[layer.state_name])
         return y
+
+    def _leaky(self, x: torch.Tensor, state: State, new: State) -> torch.Tensor:
+        """``x`` with its leaky integrals appended on the channels (``x`` alone without rates)."""
+        return self._temporal(x, self.leaky, state, new) if self.config.rates else x
 
     # -- the family --------------------------------------------------------------------
     @classmethod
@@ -203,11 +211,7 @@ class _ImagingModel(CausalModel):
         x = xn.unsqueeze(2)  # (B, T, 1, H', W')
         new = {}
         past, new[self.delay.state_name] = self.delay(x, state[self.delay.state_name])
-        h = x
-        if self.leaky is not None:
-            e, new[self.leaky.state_name] = self.leaky(x, state[self.leaky.state_name])
-            h = torch.cat([x, e], dim=2)
-        noise = self._trunk(h, state, new)
+        noise = self._trunk(x, state, new)
         return (past[:, : x.shape[1]] - noise)[:, :, 0], new  # remove the predicted noise of frame t - lag
 
 
@@ -222,8 +226,11 @@ class Factorized(_ImagingModel):
         self.space = nn.ModuleList(FrameConv(self.c_in if i == 0 else c, c, k) for i in range(len(dil)))
         self.time = nn.ModuleList(TemporalConv(c, self.config.kernel_t, dilation=d) for d in dil)
         self.out = FrameConv(c, 1, k)
+        if self.config.rates:
+            self.leaky = Leaky(self.config.rates)
 
     def _trunk(self, h, state, new):
+        h = self._leaky(h, state, new)
         for space, time in zip(self.space, self.time):
             h = torch.relu(self._temporal(torch.relu(space(h)), time, state, new))
         return self.out(h)
@@ -267,10 +274,13 @@ class CausalUNet(_ImagingModel):
         self.up = FrameConv(4 * c, 2 * c, up=True)
         self.half_out = FrameConv(2 * c, 2 * c, k)
         self.out = FrameConv(2 * c, 4, k)  # the noise of the four 2 x 2 phases
+        if self.config.rates:  # on the 2 x 2 phases: the same integrals, a quarter of the pixels per channel
+            self.leaky = Leaky(self.config.rates, 4, scale=2)
 
     def _trunk(self, h, state, new):
         relu = torch.relu
-        a = _movie(F.pixel_unshuffle(_frames(h), 2), h)  # (B, T, 4·c_in, H/2, W/2)
+        a = _movie(F.pixel_unshuffle(_frames(h), 2), h)  # (B, T, 4, H/2, W/2)
+        a = self._leaky(a, state, new)  # (B, T, 4·c_in, H/2, W/2): phase p of channel c at 4c + p, as unshuffled
         a = relu(self.half_in(a))
         a = relu(self._temporal(a, self.half_time, state, new))
         a = relu(self.half_mix(a))

@@ -21,6 +21,9 @@ truth: an optimistic yardstick) and each model are scored:
   the transients found in 16 region traces (8 × 8 px) at each raw trace's own threshold;
 - DeepCAD-RT, when ``bench_deepcad.py`` has denoised these same movies (its cache, ``--deepcad``).
 
+``--unshrunk`` runs the models without the front end's shrinking of a cold baseline
+(``frontend.shrink_baseline``): the A/B of it.
+
 Writes ``benchmarks/results/<name>.{json,md,png}`` (default name ``imaging_quality``).
 """
 
@@ -130,6 +133,16 @@ def deepcad_result(cache: Path, level: str, photons: float, frames: int, seed: i
     return name, np.load(npz)["denoised"]
 
 
+def run_model(eng, movie: np.ndarray, *, shrink: bool = True) -> np.ndarray:
+    """``eng.run(movie)``, or with the front end's cold-baseline shrinking off (``--unshrunk``, the A/B)."""
+    if shrink:
+        return eng.run(movie)
+    st = eng.new_state(1, movie.shape[1:])
+    st.frontend.shrink = False
+    out = [eng.step(movie[i : i + 50], st) for i in range(0, len(movie), 50)] + [eng.flush(st)]
+    return np.concatenate(out)[eng.lag :]
+
+
 def main(argv=None) -> int:
     from rtdenoise import baselines
     from rtdenoise.backends import load_engine
@@ -140,6 +153,8 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=600)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--name", default="imaging_quality", help="results file stem")
+    ap.add_argument("--unshrunk", action="store_true",
+                    help="models without the front end's shrinking of a cold baseline (the A/B of frontend.shrink_baseline)")
     ap.add_argument("--deepcad", type=Path, default=Path.home() / ".cache" / "rtdenoise-bench" / "deepcad",
                     help="bench_deepcad.py's cache: DeepCAD-RT's outputs for these movies are scored too when there")
     args = ap.parse_args(argv)
@@ -161,7 +176,7 @@ def main(argv=None) -> int:
             rows[name] = score(b["estimate"], ref, mov) | {"param": b["param"]}
         shown[level] = {"noisy": mov["noisy"], "ref": ref, "foot": mov["footprints"], "fs": float(mov["fs"])}
         for name, eng in engines.items():
-            out = eng.run(mov["noisy"])
+            out = run_model(eng, mov["noisy"], shrink=not args.unshrunk)
             rows[name] = score(out, ref, mov)
             shown[level][name] = out
         dc = deepcad_result(args.deepcad, level, photons, args.frames, args.seed + i)
@@ -175,14 +190,15 @@ def main(argv=None) -> int:
     fs = float(pure["fs"])
     res["pure_noise"] = {"raw": invented(pure["noisy"], pure["noisy"]) | {"transients": invented_transients(pure["noisy"], pure["noisy"], fs)}}
     for name, eng in engines.items():
-        out = eng.run(pure["noisy"])
+        out = run_model(eng, pure["noisy"], shrink=not args.unshrunk)
         res["pure_noise"][name] = invented(out, pure["noisy"]) | {"transients": invented_transients(out, pure["noisy"], fs)}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(res, indent=2, default=str))
     md = [f"# Imaging quality on held-out synthetic movies ({args.name})", "",
           f"Machine: {res['machine']}. Date: {res['date']}. Command: `{res['command']}`", "",
           "128 × 128 px, 30 Hz, PMT noise, indicator decay 2.5 s (outside the training draws). "
-          "Baseline parameters picked against the ground truth.", ""]
+          "Baseline parameters picked against the ground truth."
+          + (" **Models without the front end's shrinking of a cold baseline** (`--unshrunk`)." if args.unshrunk else ""), ""]
     for k, m in res["models"].items():
         md.append(f"- `{k}`: {m['arch']}, lag {m['lag']}, {m['steps']} steps in {m['minutes']} min of CPU training")
     md.append("")

@@ -373,3 +373,57 @@ def test_untrained_imaging_model_is_close_to_the_identity_lag_frames_late():
 def test_bad_imaging_configs_raise(kw, match):
     with pytest.raises(ValueError, match=match):
         ModelConfig(**kw)
+
+
+def _cold_means(n: int, seed: int = 0):
+    """A scene's per-pixel baseline (dim field, bright 6 px squares) and the mean of ``n`` Poisson frames of it."""
+    truth = np.full((64, 64), 5.0)
+    for y in range(4, 64, 16):
+        for x in range(4, 64, 16):
+            truth[y : y + 6, x : x + 6] = 60.0
+    b = np.random.default_rng(seed).poisson(truth, (n, 64, 64)).mean(axis=0)[None, None]
+    return truth, b, np.sqrt(b + 1.0)
+
+
+@pytest.mark.parametrize("n", [1, 4, 30])
+def test_an_image_baseline_of_few_frames_sheds_noise_and_keeps_structure(n):
+    """The output's baseline while the running mean is cold: closer to the truth than the
+    mean itself, over the frame and on the sharp bright squares."""
+    from rtdenoise.model.frontend import shrink_baseline
+
+    truth, b, s = _cold_means(n)
+    shrunk = b - shrink_baseline(b, s, np.array([[n]]), 300)
+    err, err_shrunk = (b - truth) ** 2, (shrunk - truth) ** 2
+    assert err_shrunk.mean() < 0.9 * err.mean()
+    bright = truth > 30
+    assert err_shrunk[..., bright].mean() < 1.02 * err[..., bright].mean()
+
+
+def test_baseline_shrinking_fades_out_once_settled_and_skips_frames_before_the_start():
+    from rtdenoise.model.frontend import shrink_baseline
+
+    _, b, s = _cold_means(4)
+    h = 50
+    counts = np.array([[0, 1, h, 3 * h // 2, 2 * h, 5 * h]])
+    b5, s5 = np.repeat(b, 6, axis=1), np.repeat(s, 6, axis=1)
+    size = np.abs(shrink_baseline(b5, s5, counts, h)).mean(axis=(2, 3))[0]
+    assert size[0] == 0 and size[4] == 0 and size[5] == 0
+    assert size[1] > size[2] > size[3] > 0  # less noise in the mean, then the fade
+
+
+def test_baseline_shrinking_is_the_same_in_numpy_and_torch():
+    """The host front end and the CUDA one (TorchFrontEnd) share it; blur3 is scipy's
+    [1, 2, 1]/4 filter with edges repeated."""
+    from scipy.ndimage import correlate1d
+
+    from rtdenoise.model.frontend import blur3, shrink_baseline
+
+    _, b, s = _cold_means(3)
+    k = np.array([0.25, 0.5, 0.25])
+    np.testing.assert_allclose(blur3(b), correlate1d(correlate1d(b, k, axis=-1, mode="nearest"), k, axis=-2, mode="nearest"),
+                               rtol=1e-12)
+    counts = np.array([[3]])
+    a = shrink_baseline(b, s, counts, 40)
+    t = shrink_baseline(torch.from_numpy(b), torch.from_numpy(s), torch.from_numpy(counts), 40)
+    assert t.dtype == torch.float64 and a.dtype == np.float64
+    np.testing.assert_allclose(t.numpy(), a, rtol=1e-6, atol=1e-9)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from rtdenoise.backends.base import Engine
 from rtdenoise.model.checkpoint import Checkpoint
-from rtdenoise.model.frontend import slot_view
+from rtdenoise.model.frontend import shrink_baseline, slot_view
 
 REPLAY_MAX = 8  # chunks up to this many frames replay the one-frame CUDA graph; longer ones run eagerly
 
@@ -86,8 +86,8 @@ class TorchEngine(Engine):
             return self._advance_on_device(xt, fe, state.net).cpu().numpy()
 
     def _advance_on_device(self, x: torch.Tensor, fe: "TorchFrontEnd", net_state) -> torch.Tensor:
-        feat, out_b, out_s = fe.normalize(x)
-        return fe.to_counts(self._step_into(feat, net_state), out_b, out_s)
+        feat, out_b, out_s, out_count = fe.normalize(x)
+        return fe.to_counts(self._step_into(feat, net_state), out_b, out_s, out_count)
 
     @torch.inference_mode()
     def _net_step(self, feat: np.ndarray, net_state: dict[str, torch.Tensor]) -> np.ndarray:
@@ -182,7 +182,7 @@ class TorchFrontEnd:
     def __init__(self, fe, device: torch.device):
         if fe.rank:
             raise ValueError("a subspace front end runs on the host")
-        self.frame_shape, self.batch, self.lag = fe.frame_shape, fe.batch, fe.lag
+        self.frame_shape, self.batch, self.lag, self.shrink = fe.frame_shape, fe.batch, fe.lag, fe.shrink
         self.horizon, self.floor = float(fe.horizon), fe.floor
         # F.pad's order: the last dimension first, (before, after) each
         self.pad = None if fe.pad is None else [p for dim in reversed(fe.pad[2:]) for p in dim]
@@ -218,18 +218,21 @@ class TorchFrontEnd:
         feat = ((x - b) / s).to(torch.float32)
         if self.pad:
             feat = F.pad(feat, self.pad, mode="replicate")
+        out_count = (self.count - n)[:, None] + torch.arange(1 - self.lag, n + 1 - self.lag, device=x.device)
         if not self.lag:
-            return feat, b, s
+            return feat, b, s, out_count
         fb = torch.cat([self.hist_b, b], dim=1)
         fs = torch.cat([self.hist_s, s], dim=1)
         self.hist_b.copy_(fb[:, n:])
         self.hist_s.copy_(fs[:, n:])
-        return feat, fb[:, :n], fs[:, :n]
+        return feat, fb[:, :n], fs[:, :n], out_count
 
-    def to_counts(self, out: torch.Tensor, out_b: torch.Tensor, out_s: torch.Tensor) -> torch.Tensor:
+    def to_counts(self, out: torch.Tensor, out_b: torch.Tensor, out_s: torch.Tensor, out_count: torch.Tensor) -> torch.Tensor:
         if self.pad:
             h, w = self.frame_shape
             out = out[..., :h, :w]
+        if self.shrink:  # always: a CUDA graph cannot skip it once settled, where it subtracts exactly 0
+            out_b = out_b - shrink_baseline(out_b, out_s, out_count, int(self.horizon))
         return (out_b + out_s * out).to(torch.float32)
 
 

@@ -9,6 +9,13 @@
    The running mean is cumulative for the first ``horizon`` frames, then an exponential
    moving average with that time constant.
 
+   Images only: the network returns ``(x − b)/s`` denoised, and cannot see ``b``'s own noise
+   (shifting every frame of a pixel shifts ``b`` alike and leaves ``xn`` unchanged), so the
+   output's baseline is ``b`` with its pixel-scale detail shrunk toward a 3 × 3 blur by
+   the share that is noise (:func:`shrink_baseline`): the noise of a mean of few frames,
+   the largest error of a cold start at low light. The shrinking fades out over the second
+   ``horizon`` frames, when it no longer helps, and costs nothing after that.
+
 2. **Spectral subspace** (``rank > 0``). Photometry spectra are nearly low-rank across
    wavelengths. The front end keeps a running second-moment matrix ``C`` of ``xn``
    (same cumulative-then-EMA schedule over ``cov_horizon`` frames) and tracks its top-``rank``
@@ -48,10 +55,12 @@ class Normalized:
     baseline: np.ndarray  # (B, n, W) running baseline b of each frame
     scale: np.ndarray  # (B, n, W) noise scale s of each frame
     basis: np.ndarray | None  # (B, n, W, r) the tracked subspace U at each frame (None without one)
+    count: np.ndarray | None = None  # (B, n) frames the running baseline of each frame had seen
     # The same statistics for the frames the outputs belong to (lag frames earlier).
     out_baseline: np.ndarray | None = None
     out_scale: np.ndarray | None = None
     out_basis: np.ndarray | None = None
+    out_count: np.ndarray | None = None  # ≤ 0 for outputs of frames before the start
 
 
 def slot_view(fe, index: int):
@@ -66,6 +75,56 @@ def slot_view(fe, index: int):
             setattr(view, name, value[index : index + 1])
     view.batch = 1
     return view
+
+
+FINE_NOISE = 0.640625  # the share of white noise's power in x − blur3(x): 1 − 2·(1/4) + (3/8)²
+
+
+def blur3(x):
+    """``x`` (numpy or torch, ``(..., H, W)``) blurred by [1, 2, 1]/4 along each of its last
+    two axes, edge values repeated (a Gaussian of σ ≈ 0.7 px); a new array."""
+    for ax in (-2, -1):
+        lo, hi = [slice(None)] * x.ndim, [slice(None)] * x.ndim
+        lo[ax], hi[ax] = slice(None, -1), slice(1, None)
+        y = 0.5 * x
+        y[tuple(hi)] += 0.25 * x[tuple(lo)]
+        y[tuple(lo)] += 0.25 * x[tuple(hi)]
+        lo[ax], hi[ax] = 0, -1
+        y[tuple(lo)] += 0.25 * x[tuple(lo)]
+        y[tuple(hi)] += 0.25 * x[tuple(hi)]
+        x = y
+    return x
+
+
+def shrink_baseline(b, s, count, horizon: int):
+    """What to subtract from the running baselines ``b`` (B, n, H, W) of image frames whose
+    means had seen ``count`` (B, n) frames: their noise, as far as a local Wiener rule finds it.
+
+    ``b``'s detail ``d = b − blur3(b)`` holds the noise of the mean (variance ``s² f`` per
+    pixel, ``f`` = 1/count while the mean is cumulative, then the EMA's share, so
+    ``FINE_NOISE·s²f`` in ``d``) and the pixel-scale structure of the scene. Where the local
+    power ``P`` of ``d`` (5 × 5) is mostly that noise, ``d`` goes: the correction is
+    ``min(1, FINE_NOISE·s²f/P)·d``, times a weight that is 1 for the first ``horizon`` frames
+    and falls to 0 over the next ``horizon`` (then the mean has settled and shrinking it
+    gains nothing). Frames before the start (count ≤ 0) are left alone.
+
+    numpy or torch alike; computed in float32 (it only corrects ``b``), returned as ``b``'s dtype.
+    """
+    h = float(horizon)
+    j = count.astype(np.float64) if isinstance(count, np.ndarray) else count.double()
+    a = 1.0 / h
+    r = (1.0 - a) ** (2.0 * (j - h).clip(min=0.0))  # what is left of the cumulative mean's variance
+    f = r / j.clip(min=1.0, max=h) + (1.0 - r) * a / (2.0 - a)
+    weight = (2.0 - j / h).clip(min=0.0, max=1.0) * (j >= 1)
+    if isinstance(b, np.ndarray):
+        f32 = lambda v: v.astype(np.float32)  # noqa: E731
+    else:
+        f32 = lambda v: v.float()  # noqa: E731
+    bb, v = f32(b), f32(s * s * (FINE_NOISE * f)[..., None, None])
+    d = bb - blur3(bb)
+    p = blur3(blur3(d * d)).clip(min=1e-12)
+    out = (v / p).clip(max=1.0) * d * f32(weight)[..., None, None]
+    return out.astype(b.dtype) if isinstance(b, np.ndarray) else out.to(b.dtype)
 
 
 def _initial_basis(n_bins: int, rank: int) -> np.ndarray:
@@ -126,6 +185,7 @@ class FrontEnd:
         self.frame_shape = frame
         self.n_bins, self.horizon, self.floor = frame[-1], horizon, float(floor)
         self.rank, self.cov_horizon, self.lag, self.batch = rank, cov_horizon, lag, batch
+        self.shrink = len(frame) == 2  # images: the output's baseline is shrunk while cold (module doc)
         # What the network takes and gives per frame, after (batch, frames).
         grid = tuple(-(-d // pad_to) * pad_to for d in frame)
         self.pad = [(0, 0), (0, 0)] + [(0, g - d) for g, d in zip(grid, frame)] if grid != frame else None
@@ -183,11 +243,12 @@ class FrontEnd:
             b[:, i] = self.mean
         s = np.sqrt(np.maximum(b, 0.0) + self.floor)
         xn = (x - b) / s
+        count = (self.count - n)[:, None] + np.arange(1, n + 1)
         if not self.rank:
             feat = xn.astype(np.float32)
             if self.pad:
                 feat = np.pad(feat, self.pad, mode="edge")
-            return self._delayed(Normalized(feat, b, s, None))
+            return self._delayed(Normalized(feat, b, s, None, count))
         r, w = self.rank, self.n_bins
         xn32 = xn.astype(np.float32)
         z = np.empty((bsz, n, r), dtype=np.float32)
@@ -206,10 +267,11 @@ class FrontEnd:
             u_all[:, i] = self.basis
             z[:, i] = (v[:, None, :] @ self.basis)[:, 0]
         feat = np.concatenate([z, np.log(lam + 1e-3)], axis=2)
-        return self._delayed(Normalized(feat.astype(np.float32), b, s, u_all))
+        return self._delayed(Normalized(feat.astype(np.float32), b, s, u_all, count))
 
     def _delayed(self, norm: Normalized) -> Normalized:
         """Fill in the statistics of the frames ``lag`` earlier, advancing the lag history."""
+        norm.out_count = norm.count - self.lag
         if not self.lag:
             norm.out_baseline, norm.out_scale, norm.out_basis = norm.baseline, norm.scale, norm.basis
             return norm
@@ -240,4 +302,7 @@ class FrontEnd:
         if self.pad:
             h, w = self.frame_shape
             yn = yn[..., :h, :w]
-        return norm.out_baseline + norm.out_scale * yn
+        b = norm.out_baseline
+        if self.shrink and (norm.out_count < 2 * self.horizon).any():  # nothing to shrink once settled
+            b = b - shrink_baseline(b, norm.out_scale, norm.out_count, self.horizon)
+        return b + norm.out_scale * yn

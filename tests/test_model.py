@@ -369,6 +369,8 @@ def test_untrained_imaging_model_is_close_to_the_identity_lag_frames_late():
     pytest.param(dict(arch="imaging-unet", rates=[0.0]), "rates", id="leaky-rate-zero"),
     pytest.param(dict(arch="imaging-fact", rates=[1.5]), "rates", id="leaky-rate-above-one"),
     pytest.param(dict(arch="spectral", rates=[0.5]), "imaging", id="leaky-on-spectra"),
+    pytest.param(dict(arch="imaging-unet", gain=0.0), "gain", id="gain-zero"),
+    pytest.param(dict(arch="imaging-unet", offset=float("nan")), "offset", id="offset-nan"),
 ])
 def test_bad_imaging_configs_raise(kw, match):
     with pytest.raises(ValueError, match=match):

@@ -88,7 +88,11 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT and OUT.state")
     p.add_argument("--self-supervised", default=None, metavar="MOVIE",
                    help="imaging: fine-tune --init on your own noisy movie (T, H, W), causal blind-spot training, "
-                        "no clean data needed (default budget 5 min)")
+                        "no clean data needed: the model is set to the movie's counts per photon and dark level (its "
+                        "photon transfer), then --minutes of causal blind-spot training (default 0: measured, they helped a "
+                        "weakly trained model and cost the shipped ones 0.7-2.6 dB, benchmarks/results/selfsup.md)")
+    p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                   help="with --self-supervised: keep the model's gain and offset (counts already in photons)")
     p.add_argument("--init", default=None, metavar="MODEL",
                    help="start from this model (a .pt or shipped name) and fine-tune it: with --dark/--light, calibrate it "
                         "to your rig's recorded noise in minutes (its config is kept); with --self-supervised, the imaging "
@@ -165,12 +169,13 @@ def _finetune(args) -> int:
     from rtdenoise.model.checkpoint import DEFAULT_MODELS
     from rtdenoise.selfsup import SelfSupConfig, finetune
 
-    cfg = SelfSupConfig(minutes=args.minutes or 5.0, batch=args.batch, window=args.window or 32, patch=tuple(args.patch),
-                        seed=args.seed, threads=args.threads)
+    cfg = SelfSupConfig(minutes=args.minutes or 0.0, batch=args.batch, window=args.window or 32, patch=tuple(args.patch),
+                        seed=args.seed, threads=args.threads, calibrate=args.calibrate)
     ck = finetune(args.out, args.self_supervised, model=args.init or DEFAULT_MODELS["imaging"], config=cfg, command="rtdenoise " + " ".join(sys.argv[1:]))
     s = ck.provenance["self_supervised"]
     print(f"wrote {args.out}: {s['steps']} steps on {args.self_supervised}, blind-spot val loss {s['val_loss']:.4f} "
-          f"(before {s['val_loss_before']:.4f}), {s['wall_time_s'] / 60:.1f} min")
+          f"(before {s['val_loss_before']:.4f}), {s['wall_time_s'] / 60:.1f} min; "
+          f"{s['gain']:.3g} counts per photon, dark level {s['offset']:.4g}")
     return 0
 
 

@@ -9,6 +9,24 @@ noise; the loss is the network's output at those pixels against their true noisy
 independent of the current frame's, so using them is exactly what a causal denoiser may
 do, and no future frame is needed (``lag`` frames of lookahead for a lookahead model).
 
+Before any step the model is set to the movie's units (``calibrate``): a camera or a
+digitizer writes counts that are not photons, and a network trained on photons then
+misjudges the noise (twice too large a noise for 4 counts per photon), which the blind-spot
+loss cannot correct, since it never shows the network its own pixel. The movie's photon
+transfer (:func:`photon_transfer`: each pixel's temporal variance against its mean) gives
+the counts per photon and the dark level, stored in the model's config (``gain``,
+``offset``) for its front end; the blind-spot validation loss before any step is that of
+the calibrated model.
+
+The blind-spot steps run for ``minutes`` (default 0: calibration alone). Measured
+(``benchmarks/results/selfsup*.md``): they helped a weakly trained model (+0.95 dB in 5
+minutes) and cost the shipped ``imaging-lag0`` 0.7 and 2.6 dB after its calibration, while
+their blind-spot validation loss fell. A pixel replaced by a neighbour looks, to the network,
+like a pixel without its own noise, so the steps teach it to trust the current pixel more,
+and at inference that pixel's noise comes through; the shipped model trusted it as its
+supervised training set. A loss that bounds this (Noise2Same's invariance term) is the next
+step; a Monte-Carlo SURE loss, tried, diverged (its divergence term was gamed).
+
 The movie is read block by block (:mod:`rtdenoise.blocks`); the last ``holdout`` of its
 frames are kept out of training and give the validation loss.
 """
@@ -20,6 +38,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,13 +46,14 @@ import numpy as np
 import torch
 
 from rtdenoise.model.checkpoint import Checkpoint, load
+from rtdenoise.model.config import ModelConfig
 
 
 @dataclass
 class SelfSupConfig:
     """How to fine-tune; stored in the checkpoint's provenance."""
 
-    minutes: float = 5.0  # wall-clock budget
+    minutes: float = 0.0  # wall-clock budget of blind-spot steps after the calibration (see the CLI help: they can cost quality)
     steps: int = 100_000  # optimizer steps at most
     batch: int = 8  # windows per step
     window: int = 32  # frames per window (the front end warms up over its first frames)
@@ -44,6 +64,7 @@ class SelfSupConfig:
     val_every: int = 50
     seed: int = 0
     threads: int | None = None  # torch threads (None: all cores)
+    calibrate: bool = True  # set the model's gain and offset from the movie's photon transfer first
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -77,6 +98,34 @@ def _windows(movie: np.ndarray, rng, n: int, window: int, patch: tuple[int, int]
         y0, x0 = rng.integers(0, movie.shape[1] - ph + 1), rng.integers(0, movie.shape[2] - pw + 1)
         out[i] = movie[t0 : t0 + window, y0 : y0 + ph, x0 : x0 + pw]
     return out
+
+
+def photon_transfer(movie: np.ndarray, *, bins: int = 20) -> tuple[float, float] | None:
+    """Counts per photon and dark level of a movie (T, H, W) of counts, from its photon
+    transfer; None when the movie shows none.
+
+    Shot noise makes a pixel's variance grow with its mean, ``var = gain · (mean − offset)``
+    (plus a read noise the front end's floor stands for). Each pixel's variance is taken from
+    its successive differences, so slow signal and drift hardly count; the pixels are put in
+    ``bins`` bins by mean, and the line is fit to each bin's median mean and variance (hot
+    pixels and active somata do not pull it). None when no line is found: a slope that is
+    not positive or not known to 10 % (uniform light, whose pixels' means hardly differ).
+    Returns ``(gain, offset)``.
+    """
+    x = np.asarray(movie, dtype=np.float64)
+    if x.ndim != 3 or len(x) < 3:
+        raise ValueError(f"photon transfer needs a movie (T, H, W) of at least 3 frames, got shape {x.shape}")
+    mean = x.mean(axis=0).ravel()
+    var = (0.5 * np.diff(x, axis=0) ** 2).mean(axis=0).ravel()
+    parts = np.array_split(np.argsort(mean), bins)
+    m = np.array([np.median(mean[i]) for i in parts])
+    v = np.array([np.median(var[i]) for i in parts])
+    if np.ptp(m) <= 0:
+        return None
+    (gain, icpt), cov = np.polyfit(m, v, 1, cov=True)
+    if not (np.isfinite(gain) and gain > 0 and np.sqrt(cov[0, 0]) < 0.1 * gain):
+        return None
+    return float(gain), float(-icpt / gain)
 
 
 def masked_loss(net, cfg, noisy: np.ndarray, rng: np.random.Generator, fraction: float) -> torch.Tensor:
@@ -122,6 +171,14 @@ def finetune(out: str | os.PathLike, movie: str | os.PathLike, *, model=None, co
         data = np.concatenate(list(reader.blocks(256))).astype(np.float32)  # the movie, in memory for random windows
     if not np.isfinite(data).all():
         raise ValueError(f"{movie} contains NaN/inf values; interpolate or drop those frames first")
+    units = base.config
+    if cfg.calibrate:
+        found = photon_transfer(data[:stop])
+        if found is None:
+            warnings.warn(f"{movie}: no photon transfer found (too uniform a movie?); the model keeps its gain "
+                          f"{units.gain:g} and offset {units.offset:g}", stacklevel=2)
+        else:
+            units = ModelConfig.from_dict(base.config.to_dict() | {"gain": found[0], "offset": found[1]})
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -134,7 +191,7 @@ def finetune(out: str | os.PathLike, movie: str | os.PathLike, *, model=None, co
     def validate() -> float:  # the same windows and masks every time
         net.eval()
         with torch.no_grad():
-            losses = [masked_loss(net, base.config, x, np.random.default_rng([cfg.seed, 2, i]), cfg.mask_fraction).item()
+            losses = [masked_loss(net, units, x, np.random.default_rng([cfg.seed, 2, i]), cfg.mask_fraction).item()
                       for i, x in enumerate(val_sets)]
         net.train()
         return float(np.mean(losses))
@@ -143,10 +200,11 @@ def finetune(out: str | os.PathLike, movie: str | os.PathLike, *, model=None, co
         prov = dict(base.provenance)
         prov["self_supervised"] = {"from": base.name, "movie": str(movie), "frames": len(data), "config": cfg.to_dict(),
                                    "steps": steps, "wall_time_s": wall, "val_loss_before": before, "val_loss": val_loss,
+                                   "gain": units.gain, "offset": units.offset,
                                    "command": command or " ".join(sys.argv), "torch": str(torch.__version__),
                                    "machine": f"{platform.machine()} {os.cpu_count()} cores",
                                    "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-        ck = Checkpoint(Path(out).stem, base.config, net.state_dict(), wavelengths=[], fs=base.fs, provenance=prov)
+        ck = Checkpoint(Path(out).stem, units, net.state_dict(), wavelengths=[], fs=base.fs, provenance=prov)
         ck.save(out)
         return ck
 
@@ -156,7 +214,7 @@ def finetune(out: str | os.PathLike, movie: str | os.PathLike, *, model=None, co
     step, val_loss, running = 0, before, None
     with tqdm(total=cfg.steps, disable=not progress, unit="step", dynamic_ncols=True) as bar:
         while step < cfg.steps and time.perf_counter() < deadline:
-            loss = masked_loss(net, base.config, _windows(data, rng, cfg.batch, cfg.window, cfg.patch, stop), rng,
+            loss = masked_loss(net, units, _windows(data, rng, cfg.batch, cfg.window, cfg.patch, stop), rng,
                                cfg.mask_fraction)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -184,6 +184,7 @@ class TorchFrontEnd:
             raise ValueError("a subspace front end runs on the host")
         self.frame_shape, self.batch, self.lag, self.shrink = fe.frame_shape, fe.batch, fe.lag, fe.shrink
         self.horizon, self.floor = float(fe.horizon), fe.floor
+        self.gain, self.offset, self.photons = fe.gain, fe.offset, fe.photons
         # F.pad's order: the last dimension first, (before, after) each
         self.pad = None if fe.pad is None else [p for dim in reversed(fe.pad[2:]) for p in dim]
 
@@ -207,6 +208,8 @@ class TorchFrontEnd:
 
     def normalize(self, x: torch.Tensor):
         n = x.shape[1]
+        if self.photons:
+            x = (x - self.offset) / self.gain
         per_stream = (self.batch,) + (1,) * len(self.frame_shape)
         b = torch.empty_like(x)
         for i in range(n):  # the running mean's recurrence, as FrontEnd.normalize
@@ -233,7 +236,8 @@ class TorchFrontEnd:
             out = out[..., :h, :w]
         if self.shrink:  # always: a CUDA graph cannot skip it once settled, where it subtracts exactly 0
             out_b = out_b - shrink_baseline(out_b, out_s, out_count, int(self.horizon))
-        return (out_b + out_s * out).to(torch.float32)
+        y = out_b + out_s * out
+        return (y * self.gain + self.offset if self.photons else y).to(torch.float32)
 
 
 class _GraphState(dict):

@@ -59,7 +59,8 @@ class Checkpoint:
         return self.config.receptive_field
 
     def normalization(self) -> dict:
-        return {"kind": "running-baseline/sqrt", "horizon": self.config.horizon, "floor": self.config.floor}
+        return {"kind": "running-baseline/sqrt", "horizon": self.config.horizon, "floor": self.config.floor,
+                "counts_per_photon": self.config.gain, "dark_level": self.config.offset}
 
     def model(self) -> CausalModel:
         """The network of this checkpoint's family with these weights, in eval mode."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 from dataclasses import dataclass, field
 
 # arch -> the family's class, imported when first asked for ("module:Class"). A new kind of
@@ -66,6 +67,11 @@ class ModelConfig:
     horizon: int = 150  # front end: frames in the running baseline (30 s at 5 Hz)
     floor: float = 25.0  # front end: variance floor in counts² (about a read noise of 5)
     rates: list[float] = field(default_factory=list)  # imaging families: leaky integrators of the input, one per rate (per frame)
+    # Front end: the input's counts per photon (its noise variance per count) and dark level;
+    # frames become (x − offset) / gain photons first. Self-supervised fine-tuning sets them
+    # from the movie's photon transfer (selfsup.photon_transfer).
+    gain: float = 1.0
+    offset: float = 0.0
 
     def __post_init__(self):
         fam = family(self.arch)
@@ -79,6 +85,9 @@ class ModelConfig:
             raise ValueError(f"lag must be >= 0, got {self.lag}")
         self.dilations = list(self.dilations)
         self.rates = [float(r) for r in self.rates]
+        self.gain, self.offset = float(self.gain), float(self.offset)
+        if not (math.isfinite(self.gain) and self.gain > 0 and math.isfinite(self.offset)):
+            raise ValueError(f"gain must be a finite count per photon > 0 and offset finite, got {self.gain} and {self.offset}")
         if self.rates and (fam.modality != "imaging" or not all(0.0 < r <= 1.0 for r in self.rates)):
             raise ValueError(f"rates are for imaging families, each in (0, 1] per frame; got {self.rates} for arch {self.arch!r}")
         fam.check_config(self)

@@ -1,5 +1,9 @@
 """Causal front end: per-stream running statistics that put frames in the network's units.
 
+0. **Photons** (when the model's ``gain`` and ``offset`` are set): frames become
+   ``(x − offset) / gain`` first, and outputs go back the same way, so a camera's or a
+   digitizer's counts reach the network in the units it was trained on.
+
 1. **Baseline and scale** (every architecture). Per wavelength (per pixel for images),
 
        b_t = running mean of x up to and including t
@@ -161,6 +165,9 @@ class FrontEnd:
         Images only: the features are the frame padded (edge values) at the bottom and
         right to a multiple of this, the grid the network works on; outputs are cropped
         back in :meth:`to_counts`.
+    gain, offset : float
+        The input's counts per photon and dark level: frames become ``(x − offset) / gain``
+        before anything else, and :meth:`to_counts` maps back.
     """
 
     def __init__(
@@ -174,6 +181,8 @@ class FrontEnd:
         lag: int = 0,
         batch: int = 1,
         pad_to: int = 1,
+        gain: float = 1.0,
+        offset: float = 0.0,
     ):
         if horizon < 1 or cov_horizon < 1:
             raise ValueError(f"horizons must be >= 1 frame, got {horizon}, {cov_horizon}")
@@ -186,6 +195,8 @@ class FrontEnd:
         self.n_bins, self.horizon, self.floor = frame[-1], horizon, float(floor)
         self.rank, self.cov_horizon, self.lag, self.batch = rank, cov_horizon, lag, batch
         self.shrink = len(frame) == 2  # images: the output's baseline is shrunk while cold (module doc)
+        self.gain, self.offset = float(gain), float(offset)
+        self.photons = (self.gain, self.offset) != (1.0, 0.0)  # (bit-identical without: no arithmetic then)
         # What the network takes and gives per frame, after (batch, frames).
         grid = tuple(-(-d // pad_to) * pad_to for d in frame)
         self.pad = [(0, 0), (0, 0)] + [(0, g - d) for g, d in zip(grid, frame)] if grid != frame else None
@@ -234,6 +245,8 @@ class FrontEnd:
         if bsz != self.batch or x.shape[2:] != self.frame_shape:
             raise ValueError(f"expected a chunk (batch={self.batch}, n, {', '.join(map(str, self.frame_shape))}), got {x.shape}")
         x = x.astype(np.float64, copy=False)
+        if self.photons:
+            x = (x - self.offset) / self.gain
         b = np.empty(x.shape)
         per_stream = (bsz,) + (1,) * len(self.frame_shape)
         for i in range(n):  # a recurrence: cheap vector ops per frame
@@ -288,6 +301,8 @@ class FrontEnd:
 
     def target(self, clean: np.ndarray, norm: Normalized) -> np.ndarray:
         """What the network should output for ``clean`` (B, n, *frame) counts, frame by frame."""
+        if self.photons:
+            clean = (clean - self.offset) / self.gain
         tn = (clean - norm.baseline) / norm.scale
         if self.rank:
             tn = (tn[:, :, None, :].astype(np.float32) @ norm.basis)[:, :, 0]
@@ -305,4 +320,5 @@ class FrontEnd:
         b = norm.out_baseline
         if self.shrink and (norm.out_count < 2 * self.horizon).any():  # nothing to shrink once settled
             b = b - shrink_baseline(b, norm.out_scale, norm.out_count, self.horizon)
-        return b + norm.out_scale * yn
+        y = b + norm.out_scale * yn
+        return y * self.gain + self.offset if self.photons else y

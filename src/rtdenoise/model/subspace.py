@@ -51,7 +51,8 @@ class SubspaceModel(CausalModel):
     @classmethod
     def frontend(cls, config, batch: int = 1, frame=None) -> FrontEnd:
         return FrontEnd(config.n_bins, horizon=config.horizon, floor=config.floor, rank=config.rank,
-                        cov_horizon=config.cov_horizon, lag=config.lag, batch=batch)
+                        cov_horizon=config.cov_horizon, lag=config.lag, batch=batch,
+                        gain=config.gain, offset=config.offset)
 
     def step(self, feat: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         r, k = self.config.rank, self.config.taps

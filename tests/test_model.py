@@ -427,5 +427,5 @@ def test_baseline_shrinking_is_the_same_in_numpy_and_torch():
     counts = np.array([[3]])
     a = shrink_baseline(b, s, counts, 40)
     t = shrink_baseline(torch.from_numpy(b), torch.from_numpy(s), torch.from_numpy(counts), 40)
-    assert t.dtype == torch.float64 and a.dtype == np.float64
+    assert t.dtype == torch.float32 and a.dtype == np.float32
     np.testing.assert_allclose(t.numpy(), a, rtol=1e-6, atol=1e-9)

@@ -429,3 +429,8 @@ def test_baseline_shrinking_is_the_same_in_numpy_and_torch():
     t = shrink_baseline(torch.from_numpy(b), torch.from_numpy(s), torch.from_numpy(counts), 40)
     assert t.dtype == torch.float32 and a.dtype == np.float32
     np.testing.assert_allclose(t.numpy(), a, rtol=1e-6, atol=1e-9)
+    scratch = {}  # what a front end keeps between steps: the same numbers, whatever came before
+    shrink_baseline(b[..., :20, :30], s[..., :20, :30], counts, 40, scratch)
+    for c in (3, 70):
+        np.testing.assert_array_equal(shrink_baseline(b, s, np.array([[c]]), 40, scratch).copy(),
+                                      shrink_baseline(b, s, np.array([[c]]), 40))

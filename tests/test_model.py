@@ -434,3 +434,44 @@ def test_baseline_shrinking_is_the_same_in_numpy_and_torch():
     for c in (3, 70):
         np.testing.assert_array_equal(shrink_baseline(b, s, np.array([[c]]), 40, scratch).copy(),
                                       shrink_baseline(b, s, np.array([[c]]), 40))
+
+
+def test_an_image_front_end_shrinks_the_baseline_of_the_frame_each_output_belongs_to():
+    """Lag 2: the output of frame t − 2 is shrunk by that frame's count (nothing for the two
+    outputs before the start), chunked any way, and a stream in a batch beside a settled one
+    gets what it gets alone."""
+    from rtdenoise.model.frontend import FrontEnd, shrink_baseline
+
+    h, lag = 10, 2
+    x = np.random.default_rng(3).poisson(4.0, (2, 40, 12, 16)).astype(np.float64)
+
+    def outputs(chunks, streams=slice(None)):
+        fe = FrontEnd((12, 16), horizon=h, floor=1.0, lag=lag, batch=x[streams].shape[0])
+        out, i = [], 0
+        for c in chunks:
+            norm = fe.normalize(x[streams, i : i + c])
+            out.append(fe.to_counts(np.zeros((fe.batch, c, 12, 16)), norm))  # a network that says "no signal"
+            i += c
+        return np.concatenate(out, axis=1)
+
+    whole = outputs([40])
+    for chunks in ([1] * 40, [3, 7, 9, 2, 19], [19, 2, 19]):  # across 2·horizon = frame 20 in several ways
+        np.testing.assert_array_equal(outputs(chunks), whole)
+    np.testing.assert_array_equal(whole[:, :lag], 0.0)  # before the start: nothing, not even a correction
+    fe = FrontEnd((12, 16), horizon=h, floor=1.0, lag=0, batch=2)  # the same statistics, not delayed
+    norm = fe.normalize(x)
+    for t in (2, 9, 15, 25):  # outputs of frames t - lag, whose count is t - lag + 1
+        b, s = norm.baseline[:, t - lag : t - lag + 1], norm.scale[:, t - lag : t - lag + 1]
+        want = b - shrink_baseline(b, s, np.full((2, 1), t - lag + 1), h)
+        np.testing.assert_allclose(whole[:, t : t + 1], want, rtol=1e-12)
+    assert not np.allclose(whole[:, 10], norm.baseline[:, 8])  # shrunk while cold
+    np.testing.assert_array_equal(whole[:, 30], norm.baseline[:, 28])  # untouched once settled
+    # Stream 1 restarted while stream 0 is settled: in one batch, each as it is alone.
+    fe = FrontEnd((12, 16), horizon=h, floor=1.0, lag=0, batch=2)
+    fe.normalize(x[:, :30])
+    fe.reset(1)
+    norm = fe.normalize(x[:, 30:34])
+    mixed = fe.to_counts(np.zeros((2, 4, 12, 16)), norm)
+    alone = FrontEnd((12, 16), horizon=h, floor=1.0, lag=0, batch=1)
+    np.testing.assert_array_equal(mixed[1:], alone.to_counts(np.zeros((1, 4, 12, 16)), alone.normalize(x[1:, 30:34])))
+    np.testing.assert_array_equal(mixed[0], norm.baseline[0])

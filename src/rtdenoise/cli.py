@@ -107,6 +107,8 @@ def cmd_train(args) -> int:
 
     if args.self_supervised:
         return _finetune(args)
+    if not args.calibrate:
+        raise ValueError("--no-calibrate is for --self-supervised fine-tuning")
     given = {k: getattr(args, k) for k in ("arch", "depth", "width", "lag", "rank", "taps") if getattr(args, k) is not None}
     dilations = None if args.dilations is None else [int(d) for d in args.dilations.split(",") if d.strip()]
     if not 0.0 <= args.prior < 1.0:

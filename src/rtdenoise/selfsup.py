@@ -105,22 +105,34 @@ def photon_transfer(movie: np.ndarray, *, bins: int = 20) -> tuple[float, float]
     transfer; None when the movie shows none.
 
     Shot noise makes a pixel's variance grow with its mean, ``var = gain · (mean − offset)``
-    (plus a read noise the front end's floor stands for). Each pixel's variance is taken from
-    its successive differences, so slow signal and drift hardly count; the pixels are put in
-    ``bins`` bins by mean, and the line is fit to each bin's median mean and variance (hot
-    pixels and active somata do not pull it). None when no line is found: a slope that is
-    not positive or not known to 10 % (uniform light, whose pixels' means hardly differ).
-    Returns ``(gain, offset)``.
+    (plus a read noise). Each pixel's variance is taken from its successive differences, so
+    slow signal and drift hardly count; the pixels are put in ``bins`` bins by mean, and the
+    line is fit to each bin's median mean and variance (hot pixels and active somata do not
+    pull it). The read noise's variance ends up in ``offset`` (``offset`` = dark level − read
+    variance / gain): what the front end needs, whose variance floor then stands for what is
+    left of it. None when no line is found: a slope that is not positive or not known to
+    10 % (uniform light, whose pixels' means hardly differ), or too few pixels. The movie is
+    read a block of frames at a time (float64 sums per pixel only). Returns ``(gain, offset)``.
     """
-    x = np.asarray(movie, dtype=np.float64)
-    if x.ndim != 3 or len(x) < 3:
-        raise ValueError(f"photon transfer needs a movie (T, H, W) of at least 3 frames, got shape {x.shape}")
-    mean = x.mean(axis=0).ravel()
-    var = (0.5 * np.diff(x, axis=0) ** 2).mean(axis=0).ravel()
+    if np.ndim(movie) != 3 or len(movie) < 3:
+        raise ValueError(f"photon transfer needs a movie (T, H, W) of at least 3 frames, got shape {np.shape(movie)}")
+    t = len(movie)
+    total, sq = np.zeros(movie.shape[1:]), np.zeros(movie.shape[1:])
+    last = None
+    for i in range(0, t, 64):
+        x = np.asarray(movie[i : i + 64], dtype=np.float64)
+        total += x.sum(axis=0)
+        d = np.diff(x, axis=0) if last is None else np.diff(np.concatenate([last[None], x]), axis=0)
+        sq += (d * d).sum(axis=0)
+        last = x[-1]
+    mean, var = (total / t).ravel(), (0.5 * sq / (t - 1)).ravel()
+    bins = min(bins, mean.size)
+    if bins < 4:
+        return None
     parts = np.array_split(np.argsort(mean), bins)
     m = np.array([np.median(mean[i]) for i in parts])
     v = np.array([np.median(var[i]) for i in parts])
-    if np.ptp(m) <= 0:
+    if not (np.isfinite(m).all() and np.isfinite(v).all()) or np.ptp(m) <= 0:
         return None
     (gain, icpt), cov = np.polyfit(m, v, 1, cov=True)
     if not (np.isfinite(gain) and gain > 0 and np.sqrt(cov[0, 0]) < 0.1 * gain):

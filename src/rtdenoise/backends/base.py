@@ -156,7 +156,14 @@ class Engine:
 
     def _check_exported(self, meta: dict, source) -> None:
         """An exported graph or plan must come from this engine's model config."""
-        if meta["checkpoint"]["config"] != self.config.to_dict():
+        from rtdenoise.model.config import ModelConfig
+
+        made = meta["checkpoint"]["config"]
+        try:  # an export from before a config field was added has it at its default
+            made = ModelConfig.from_dict(made).to_dict()
+        except (ValueError, TypeError):
+            pass
+        if made != self.config.to_dict():
             raise ValueError(
                 f"{source or 'the exported graph'} was made from a model with another config than {self.name!r}; "
                 "export or build it again from this checkpoint (`rtdenoise export`, `rtdenoise build-engine`)"

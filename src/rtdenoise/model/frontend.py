@@ -368,7 +368,15 @@ class FrontEnd:
             h, w = self.frame_shape
             yn = yn[..., :h, :w]
         b = norm.out_baseline
-        if self.shrink and (norm.out_count < 2 * self.horizon).any():  # nothing to shrink once settled
-            b = b - shrink_baseline(b, norm.out_scale, norm.out_count, self.horizon, self._scratch)
+        if self.shrink:  # only the frames of streams still settling: a batch mixes them
+            cold = (norm.out_count > 0) & (norm.out_count < 2 * self.horizon)  # (B, n)
+            if cold.all():
+                b = b - shrink_baseline(b, norm.out_scale, norm.out_count, self.horizon, self._scratch)
+            elif cold.any():
+                b = b.copy()
+                b[cold] -= shrink_baseline(b[cold][None], norm.out_scale[cold][None], norm.out_count[cold][None],
+                                           self.horizon, self._scratch)[0]
+            else:
+                self._scratch.clear()  # settled: its work arrays go
         y = b + norm.out_scale * yn
         return y * self.gain + self.offset if self.photons else y

@@ -205,14 +205,17 @@ def render_imaging(ck, quality: dict, engine: dict, metrics: dict) -> str:
         "",
         "## Limitations",
         "",
-        "- Synthetic training only. For tissue unlike the synthetic scenes, fine-tune on your own movie: "
-        f"`rtdenoise train tuned.pt --self-supervised movie.tif --init {ck.name}` (a few CPU minutes; "
-        "`benchmarks/results/selfsup.md`). For a known detector, `--dark`/`--light` recordings train with its real noise.",
+        "- Trained on photon counts (gain 1). If your movie's counts are not photons (a digitizer's or a camera's "
+        f"units), set the model to them from the movie itself: `rtdenoise train tuned.pt --self-supervised movie.tif "
+        f"--init {ck.name}` (its photon transfer, seconds; +1.5 dB on a two-photon movie at 4 counts per photon, "
+        "`benchmarks/results/selfsup_pmt_adu.md`). Blind-spot steps on the movie (`--minutes`) cost the shipped model "
+        "quality when measured. Synthetic scenes only: for a known detector, `--dark`/`--light` recordings train "
+        "with its real noise.",
         f"- The first seconds of a stream (and after every gap or restart) are cold: the per-pixel baseline needs "
         f"about {cfg.horizon // 2}–{cfg.horizon} frames to settle.",
         "- Not yet at the quality targets of its issue (see the table): at one photon the best causal classical "
-        "filter (Gaussian in space + exponential in time, tuned on the truth) is still ahead, most of all in the "
-        "first 10 s while the baseline settles, and spike-evoked transients come out lower than they are (about "
+        "filter (Gaussian in space + exponential in time, tuned on the truth) is still ahead, also once the "
+        "baseline has settled, and spike-evoked transients come out lower than they are (about "
         "half or fewer within 10 % of their height): for amplitudes, check against the raw trace.",
         "- ONNX Runtime and torch on a CPU; TensorRT plans are not built for imaging models yet (fixed frame sizes "
         "come with the live imaging work).",

@@ -41,9 +41,11 @@ from bench_quality import run_info  # noqa: E402
 MODEL = "imaging-lag0"
 SIZES = (128, 512)
 BATCHES = (1, 16)
-# (CUDA graph, TF32, front end on the GPU): the host front end first, as every backend had it
-ENGINE_CONFIGS = [(False, False, False), (True, False, False), (False, False, True), (True, False, True), (True, True, True)]
+# (CUDA graph, TF32, front end on the GPU, float16 network): the host front end first, as every backend had it
+ENGINE_CONFIGS = [(False, False, False, False), (True, False, False, False), (False, False, True, False),
+                  (True, False, True, False), (True, True, True, False), (True, False, True, True)]
 DEVICE = "cuda"  # --device cpu: a dry run of this script where there is no GPU
+CASE_S = 15.0  # an engine case stops timing after this long (at least 40 steps)
 LIVE = [(512, 30.0, 2.0), (128, 100.0, 2.0)]  # size, rate Hz, p99 target ms on a GPU (#11)
 
 
@@ -79,33 +81,84 @@ def equal(steps: int = 48, size: int = 128) -> list[dict]:
     sr = ref.new_state(1)
     a = np.concatenate([ref.step(x[i : i + 1], sr) for i in range(steps)])
     res = []
-    for tf32, chunk in ((False, 1), (True, 1), (False, 6)):  # chunks of 6: the graph replayed 6 times a call
-        gpu = load_engine(MODEL, backend="torch", device=DEVICE, cuda_graph=True, tf32=tf32)
+    # chunks of 6: the graph replayed 6 times a call
+    for tf32, chunk, half in ((False, 1, False), (True, 1, False), (False, 6, False), (False, 1, True)):
+        gpu = load_engine(MODEL, backend="torch", device=DEVICE, cuda_graph=True, tf32=tf32, half=half)
         sg = gpu.new_state(1)
         b = np.concatenate([gpu.step(x[i : i + chunk], sg) for i in range(0, steps, chunk)])
         diff = float(np.abs(a - b).max())
-        res.append({"frames": steps, "chunk": chunk, "size": size, "tf32": tf32, "max_abs_diff_counts": diff,
+        res.append({"frames": steps, "chunk": chunk, "size": size, "tf32": tf32, "half": half, "max_abs_diff_counts": diff,
                     "max_diff_over_range": diff / float(a.max() - a.min()),
                     "output_range": [float(a.min()), float(a.max())]})
     return res
 
 
-def engine_case(size: int, batch: int, graph: bool, steps: int, tf32: bool = False, device_frontend: bool = True) -> dict:
+def engine_case(size: int, batch: int, graph: bool, steps: int, tf32: bool = False, device_frontend: bool = True,
+                half: bool = False) -> dict:
     from rtdenoise.backends import load_engine
 
-    eng = load_engine(MODEL, backend="torch", device=DEVICE, cuda_graph=graph, tf32=tf32, device_frontend=device_frontend)
+    eng = load_engine(MODEL, backend="torch", device=DEVICE, cuda_graph=graph, tf32=tf32, device_frontend=device_frontend,
+                      half=half)
     warm = 20
     x = _movie(16, batch, size)  # frames cycled: drawing 220 × 16 Poisson frames of 512 × 512 takes a minute
     st = eng.new_state(batch)
     times = []
+    t0 = time.perf_counter()
     for i in range(steps + warm):
         t = time.perf_counter()
         eng.step(x[:, i % 16 : i % 16 + 1], st)  # returns host memory: the GPU's work is done
         times.append((time.perf_counter() - t) * 1e3)
+        if i >= warm + 40 and t - t0 > CASE_S:  # a slow case (the host front end at 16 × 512²: 60 s) stops early
+            break
     s = np.asarray(times[warm:])
-    return {"size": size, "streams": batch, "cuda_graph": graph, "tf32": tf32, "device_frontend": device_frontend,
-            "step_p50_ms": float(np.median(s)), "step_p99_ms": float(np.percentile(s, 99)),
+    return {"size": size, "streams": batch, "cuda_graph": graph, "tf32": tf32, "half": half, "device_frontend": device_frontend,
+            "steps": len(s), "step_p50_ms": float(np.median(s)), "step_p99_ms": float(np.percentile(s, 99)),
             "frames_per_s": batch * 1e3 / float(np.median(s))}
+
+
+def breakdown(size: int = 512, batch: int = 16, half: bool = True, reps: int = 40) -> dict:
+    """Where one step's time goes (graph on, front end on the GPU): each part of ``engine.step``
+    alone, synchronized, median ms: validation, the copy to the card, the graph's replay, the
+    copy back, and the same copy back through pinned memory plus the copy out of it."""
+    import torch
+
+    from rtdenoise.backends import load_engine
+    from rtdenoise.backends.torch_engine import _to_device
+
+    eng = load_engine(MODEL, backend="torch", device=DEVICE, half=half)
+    x = _movie(1, batch, size)
+    st = eng.new_state(batch)
+    for _ in range(5):
+        eng.step(x, st)
+    g, sync = st.net, torch.cuda.synchronize
+    pin = torch.empty(tuple(g.static_out.shape), pin_memory=True)
+    parts: dict[str, list[float]] = {k: [] for k in ("step", "check", "to_card", "replay", "to_host", "to_host_pinned",
+                                                      "out_of_pinned")}
+    with torch.inference_mode():
+        for _ in range(reps):
+            sync()
+            t = [time.perf_counter()]
+            eng.step(x, st)
+            sync()
+            t.append(time.perf_counter())
+            xc = eng.check_frames(x, batch=batch, shape=st.shape)
+            t.append(time.perf_counter())
+            g.static_in.copy_(_to_device(xc, eng.device))
+            sync()
+            t.append(time.perf_counter())
+            g.graph.replay()
+            sync()
+            t.append(time.perf_counter())
+            g.static_out.cpu().numpy()
+            t.append(time.perf_counter())
+            pin.copy_(g.static_out, non_blocking=True)
+            sync()
+            t.append(time.perf_counter())
+            pin.numpy().copy()
+            t.append(time.perf_counter())
+            for k, a, b in zip(parts, t, t[1:]):
+                parts[k].append((b - a) * 1e3)
+    return {"size": size, "streams": batch, "half": half} | {f"{k}_ms": float(np.median(v)) for k, v in parts.items()}
 
 
 def live_case(size: int, rate: float, seconds: float, spin: bool) -> dict:
@@ -153,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=200, help="timed steps per engine case")
     ap.add_argument("--seconds", type=float, default=15.0, help="seconds per live case")
-    ap.add_argument("--parts", default="equal,live,floor,engine", help="floor_ipc: the floor over ipc:// too")
+    ap.add_argument("--parts", default="equal,live,floor,engine,breakdown",
+                    help="floor_ipc: the floor over ipc:// too; breakdown: the parts of a 16 x 512² step")
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--device", default="cuda", help="cpu: a dry run of this script (figures meaningless)")
     args = ap.parse_args(argv)
@@ -201,11 +255,14 @@ def main(argv: list[str] | None = None) -> int:
         res["engine"] = []
         for size in SIZES:
             for batch in BATCHES:
-                for graph, tf32, dev in ENGINE_CONFIGS:
-                    c = engine_case(size, batch, graph, args.steps, tf32, dev)
+                for graph, tf32, dev, half in ENGINE_CONFIGS:
+                    c = engine_case(size, batch, graph, args.steps, tf32, dev, half)
                     res["engine"].append(c)
                     print(json.dumps(c), file=sys.stderr, flush=True)
                     save()
+    if "breakdown" in parts and DEVICE == "cuda":
+        res["breakdown"] = [breakdown(half=h) for h in (False, True)]
+        print(json.dumps(res["breakdown"]), file=sys.stderr, flush=True)
     save()
     print(markdown(res))
     return 0
@@ -214,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
 def _ratios(res: dict) -> list[str]:
     """The issue's ratio per live case, where the floor and the engine were measured in the same run."""
     steps = {e["size"]: e["step_p99_ms"] for e in res.get("engine", [])
-             if e["streams"] == 1 and e["device_frontend"] and e["cuda_graph"] and not e["tf32"]}
+             if e["streams"] == 1 and e["device_frontend"] and e["cuda_graph"] and not e["tf32"] and not e.get("half")}
     floors = {f["size"]: f["latency_ms"]["p99"] for f in res.get("floor", []) if f.get("transport", "tcp") == "tcp"}
     out = []
     for r in res.get("live", []):
@@ -236,18 +293,29 @@ def markdown(res: dict) -> str:
         "",
     ]
     for e in res.get("equal", []):
-        lines += [f"CUDA (graphs on, TF32 {'on' if e['tf32'] else 'off'}, chunks of {e.get('chunk', 1)}) vs CPU torch, "
+        prec = "float16 network" if e.get("half") else f"TF32 {'on' if e['tf32'] else 'off'}"
+        lines += [f"CUDA (graphs on, {prec}, chunks of {e.get('chunk', 1)}) vs CPU torch, "
                   f"{e['frames']} frames of "
                   f"{e['size']}×{e['size']}: largest difference {e['max_abs_diff_counts']:.2e} counts, "
                   f"{e['max_diff_over_range']:.1e} of the output's range.", ""]
     if res.get("engine"):
         lines += ["## engine.step, one frame per stream", "",
-                  "| frame | streams | front end | CUDA graph | TF32 | step p50 ms | step p99 ms | frames/s |",
+                  "| frame | streams | front end | CUDA graph | network precision | step p50 ms | step p99 ms | frames/s |",
                   "|---|---|---|---|---|---|---|---|"]
         for e in res["engine"]:
             lines.append(f"| {e['size']}×{e['size']} | {e['streams']} | {'GPU' if e['device_frontend'] else 'host'} | "
-                         f"{'on' if e['cuda_graph'] else 'off'} | {'on' if e['tf32'] else 'off'} | "
+                         f"{'on' if e['cuda_graph'] else 'off'} | "
+                         f"{'float16' if e.get('half') else 'TF32' if e['tf32'] else 'float32'} | "
                          f"{e['step_p50_ms']:.2f} | {e['step_p99_ms']:.2f} | {e['frames_per_s']:.0f} |")
+        lines.append("")
+    if res.get("breakdown"):
+        keys = ("step", "check", "to_card", "replay", "to_host", "to_host_pinned", "out_of_pinned")
+        lines += ["## One step's parts (graph on, front end on the GPU), median ms", "",
+                  "`to_host_pinned` + `out_of_pinned`: the copy back through a pinned buffer and out of it, instead of `to_host`.",
+                  "", "| frame | streams | network | " + " | ".join(keys) + " |", "|---|---|---|" + "---|" * len(keys)]
+        for b in res["breakdown"]:
+            lines.append(f"| {b['size']}×{b['size']} | {b['streams']} | {'float16' if b['half'] else 'float32'} | "
+                         + " | ".join(f"{b[k + '_ms']:.2f}" for k in keys) + " |")
         lines.append("")
     if res.get("live"):
         lines += ["## Live through the service (its own process, loopback TCP)", "",

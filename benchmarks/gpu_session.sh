@@ -36,7 +36,7 @@ step() {  # part, name, time limit (s), command...
 step tests gpu_tests 90 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_batch.py tests/test_engines.py tests/test_imaging_engines.py
 # 2. engine.step at 128² and 512², 1 and 16 streams; the ZeroMQ floor; the live service (#11's GPU targets)
 step gpu bench_gpu "${GPU_LIMIT:-300}" python3 benchmarks/bench_gpu.py --device "$DEVICE" --steps "$STEPS" --seconds "$SECONDS_LIVE" \
-  --parts "${GPU_PARTS:-equal,live,floor_ipc,engine}" --out "$OUT"
+  --parts "${GPU_PARTS:-equal,live,floor_ipc,engine,breakdown}" --out "$OUT"
 # 3. 16 streams of 128² and 512² through one service: stepped together against one by one
 step batch bench_batch 180 python3 benchmarks/bench_batch.py --case imaging-lag0 --size 128 --size 512 \
   --seconds "$SECONDS_BATCH" --backend auto --out "$OUT/batch_gpu"

@@ -145,6 +145,24 @@ def test_cuda_graph_with_the_front_end_on_the_gpu_equals_the_cpu(imaging_engine,
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * float(a.std()))
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_a_float16_network_stays_near_float32_and_keeps_float32_states(imaging_engine, movie, device):
+    """``half=True`` runs the network under float16 autocast; states stay float32 (their
+    addresses and dtype are what a CUDA graph holds), outputs within float16's rounding."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU; torch.cuda.is_available() is False")
+    ck = imaging_engine("torch").checkpoint
+    full = load_engine(ck, backend="torch", device=device)
+    half = load_engine(ck, backend="torch", device=device, half=True)
+    x = np.stack([movie[:26], movie[4:30]])
+    chunks = [1] * 10 + [3] + [1] * 9
+    a, _ = _steps(full, x, chunks, reset_at=10)
+    b, st = _steps(half, x, chunks, reset_at=10)
+    assert b.dtype == np.float32 and all(v.dtype == torch.float32 for v in st.net.values())
+    err = np.abs(b - a).max() / float(a.max() - a.min())
+    assert 0 < err < 5e-3  # float16 keeps 11 bits: not bit-equal, and not further than rounding
+
+
 def test_tensorrt_refuses_an_imaging_model_with_the_fix(imaging_engine):
     pytest.importorskip("onnx")
     from rtdenoise.backends.export import export_onnx, read_onnx_metadata

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage, sparse
-from scipy import signal as sps
 from scipy.special import erf
 
 from rtdenoise.synth.spectral import Range, _draw, lowpass_noise
@@ -317,6 +316,8 @@ def calcium_dff(
         r = np.exp(-1.0 / (rise_s * fs))
     else:  # an instantaneous rise: a plain exponential, peak 1 at the spike
         peak, r = 1.0, 0.0
+    from scipy import signal as sps  # here: importing it costs every command of the CLI 0.5 s
+
     d = np.exp(-1.0 / (decay_s * fs))
     x = sps.lfilter([1.0], [1.0, -d], w * d ** (1.0 - u), axis=1)
     x -= sps.lfilter([1.0], [1.0, -r], w * r ** (1.0 - u), axis=1)

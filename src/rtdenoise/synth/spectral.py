@@ -28,7 +28,6 @@ from functools import lru_cache
 from importlib import resources
 
 import numpy as np
-from scipy import signal as sps
 
 Range = tuple[float, float]
 
@@ -261,6 +260,8 @@ def release_events(
     np.add.at(impulses, onsets, amps)
     # Convolve with exp(-t/τ): a first-order IIR filter, rise within the onset frame.
     decay = np.exp(-1.0 / (decay_s * fs))
+    from scipy import signal as sps  # here: importing it costs every command of the CLI 0.5 s
+
     trace = sps.lfilter([1.0], [1.0, -decay], impulses)
     return trace, onsets.astype(np.int64), amps
 

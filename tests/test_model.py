@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -263,6 +265,40 @@ def test_training_refuses_mismatched_settings(tmp_path):
         train(tmp_path / "m.pt", model=ModelConfig(lag=3, taps=4), config=TrainConfig(window=3, workers=0), progress=False)
     with pytest.raises(FileNotFoundError, match="cannot resume"):
         train(tmp_path / "m.pt", config=TrainConfig(workers=0), progress=False, resume=True)
+
+
+def test_settled_starts_begin_from_a_settled_baseline_and_leave_their_warm_up_out_of_the_loss():
+    from rtdenoise.synth.dataset import ImagingDataset
+    from rtdenoise.train import SETTLED_BURN, lagged_loss, normalize_batch
+
+    cfg = ModelConfig(arch="imaging-unet", depth=3, width=4, floor=1.0, horizon=300)
+    noisy, target = ImagingDataset(window=24, patch=(16, 16)).batch(np.random.default_rng(0), 6)
+    x, t = normalize_batch(noisy, target, cfg)  # all cold: the first frame is its own mean
+    assert torch.isfinite(t).all() and x[:, 0].abs().max() == 0
+    xs, ts = normalize_batch(noisy, target, cfg, settled=1.0, rng=np.random.default_rng(1))
+    assert ts[:, :SETTLED_BURN].isnan().all() and torch.isfinite(ts[:, SETTLED_BURN:]).all()
+    # a settled mean barely moves (rate 1/horizon) and sits near the expected counts: frame 0 is
+    # noise in noise units (about unit variance), not 0
+    assert 0.5 < float(xs[:, 0].std()) < 2.0
+    mixed_x, mixed_t = normalize_batch(noisy, target, cfg, settled=0.5, rng=np.random.default_rng(2))
+    warm = mixed_t[:, 0].isnan().flatten(1).all(dim=1)
+    assert 0 < int(warm.sum()) < 6
+    out = torch.zeros_like(mixed_t)
+    expected = torch.cat([mixed_t[~warm].flatten(), mixed_t[warm, SETTLED_BURN:].flatten()]).pow(2).mean()
+    torch.testing.assert_close(lagged_loss(out, mixed_t, 0), expected)
+    with pytest.raises(ValueError, match="spectral subspace"):
+        normalize_batch(np.ones((2, 24, 152), np.float32), np.ones((2, 24, 152), np.float32), ModelConfig(), settled=1.0)
+
+
+def test_training_with_settled_starts_runs_and_is_recorded(tmp_path):
+    cfg = ModelConfig(arch="imaging-unet", depth=3, width=4, floor=1.0, horizon=50)
+    tc = TrainConfig(steps=3, batch=2, window=20, patch=(16, 16), workers=0, val_instances=8, settled=0.5)
+    ck = train(tmp_path / "s.pt", model=cfg, config=tc, progress=False)
+    assert ck.provenance["train"]["settled"] == 0.5 and np.isfinite(ck.provenance["final_val_loss"])
+    with pytest.raises(ValueError, match="window must be longer"):
+        train(tmp_path / "w.pt", model=cfg, config=dataclasses.replace(tc, window=16), progress=False)
+    with pytest.raises(ValueError, match="subspace"):
+        train(tmp_path / "p.pt", config=TrainConfig(steps=1, workers=0, settled=0.5), progress=False)
 
 
 # ----------------------------------------------------------------------------- imaging families

@@ -46,6 +46,10 @@ class TrainConfig:
     seed: int = 0
     workers: int = 1  # processes making instances beside the training loop (0: inline)
     threads: int | None = None  # torch intra-op threads; None = the cores the workers leave
+    # Share of instances whose front end starts settled, as a live stream's is after its first
+    # 2·horizon frames (per-element front ends only: images). Without it every instance starts
+    # cold and the settled regime users run in is never trained (horizon 300 > any window).
+    settled: float = 0.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -59,37 +63,70 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-def normalize_batch(noisy: np.ndarray, target: np.ndarray, mcfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Front end over a batch from a cold start: (features, target in the network's units)."""
+SETTLED_BURN = 16  # frames of a settled instance that only warm the network's states (its leaky integrators' τ)
+
+
+def normalize_batch(noisy: np.ndarray, target: np.ndarray, mcfg: ModelConfig, *, settled: float = 0.0,
+                    rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Front end over a batch: (features, target in the network's units).
+
+    Each instance starts cold, or with probability ``settled`` settled: the running mean set
+    to each pixel's lowest expected count in the window (its level before any transient of the
+    window: the window's mean would tell the network of transients to come) plus the error a
+    settled mean has (the noise's variance ÷ (2·horizon − 1), an EMA's), its count at
+    ``horizon``. A settled instance's first :data:`SETTLED_BURN` targets are NaN: those frames
+    warm the network's states and :func:`lagged_loss` leaves them out.
+    """
     fe = mcfg.frontend(noisy.shape[0], noisy.shape[2:])
+    rng = rng or np.random.default_rng()
+    warm = rng.random(noisy.shape[0]) < settled if settled else np.zeros(noisy.shape[0], dtype=bool)
+    if warm.any():
+        if fe.rank:
+            raise ValueError("settled starts need a per-element front end (images), not a spectral subspace")
+        f = 1.0 / (2 * fe.horizon - 1)
+        for i in np.flatnonzero(warm):
+            sd = np.sqrt(f * (noisy[i].astype(np.float64) - target[i]).var(axis=0))
+            fe.mean[i] = target[i].astype(np.float64).min(axis=0) + sd * rng.standard_normal(sd.shape)
+            fe.count[i] = fe.horizon
     norm = fe.normalize(noisy)
-    return torch.from_numpy(norm.features), torch.from_numpy(fe.target(target, norm))
+    tn = fe.target(target, norm)
+    if warm.any():
+        tn[warm, :SETTLED_BURN] = np.nan
+    return torch.from_numpy(norm.features), torch.from_numpy(tn)
 
 
 def lagged_loss(out: torch.Tensor, tn: torch.Tensor, lag: int) -> torch.Tensor:
-    """MSE between output row t (frame t − lag) and the target of frame t − lag."""
-    if lag == 0:
+    """MSE between output row t (frame t − lag) and the target of frame t − lag; NaN targets
+    (a settled instance's warm-up frames) are left out."""
+    if lag:
+        out, tn = out[:, lag:], tn[:, :-lag]
+    return _mse(out, tn)
+
+
+def _mse(out: torch.Tensor, tn: torch.Tensor) -> torch.Tensor:
+    keep = torch.isfinite(tn)
+    if bool(keep.all()):
         return F.mse_loss(out, tn)
-    return F.mse_loss(out[:, lag:], tn[:, :-lag])
+    return F.mse_loss(out[keep], tn[keep])
 
 
 def identity_loss(feat: torch.Tensor, tn: torch.Tensor, lag: int) -> torch.Tensor:
     """The loss of passing the input through (no denoising): the yardstick for val loss."""
-    return F.mse_loss(feat[:, :, : tn.shape[2]], tn)
+    return _mse(feat[:, :, : tn.shape[2]], tn)
 
 
 class _Batches(torch.utils.data.IterableDataset):
     """Endless normalized training batches, made in a worker process beside the optimizer."""
 
-    def __init__(self, ds, mcfg: ModelConfig, batch: int, seed: list[int]):
+    def __init__(self, ds, mcfg: ModelConfig, batch: int, seed: list[int], settled: float = 0.0):
         super().__init__()
-        self.ds, self.mcfg, self.batch, self.seed = ds, mcfg, batch, seed
+        self.ds, self.mcfg, self.batch, self.seed, self.settled = ds, mcfg, batch, seed, settled
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng(self.seed + [info.id if info else 0])
         while True:
-            yield normalize_batch(*self.ds.batch(rng, self.batch), self.mcfg)
+            yield normalize_batch(*self.ds.batch(rng, self.batch), self.mcfg, settled=self.settled, rng=rng)
 
 
 def _dist() -> tuple[int, int]:
@@ -156,6 +193,13 @@ def train(
     signal, noise = ds.signal, ds.noise
     if cfg.window <= model_cfg.lag:
         raise ValueError(f"window ({cfg.window}) must be longer than the lag ({model_cfg.lag})")
+    if not 0.0 <= cfg.settled <= 1.0:
+        raise ValueError(f"settled is a share of instances in [0, 1], got {cfg.settled}")
+    if cfg.settled and model_cfg.frontend(1, tuple(cfg.patch) if images else None).rank:
+        raise ValueError("settled starts need a per-element front end (images); this model tracks a spectral subspace")
+    if cfg.settled and cfg.window <= SETTLED_BURN + model_cfg.lag:
+        raise ValueError(f"with settled starts the window must be longer than {SETTLED_BURN + model_cfg.lag} frames "
+                         f"(the first {SETTLED_BURN} only warm the network), got {cfg.window}")
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) - cfg.workers))
     out = Path(out)
     state_path = out.with_name(out.name + ".state")
@@ -182,10 +226,11 @@ def train(
         ddp = torch.nn.parallel.DistributedDataParallel(net)
 
     val_rng = np.random.default_rng([cfg.seed, 10**6])  # held out: never drawn in training
-    val = [normalize_batch(*ds.batch(val_rng, 8), model_cfg) for _ in range(math.ceil(cfg.val_instances / 8))]
+    val = [normalize_batch(*ds.batch(val_rng, 8), model_cfg, settled=cfg.settled, rng=val_rng)
+           for _ in range(math.ceil(cfg.val_instances / 8))]
     # Each (rank, resume point) draws its own stream of instances.
     batches = torch.utils.data.DataLoader(
-        _Batches(ds, model_cfg, cfg.batch, [cfg.seed, rank, step]),
+        _Batches(ds, model_cfg, cfg.batch, [cfg.seed, rank, step], cfg.settled),
         batch_size=None,
         num_workers=cfg.workers,
         prefetch_factor=4 if cfg.workers else None,

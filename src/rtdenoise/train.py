@@ -78,7 +78,8 @@ def normalize_batch(noisy: np.ndarray, target: np.ndarray, mcfg: ModelConfig, *,
     warm the network's states and :func:`lagged_loss` leaves them out.
     """
     fe = mcfg.frontend(noisy.shape[0], noisy.shape[2:])
-    rng = rng or np.random.default_rng()
+    if settled:
+        rng = rng or np.random.default_rng()
     warm = rng.random(noisy.shape[0]) < settled if settled else np.zeros(noisy.shape[0], dtype=bool)
     if warm.any():
         if fe.rank:

@@ -136,8 +136,11 @@ class TorchEngine(Engine):
             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
     def _step_into(self, x: torch.Tensor, net_state: dict[str, torch.Tensor]) -> torch.Tensor:
-        # no weight cache: a CUDA graph must hold the casts it replays, not tensors made before it
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half, cache_enabled=False):
+        # no weight cache: a CUDA graph must hold the casts it replays, not tensors made before it.
+        # Entered only for half: even disabled, autocast costs 3 µs a step on the per-frame path.
+        cast = (torch.autocast(self.device.type, dtype=torch.float16, cache_enabled=False) if self.half
+                else contextlib.nullcontext())
+        with cast:
             out, new = self.net.step(x, net_state)
         for k, v in new.items():  # in place: the state's addresses never move (and keep their float32)
             net_state[k].copy_(v)

@@ -22,7 +22,7 @@ truth: an optimistic yardstick) and each model are scored:
 - DeepCAD-RT, when ``bench_deepcad.py`` has denoised these same movies (its cache, ``--deepcad``);
 - ``--more N`` further held-out movies per level (new scenes, same settings; default 3): SNR
   and trace correlation of the models and the classical filters on each, and their means. One
-  movie is one draw of 15-30 neurons; a model's margin over a filter moved by more than 1 dB
+  movie is one draw of 10-35 neurons; a model's margin over a filter moved by more than 1 dB
   from one to the next at 1 photon, so a target is judged on the mean as well.
 
 ``--unshrunk`` runs the models without the front end's shrinking of a cold baseline

@@ -171,7 +171,7 @@ def main(argv=None) -> int:
                           "minutes": round(e.checkpoint.provenance.get("wall_time_s", 0) / 60, 1)}
                       for k, e in engines.items()},
            "levels": {}}
-    shown = {}
+    shown, first = {}, {}  # first: each level's movie and its scores, the first of --more's
     for i, (level, photons) in enumerate(LEVELS.items()):
         mov = held_out(photons, args.frames, args.seed + i)
         ref = mov["clean"] + mov["static"]
@@ -180,6 +180,7 @@ def main(argv=None) -> int:
         for name, b in table.items():
             rows[name] = score(b["estimate"], ref, mov) | {"param": b["param"]}
         shown[level] = {"noisy": mov["noisy"], "ref": ref, "foot": mov["footprints"], "fs": float(mov["fs"])}
+        first[level] = (mov, rows)
         for name, eng in engines.items():
             out = run_model(eng, mov["noisy"], shrink=not args.unshrunk)
             rows[name] = score(out, ref, mov)
@@ -191,7 +192,7 @@ def main(argv=None) -> int:
         res["levels"][level] = rows
         print(level, json.dumps({k: {m: round(v, 3) for m, v in r.items() if m not in ("param", "transients")} for k, r in rows.items()}),
               file=sys.stderr, flush=True)
-    res["more"] = more_movies(engines, args.frames, args.seed, args.more, shrink=not args.unshrunk) if args.more else {}
+    res["more"] = more_movies(engines, args.frames, args.seed, args.more, first, shrink=not args.unshrunk) if args.more else {}
     pure = pure_noise_movie(args.frames, seed=args.seed, shape=(128, 128), photons=5.0)
     fs = float(pure["fs"])
     res["pure_noise"] = {"raw": invented(pure["noisy"], pure["noisy"]) | {"transients": invented_transients(pure["noisy"], pure["noisy"], fs)}}
@@ -231,31 +232,37 @@ MORE_SEED = 1000  # the k-th further movie of level i has seed --seed + MORE_SEE
 CLASSICAL = ("gaussian + ema (causal)", "gaussian 3-D (offline)")
 
 
-def more_movies(engines: dict, frames: int, seed: int, n: int, *, shrink: bool = True) -> dict:
-    """SNR and trace corr of raw, the classical filters at their best and each model on ``n``
-    further held-out movies per level (the first movie, with DeepCAD-RT, is the tables')."""
+def more_movies(engines: dict, frames: int, seed: int, n: int, first: dict, *, shrink: bool = True) -> dict:
+    """SNR and trace corr of raw, the classical filters at their best and each model on the
+    tables' movie of each level (``first``: level -> its movie and scored rows, as ``main``
+    made them) and ``n`` further held-out movies."""
     from rtdenoise import baselines, metrics
 
     out = {}
     for i, (level, photons) in enumerate(LEVELS.items()):
-        rows: dict[str, dict[str, list]] = {}
+        names = ["raw", *CLASSICAL, *engines]
+        mov, scored = first[level]
+        rows = {k: {"snr_db": [scored[k]["snr_db"]], "trace_corr": [scored[k]["trace_corr"]]} for k in names}
         seeds = [seed + i] + [seed + MORE_SEED * k + i for k in range(1, n + 1)]
-        scenes = []
-        for s in seeds:
+        scenes = [_scene(mov)]
+        for s in seeds[1:]:
             mov = held_out(photons, frames, s)
-            scenes.append({"neurons": len(mov["footprints"]), "motion_px": float(np.asarray(mov["shifts"]).std(axis=0).mean())})
+            scenes.append(_scene(mov))
             ref = mov["clean"] + mov["static"]
             table = baselines.movie_baseline_table(mov["noisy"], ref)
             ests = {"raw": table["raw"]["estimate"], **{k: table[k]["estimate"] for k in CLASSICAL}}
             ests |= {name: run_model(eng, mov["noisy"], shrink=shrink) for name, eng in engines.items()}
             for name, est in ests.items():
-                r = rows.setdefault(name, {"snr_db": [], "trace_corr": []})
-                r["snr_db"].append(metrics.snr_db(est, ref))
-                r["trace_corr"].append(float(np.nanmean(metrics.neuron_correlation(est, ref, mov["footprints"]))))
+                rows[name]["snr_db"].append(metrics.snr_db(est, ref))
+                rows[name]["trace_corr"].append(float(np.nanmean(metrics.neuron_correlation(est, ref, mov["footprints"]))))
         out[level] = {"seeds": seeds, "scenes": scenes, "rows": rows}
         print(level, "more movies", json.dumps({k: round(float(np.mean(r["snr_db"])), 2) for k, r in rows.items()}),
               file=sys.stderr, flush=True)
     return out
+
+
+def _scene(mov: dict) -> dict:
+    return {"neurons": len(mov["footprints"]), "motion_px": float(np.asarray(mov["shifts"]).std(axis=0).mean())}
 
 
 def _more_md(more: dict) -> list[str]:

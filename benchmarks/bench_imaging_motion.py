@@ -16,7 +16,7 @@ A seed's scene is not the same at every motion: with motion the scene is drawn o
 larger by a margin (its neurons included) and then cropped, so the rows of a seed differ in
 more than motion; the means over seeds are the comparison.
 
-Writes ``benchmarks/results/imaging_motion.{json,md}``.
+Writes ``benchmarks/results/imaging_motion.{json,md}`` (``--name`` to change the stem).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def main(argv=None) -> int:
                     help="scene seeds (bench_imaging_quality's 10-photon movies)")
     ap.add_argument("--photons", type=float, default=10.0)
     ap.add_argument("--frames", type=int, default=600)
+    ap.add_argument("--name", default="imaging_motion", help="results file stem")
     args = ap.parse_args(argv)
     engines = {Path(m).stem: load_engine(m, backend="onnxruntime", threads=2) for m in args.models}
     rows = []
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
            "command": "python benchmarks/bench_imaging_motion.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "photons": args.photons, "frames": args.frames, "rows": rows}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "imaging_motion.json").write_text(json.dumps(res, indent=2))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(res, indent=2))
     names = [*FILTERS, *engines]
     md = ["# Imaging quality against rigid motion", "",
           f"Machine: {res['machine']}. Date: {res['date']}. Command: `{res['command']}`", "",
@@ -89,7 +90,7 @@ def main(argv=None) -> int:
         mean = {k: sum(r[k] for r in sel) / len(sel) for k in names}
         md.append(f"| {m:g} | " + " | ".join(f"{mean[k]:.2f}" for k in names) + " | "
                   + " | ".join(f"{mean[k] - mean[FILTERS[0]]:+.2f}" for k in engines) + " |")
-    (RESULTS / "imaging_motion.md").write_text("\n".join(md) + "\n")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0
 

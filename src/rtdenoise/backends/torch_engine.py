@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from rtdenoise.backends.base import Engine
 from rtdenoise.model.checkpoint import Checkpoint
-from rtdenoise.model.frontend import shrink_baseline, slot_view
+from rtdenoise.model.frontend import follow_motion, shrink_baseline, slot_view
 
 REPLAY_MAX = 8  # chunks up to this many frames replay the one-frame CUDA graph; longer ones run eagerly
 
@@ -194,7 +194,7 @@ class TorchFrontEnd:
             raise ValueError("a subspace front end runs on the host")
         self.frame_shape, self.batch, self.lag, self.shrink = fe.frame_shape, fe.batch, fe.lag, fe.shrink
         self.horizon, self.floor = float(fe.horizon), fe.floor
-        self.gain, self.offset, self.photons = fe.gain, fe.offset, fe.photons
+        self.gain, self.offset, self.photons, self.register = fe.gain, fe.offset, fe.photons, fe.register
         # F.pad's order: the last dimension first, (before, after) each
         self.pad = None if fe.pad is None else [p for dim in reversed(fe.pad[2:]) for p in dim]
 
@@ -202,9 +202,10 @@ class TorchFrontEnd:
             return torch.tensor(a, dtype=torch.float64, device=device)
 
         self.mean, self.count, self.hist_b, self.hist_s = t(fe.mean), t(fe.count), t(fe.hist_b), t(fe.hist_s)
+        self.shift = t(fe.shift)
 
     def arrays(self) -> list[torch.Tensor]:
-        return [self.mean, self.count, self.hist_b, self.hist_s]
+        return [self.mean, self.count, self.hist_b, self.hist_s] + ([self.shift] if self.register else [])
 
     def view(self, index: int) -> "TorchFrontEnd":
         return slot_view(self, index)
@@ -215,6 +216,7 @@ class TorchFrontEnd:
         self.count[sl] = 0.0
         self.hist_b[sl] = 0.0
         self.hist_s[sl] = 1.0
+        self.shift[sl] = 0.0
 
     def normalize(self, x: torch.Tensor):
         n = x.shape[1]
@@ -225,6 +227,9 @@ class TorchFrontEnd:
         for i in range(n):  # the running mean's recurrence, as FrontEnd.normalize
             self.count += 1.0
             alpha = 1.0 / torch.clamp(self.count, max=self.horizon)
+            if self.register:
+                b[:, i] = follow_motion(self.mean, self.shift, x[:, i], self.count - 1.0, alpha, self.floor)
+                continue
             self.mean += alpha.view(per_stream) * (x[:, i] - self.mean)
             b[:, i] = self.mean
         s = torch.sqrt(torch.clamp(b, min=0.0) + self.floor)

@@ -60,7 +60,8 @@ class Checkpoint:
 
     def normalization(self) -> dict:
         return {"kind": "running-baseline/sqrt", "horizon": self.config.horizon, "floor": self.config.floor,
-                "counts_per_photon": self.config.gain, "dark_level": self.config.offset}
+                "counts_per_photon": self.config.gain, "dark_level": self.config.offset,
+                **({"follows_motion": True} if self.config.register else {})}
 
     def model(self) -> CausalModel:
         """The network of this checkpoint's family with these weights, in eval mode."""

@@ -72,6 +72,8 @@ class ModelConfig:
     # from the movie's photon transfer (selfsup.photon_transfer).
     gain: float = 1.0
     offset: float = 0.0
+    # Imaging front end: the running baseline follows the frame's rigid motion (frontend.follow_motion).
+    register: bool = False
 
     def __post_init__(self):
         fam = family(self.arch)
@@ -90,6 +92,9 @@ class ModelConfig:
             raise ValueError(f"gain must be a finite count per photon > 0 and offset finite, got {self.gain} and {self.offset}")
         if self.rates and (fam.modality != "imaging" or not all(0.0 < r <= 1.0 for r in self.rates)):
             raise ValueError(f"rates are for imaging families, each in (0, 1] per frame; got {self.rates} for arch {self.arch!r}")
+        self.register = bool(self.register)
+        if self.register and fam.modality != "imaging":
+            raise ValueError(f"register (following rigid motion) is for imaging families, not arch {self.arch!r}")
         fam.check_config(self)
 
     @property

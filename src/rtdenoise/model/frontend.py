@@ -13,6 +13,11 @@
    The running mean is cumulative for the first ``horizon`` frames, then an exponential
    moving average with that time constant.
 
+   Images with ``register``: before each update the running mean is moved onto the frame
+   by the rigid shift that best maps one onto the other (:func:`follow_motion`), so a
+   wandering field of view leaves no edges in ``x − b`` for the network to mistake for
+   noise, and ``b`` stays sharp (a fixed mean of a moving scene is a blur of it).
+
    Images only: the network returns ``(x − b)/s`` denoised, and cannot see ``b``'s own noise
    (shifting every frame of a pixel shifts ``b`` alike and leaves ``xn`` unchanged), so the
    output's baseline is ``b`` with its pixel-scale detail shrunk toward a 3 × 3 blur by
@@ -178,6 +183,109 @@ def _shrink_numpy(b: np.ndarray, s: np.ndarray, k: np.ndarray, weight: np.ndarra
     return p
 
 
+REGISTER_AFTER = 8  # frames a stream's mean has seen before it follows the frame's motion
+MAX_STEP_PX = 2.0  # the most one frame moves the baseline, px per axis; a larger jump is followed over a few frames
+PRIOR_STEP_PX = 1.0  # std of a frame's motion the estimate shrinks toward 0 with
+REANCHOR_PX = 8.0  # drift beyond this (px) re-anchors the mean on the frame: what is outside the field of view is lost
+
+
+def _fourier_shifts(images, shifts):
+    """``images`` (B, H, W) moved by ``shifts`` (B, 2) px, edge values repeated beyond the
+    frame; exact inside it (moving an image to and fro blurs nothing). In float32 (an error
+    of 1e-7 of the values, far below their noise): numpy returns float32, torch the input's dtype."""
+    from scipy import fft as sfft
+
+    torch_ = not isinstance(images, np.ndarray)
+    h, w = images.shape[1:]
+    p = int(np.ceil(REANCHOR_PX + MAX_STEP_PX)) + 1  # the farthest a pixel comes from
+    size = (sfft.next_fast_len(h + 2 * p, real=True), sfft.next_fast_len(w + 2 * p, real=True))
+    pads = [(p, size[0] - h - p), (p, size[1] - w - p)]
+    if torch_:
+        import torch
+        import torch.nn.functional as F
+
+        dev = images.device
+        spec = torch.fft.rfft2(F.pad(images.float(), (*pads[1], *pads[0]), mode="replicate"))
+        ky = torch.fft.fftfreq(size[0], device=dev, dtype=torch.float64)
+        kx = torch.fft.rfftfreq(size[1], device=dev, dtype=torch.float64)
+        d = shifts.double()
+        py = torch.exp(-2j * torch.pi * d[:, 0, None] * ky).to(torch.complex64)  # separable: (B, H') and (B, W')
+        px = torch.exp(-2j * torch.pi * d[:, 1, None] * kx).to(torch.complex64)
+        out = torch.fft.irfft2(spec * py[:, :, None] * px[:, None, :], s=size)
+        return out[:, p : p + h, p : p + w].to(images.dtype)
+    spec = sfft.rfft2(np.pad(images.astype(np.float32), [(0, 0), *pads], mode="edge"))
+    py = np.exp(-2j * np.pi * shifts[:, 0, None] * sfft.fftfreq(size[0])).astype(np.complex64)
+    px = np.exp(-2j * np.pi * shifts[:, 1, None] * sfft.rfftfreq(size[1])).astype(np.complex64)
+    spec *= py[:, :, None]
+    spec *= px[:, None, :]
+    return sfft.irfft2(spec, s=size)[:, p : p + h, p : p + w]
+
+
+def follow_motion(mean, shift, frame, count, alpha, floor: float):
+    """One frame of a running mean that follows the frame's rigid motion; numpy (float64) or torch.
+
+    ``mean`` (B, H, W) is kept in its own (reference) coordinates and ``shift`` (B, 2) is
+    where the field of view is now against them, ``(dy, dx)`` px; both are updated in place.
+    Returns the baseline ``b`` of ``frame`` (B, H, W): the updated mean, moved onto it.
+
+    The new shift is one Gauss–Newton step of ``frame(p) ≈ m(p − δ)`` from the last one,
+    ``m`` the mean moved by the last shift: least squares of ``frame − m`` on ``−∇m``
+    (central differences), each pixel weighted by its Poisson noise ``1 / (m + floor)``
+    (a gradient of ``m`` blurred by :func:`blur3` did 0.1 dB worse), with a Gaussian prior of
+    :data:`PRIOR_STEP_PX` on the step, clipped to :data:`MAX_STEP_PX`; ``m`` follows the
+    step to first order (``m − ∇m·step``). The frame, moved back by the new shift, then
+    updates the mean (weight ``alpha``, (B,)). Images move by Fourier shifts
+    (:func:`_fourier_shifts`).
+
+    On a flat image the shift wanders with the noise, which moves a flat mean nowhere (a
+    tighter prior, or discounting the mean's own noise from the fit, stopped it following
+    1-photon movies). Streams whose mean has seen fewer than :data:`REGISTER_AFTER` frames
+    (``count``, (B,)) update as without motion; a stream whose shift passes
+    :data:`REANCHOR_PX` has its mean re-anchored on the frame (the new shift 0).
+    """
+    torch_ = not isinstance(mean, np.ndarray)
+    if torch_:
+        import torch
+    a = alpha.reshape(-1, 1, 1)
+    ready = count >= REGISTER_AFTER
+    if not torch_ and not ready.any():  # (torch computes it all: a CUDA graph takes no branch on the data)
+        mean += a * (frame - mean)
+        return mean.copy()
+    m = _fourier_shifts(mean, shift)  # numpy: float32 from here to the update, half the memory traffic
+    gy, gx = m * 0.0, m * 0.0
+    gy[:, 1:-1] = 0.5 * (m[:, 2:] - m[:, :-2])
+    gx[:, :, 1:-1] = 0.5 * (m[:, :, 2:] - m[:, :, :-2])
+    w = 1.0 / ((m.clamp(min=0.0) if torch_ else np.maximum(m, 0.0)) + floor)
+    gyw, gxw = gy * w, gx * w
+    r = frame - m
+    if torch_:
+        dot = lambda u, v: (u * v).sum(dim=(1, 2))  # noqa: E731
+    else:
+        dot = lambda u, v: np.einsum("bij,bij->b", u, v, dtype=np.float64)  # noqa: E731
+    prior = 1.0 / PRIOR_STEP_PX**2
+    hyy, hxx, hxy = dot(gyw, gy) + prior, dot(gxw, gx) + prior, dot(gyw, gx)
+    ry, rx = dot(gyw, r), dot(gxw, r)
+    det = hyy * hxx - hxy * hxy
+    step = [-(hxx * ry - hxy * rx) / det * ready, -(hyy * rx - hxy * ry) / det * ready]
+    step = torch.stack(step, dim=1).clamp(-MAX_STEP_PX, MAX_STEP_PX) if torch_ else np.clip(np.stack(step, axis=1), -MAX_STEP_PX, MAX_STEP_PX)
+    shift += step
+    b = m - gy * step[:, 0, None, None] - gx * step[:, 1, None, None]  # m moved by the step (a fraction of a px)
+    aligned = _fourier_shifts(frame, -shift)
+    b = b + a * (frame - b)  # the mean updated by this frame, where the frame is
+    far = (shift.abs() if torch_ else np.abs(shift)).max(1)[0 if torch_ else slice(None)] > REANCHOR_PX
+    if torch_:
+        r3 = ready[:, None, None]
+        mean.copy_(torch.where(r3, torch.where(far[:, None, None], b, mean + a * (aligned - mean)), mean + a * (frame - mean)))
+        shift.copy_(torch.where((ready & ~far)[:, None], shift, torch.zeros_like(shift)))
+        return torch.where(r3, b, mean)
+    cold = ~ready
+    mean[ready] += a[ready] * (aligned[ready] - mean[ready])
+    mean[cold] += a[cold] * (frame[cold] - mean[cold])
+    mean[ready & far] = b[ready & far]
+    shift[~ready | far] = 0.0
+    return np.where(ready[:, None, None], b, mean)
+
+
 def _initial_basis(n_bins: int, rank: int) -> np.ndarray:
     """The first ``rank`` DCT-II vectors: smooth spectra, a sensible prior before any data."""
     k = np.arange(rank)[None, :]
@@ -215,6 +323,8 @@ class FrontEnd:
     gain, offset : float
         The input's counts per photon and dark level: frames become ``(x − offset) / gain``
         before anything else, and :meth:`to_counts` maps back.
+    register : bool
+        Images only: the running mean follows the frame's rigid motion (:func:`follow_motion`).
     """
 
     def __init__(
@@ -230,6 +340,7 @@ class FrontEnd:
         pad_to: int = 1,
         gain: float = 1.0,
         offset: float = 0.0,
+        register: bool = False,
     ):
         if horizon < 1 or cov_horizon < 1:
             raise ValueError(f"horizons must be >= 1 frame, got {horizon}, {cov_horizon}")
@@ -242,6 +353,9 @@ class FrontEnd:
         self.n_bins, self.horizon, self.floor = frame[-1], horizon, float(floor)
         self.rank, self.cov_horizon, self.lag, self.batch = rank, cov_horizon, lag, batch
         self.shrink = len(frame) == 2  # images: the output's baseline is shrunk while cold (module doc)
+        if register and len(frame) != 2:
+            raise ValueError(f"only image frames (H, W) can follow motion, got frames of shape {frame}")
+        self.register = bool(register)
         self._scratch = {}  # shrink_baseline's work arrays (each view gets its own)
         self.gain, self.offset = float(gain), float(offset)
         self.photons = (self.gain, self.offset) != (1.0, 0.0)  # (bit-identical without: no arithmetic then)
@@ -252,6 +366,7 @@ class FrontEnd:
         self.output_shape = (rank,) if rank else grid
         self.mean = np.zeros((batch, *frame))
         self.count = np.zeros(batch, dtype=np.int64)
+        self.shift = np.zeros((batch, 2))  # register: where the field of view is against the mean, px
         # Statistics of the last `lag` frames: b, s and (with a subspace) U, for delayed outputs.
         self.hist_b = np.zeros((batch, lag, *frame))
         self.hist_s = np.ones((batch, lag, *frame))
@@ -263,7 +378,8 @@ class FrontEnd:
 
     def arrays(self) -> list[np.ndarray]:
         """Every per-stream statistic, the stream first: what :meth:`view` slices."""
-        return [self.mean, self.count, self.hist_b, self.hist_s] + ([self.cov, self.basis, self.hist_u] if self.rank else [])
+        return ([self.mean, self.count, self.hist_b, self.hist_s] + ([self.shift] if self.register else [])
+                + ([self.cov, self.basis, self.hist_u] if self.rank else []))
 
     def view(self, index: int) -> FrontEnd:
         """Stream ``index`` alone, as a one-stream front end whose statistics are views of
@@ -277,6 +393,7 @@ class FrontEnd:
         sl = slice(None) if index is None else index
         self.mean[sl] = 0.0
         self.count[sl] = 0
+        self.shift[sl] = 0.0
         self.hist_b[sl] = 0.0
         self.hist_s[sl] = 1.0
         if self.rank:
@@ -302,6 +419,9 @@ class FrontEnd:
         for i in range(n):  # a recurrence: cheap vector ops per frame
             self.count += 1
             alpha = 1.0 / np.minimum(self.count, self.horizon)
+            if self.register:
+                b[:, i] = follow_motion(self.mean, self.shift, x[:, i], self.count - 1, alpha, self.floor)
+                continue
             self.mean += alpha.reshape(per_stream) * (x[:, i] - self.mean)
             b[:, i] = self.mean
         s = np.sqrt(np.maximum(b, 0.0) + self.floor)

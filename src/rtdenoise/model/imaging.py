@@ -194,7 +194,7 @@ class _ImagingModel(CausalModel):
         if frame is None:
             raise ValueError("an imaging front end needs the frame shape (H, W)")
         return FrontEnd(frame, horizon=config.horizon, floor=config.floor, rank=0, lag=config.lag, batch=batch,
-                        pad_to=cls.multiple, gain=config.gain, offset=config.offset)
+                        pad_to=cls.multiple, gain=config.gain, offset=config.offset, register=config.register)
 
     # -- shapes and the step -----------------------------------------------------------
     def _grid(self, h: int, w: int) -> tuple[int, int]:

@@ -251,7 +251,9 @@ def follow_motion(mean, shift, frame, count, alpha, floor: float):
     if not torch_ and not ready.any():  # (torch computes it all: a CUDA graph takes no branch on the data)
         mean += a * (frame - mean)
         return mean.copy()
-    m = _fourier_shifts(mean, shift)  # numpy: float32 from here to the update, half the memory traffic
+    if not torch_:  # float32 from here to the update: half the memory traffic
+        frame = frame.astype(np.float32)
+    m = _fourier_shifts(mean, shift)
     gy, gx = m * 0.0, m * 0.0
     gy[:, 1:-1] = 0.5 * (m[:, 2:] - m[:, :-2])
     gx[:, :, 1:-1] = 0.5 * (m[:, :, 2:] - m[:, :, :-2])
@@ -261,7 +263,7 @@ def follow_motion(mean, shift, frame, count, alpha, floor: float):
     if torch_:
         dot = lambda u, v: (u * v).sum(dim=(1, 2))  # noqa: E731
     else:
-        dot = lambda u, v: np.einsum("bij,bij->b", u, v, dtype=np.float64)  # noqa: E731
+        dot = lambda u, v: np.einsum("bi,bi->b", u.reshape(len(u), -1), v.reshape(len(v), -1)).astype(np.float64)  # noqa: E731
     prior = 1.0 / PRIOR_STEP_PX**2
     hyy, hxx, hxy = dot(gyw, gy) + prior, dot(gxw, gx) + prior, dot(gyw, gx)
     ry, rx = dot(gyw, r), dot(gxw, r)
@@ -278,12 +280,16 @@ def follow_motion(mean, shift, frame, count, alpha, floor: float):
         mean.copy_(torch.where(r3, torch.where(far[:, None, None], b, mean + a * (aligned - mean)), mean + a * (frame - mean)))
         shift.copy_(torch.where((ready & ~far)[:, None], shift, torch.zeros_like(shift)))
         return torch.where(r3, b, mean)
-    cold = ~ready
-    mean[ready] += a[ready] * (aligned[ready] - mean[ready])
-    mean[cold] += a[cold] * (frame[cold] - mean[cold])
-    mean[ready & far] = b[ready & far]
+    if ready.all():  # the usual case: no masks, no copies
+        mean += a * (aligned - mean)
+    else:
+        cold = ~ready
+        mean[ready] += a[ready] * (aligned[ready] - mean[ready])
+        mean[cold] += a[cold] * (frame[cold] - mean[cold])
+        b[cold] = mean[cold]
+    mean[far] = b[far]
     shift[~ready | far] = 0.0
-    return np.where(ready[:, None, None], b, mean)
+    return b
 
 
 def _initial_basis(n_bins: int, rank: int) -> np.ndarray:

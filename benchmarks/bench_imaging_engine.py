@@ -115,7 +115,8 @@ def main(argv=None) -> int:
         "",
         f"Machine: {res['machine']}. Date: {res['date']}. Command: `{res['command']}`",
         "",
-        f"Default imaging config (width 8, depth 4, 31-frame temporal field), random weights, {args.threads} threads.",
+        f"Default imaging config (width 8, depth 4, 31-frame temporal field, a baseline that follows motion), "
+        f"random weights, {args.threads} threads.",
         "`step`: a stream past its first 20 s (2 × the front end's horizon); `first 20 s`: from its start,",
         "while the front end also shrinks the cold baseline. `window` recomputes the whole receptive field",
         "for every new frame (no streaming state).",

@@ -38,11 +38,13 @@ LEAKY_RATES = (0.5, 0.25, 0.12, 0.06)
 def default_config(modality: str = "spectral", **changes) -> "ModelConfig":
     """The model a modality trains by default, with ``changes``: the subspace model for
     spectra; for movies a causal U-Net with a 31-frame temporal field and leaky integrators
-    of the input (:data:`LEAKY_RATES`), a 10 s per-pixel baseline at 30 Hz and a variance
-    floor of 1 photon². An ``arch`` of another modality is a ValueError."""
+    of the input (:data:`LEAKY_RATES`), a 10 s per-pixel baseline at 30 Hz that follows the
+    frame's rigid motion, and a variance floor of 1 photon². An ``arch`` of another modality
+    is a ValueError."""
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
-    base = dict(arch="imaging-unet", depth=4, width=8, horizon=300, floor=1.0, rates=list(LEAKY_RATES)) if modality == "imaging" else {}
+    base = (dict(arch="imaging-unet", depth=4, width=8, horizon=300, floor=1.0, rates=list(LEAKY_RATES), register=True)
+            if modality == "imaging" else {})
     config = ModelConfig(**(base | changes))
     if config.family.modality != modality:
         raise ValueError(f"arch {config.arch!r} is a {config.family.modality} model; give --modality {config.family.modality}")

@@ -84,10 +84,10 @@ class TorchEngine(Engine):
             if isinstance(state.net, _GraphState) and x.shape[1] <= REPLAY_MAX:
                 st = state.net
                 if st.graph is None:
-                    self._capture(st, torch.zeros((x.shape[0], 1, *x.shape[2:]), dtype=torch.float64, device=self.device),
+                    self._capture(st, torch.zeros((x.shape[0], 1, *x.shape[2:]), dtype=torch.float32, device=self.device),
                                   lambda xin: self._advance_on_device(xin, fe, st), fe.arrays())
                 return self._replay(st, _to_device(x, self.device))
-            xt = _to_device(x, self.device).to(torch.float64)
+            xt = _to_device(x, self.device).to(torch.float32)
             return self._advance_on_device(xt, fe, state.net).cpu().numpy()
 
     def _advance_on_device(self, x: torch.Tensor, fe: "TorchFrontEnd", net_state) -> torch.Tensor:
@@ -182,11 +182,12 @@ def _to_device(x: np.ndarray, device: torch.device) -> torch.Tensor:
 
 class TorchFrontEnd:
     """:class:`~rtdenoise.model.frontend.FrontEnd`'s per-element statistics (no subspace) as
-    float64 tensors on the engine's device, updated in place so a CUDA graph can hold them.
+    float32 tensors on the engine's device (counts and shifts float64), updated in place so a
+    CUDA graph can hold them.
 
     The same arithmetic, in the same order and precision, as the numpy front end it is made
     from (and whose state it takes over): outputs match the host path to rounding (1e-7).
-    :meth:`normalize` takes float64 frames on the device and returns the network's features
+    :meth:`normalize` takes float32 frames on the device and returns the network's features
     and the statistics of the frames the outputs belong to (``lag`` earlier)."""
 
     def __init__(self, fe, device: torch.device):
@@ -198,11 +199,11 @@ class TorchFrontEnd:
         # F.pad's order: the last dimension first, (before, after) each
         self.pad = None if fe.pad is None else [p for dim in reversed(fe.pad[2:]) for p in dim]
 
-        def t(a):
-            return torch.tensor(a, dtype=torch.float64, device=device)
+        def t(a, dtype=torch.float32):  # float32 statistics, as the host's for images
+            return torch.tensor(a, dtype=dtype, device=device)
 
-        self.mean, self.count, self.hist_b, self.hist_s = t(fe.mean), t(fe.count), t(fe.hist_b), t(fe.hist_s)
-        self.shift = t(fe.shift)
+        self.mean, self.hist_b, self.hist_s = t(fe.mean), t(fe.hist_b), t(fe.hist_s)
+        self.count, self.shift = t(fe.count, torch.float64), t(fe.shift, torch.float64)
 
     def arrays(self) -> list[torch.Tensor]:
         return [self.mean, self.count, self.hist_b, self.hist_s] + ([self.shift] if self.register else [])
@@ -226,7 +227,7 @@ class TorchFrontEnd:
         b = torch.empty_like(x)
         for i in range(n):  # the running mean's recurrence, as FrontEnd.normalize
             self.count += 1.0
-            alpha = 1.0 / torch.clamp(self.count, max=self.horizon)
+            alpha = (1.0 / torch.clamp(self.count, max=self.horizon)).to(self.mean.dtype)
             if self.register:
                 b[:, i] = follow_motion(self.mean, self.shift, x[:, i], self.count - 1.0, alpha, self.floor)
                 continue

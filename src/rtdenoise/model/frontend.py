@@ -213,7 +213,7 @@ def _fourier_shifts(images, shifts):
         px = torch.exp(-2j * torch.pi * d[:, 1, None] * kx).to(torch.complex64)
         out = torch.fft.irfft2(spec * py[:, :, None] * px[:, None, :], s=size)
         return out[:, p : p + h, p : p + w].to(images.dtype)
-    spec = sfft.rfft2(np.pad(images.astype(np.float32), [(0, 0), *pads], mode="edge"))
+    spec = sfft.rfft2(np.pad(images.astype(np.float32, copy=False), [(0, 0), *pads], mode="edge"))
     py = np.exp(-2j * np.pi * shifts[:, 0, None] * sfft.fftfreq(size[0])).astype(np.complex64)
     px = np.exp(-2j * np.pi * shifts[:, 1, None] * sfft.rfftfreq(size[1])).astype(np.complex64)
     spec *= py[:, :, None]
@@ -252,7 +252,8 @@ def follow_motion(mean, shift, frame, count, alpha, floor: float):
         mean += a * (frame - mean)
         return mean.copy()
     if not torch_:  # float32 from here to the update: half the memory traffic
-        frame = frame.astype(np.float32)
+        frame = frame.astype(np.float32, copy=False)
+        a = a.astype(np.float32)
     m = _fourier_shifts(mean, shift)
     gy, gx = m * 0.0, m * 0.0
     gy[:, 1:-1] = 0.5 * (m[:, 2:] - m[:, :-2])
@@ -271,6 +272,7 @@ def follow_motion(mean, shift, frame, count, alpha, floor: float):
     step = [-(hxx * ry - hxy * rx) / det * ready, -(hyy * rx - hxy * ry) / det * ready]
     step = torch.stack(step, dim=1).clamp(-MAX_STEP_PX, MAX_STEP_PX) if torch_ else np.clip(np.stack(step, axis=1), -MAX_STEP_PX, MAX_STEP_PX)
     shift += step
+    step = step.to(m.dtype) if torch_ else step.astype(m.dtype)  # float32 images stay float32
     b = m - gy * step[:, 0, None, None] - gx * step[:, 1, None, None]  # m moved by the step (a fraction of a px)
     aligned = _fourier_shifts(frame, -shift)
     b = b + a * (frame - b)  # the mean updated by this frame, where the frame is
@@ -370,12 +372,15 @@ class FrontEnd:
         self.pad = [(0, 0), (0, 0)] + [(0, g - d) for g, d in zip(grid, frame)] if grid != frame else None
         self.feature_shape = (2 * rank,) if rank else grid
         self.output_shape = (rank,) if rank else grid
-        self.mean = np.zeros((batch, *frame))
+        # Images in float32 (a 512 x 512 frame's statistics are megabytes, moved every frame;
+        # float32 holds a running mean of counts to 1e-7 of it); spectra in float64.
+        self.dtype = np.float32 if len(frame) == 2 else np.float64
+        self.mean = np.zeros((batch, *frame), self.dtype)
         self.count = np.zeros(batch, dtype=np.int64)
         self.shift = np.zeros((batch, 2))  # register: where the field of view is against the mean, px
         # Statistics of the last `lag` frames: b, s and (with a subspace) U, for delayed outputs.
-        self.hist_b = np.zeros((batch, lag, *frame))
-        self.hist_s = np.ones((batch, lag, *frame))
+        self.hist_b = np.zeros((batch, lag, *frame), self.dtype)
+        self.hist_s = np.ones((batch, lag, *frame), self.dtype)
         if rank:
             # float32: the subspace only steers the projection, and it halves the per-frame cost.
             self.cov = np.zeros((batch, n_bins, n_bins), dtype=np.float32)
@@ -417,14 +422,14 @@ class FrontEnd:
         bsz, n = x.shape[:2]
         if bsz != self.batch or x.shape[2:] != self.frame_shape:
             raise ValueError(f"expected a chunk (batch={self.batch}, n, {', '.join(map(str, self.frame_shape))}), got {x.shape}")
-        x = x.astype(np.float64, copy=False)
+        x = x.astype(self.dtype, copy=False)
         if self.photons:
             x = (x - self.offset) / self.gain
-        b = np.empty(x.shape)
+        b = np.empty(x.shape, self.dtype)
         per_stream = (bsz,) + (1,) * len(self.frame_shape)
         for i in range(n):  # a recurrence: cheap vector ops per frame
             self.count += 1
-            alpha = 1.0 / np.minimum(self.count, self.horizon)
+            alpha = (1.0 / np.minimum(self.count, self.horizon)).astype(self.dtype)
             if self.register:
                 b[:, i] = follow_motion(self.mean, self.shift, x[:, i], self.count - 1, alpha, self.floor)
                 continue

@@ -40,6 +40,12 @@ class OrtEngine(Engine):
         ONNX Runtime execution providers (default ``["CPUExecutionProvider"]``).
     io_binding : bool
         Bind inputs and outputs once per chunk length to fixed host arrays (faster for 1 frame).
+    spin : bool
+        Let the intra-op threads (``threads`` > 1) spin-wait after each step, ONNX Runtime's
+        default. Off here: stepping 512 × 512 at 30 Hz on 2 cores, spinning took 56 ms of CPU
+        per 33 ms frame period (34 ms off) for 1.4 ms less step latency; at 128 × 128, 100 Hz,
+        12 ms per 10 ms period (3 off) for 0.7 ms. That CPU is what acquisition software, the
+        sockets and the front end on the same cores need (``benchmarks/results/ort_spin.md``).
 
     Examples
     --------
@@ -57,6 +63,7 @@ class OrtEngine(Engine):
         threads: int = 1,
         providers: list | None = None,
         io_binding: bool = True,
+        spin: bool = False,
     ):
         from rtdenoise.backends.export import export_onnx, read_onnx_metadata
 
@@ -82,6 +89,7 @@ class OrtEngine(Engine):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         opts.log_severity_level = 3  # errors only: unused-initializer notes are not news
         self.threads = int(threads)
         self.providers = list(providers) if providers else ["CPUExecutionProvider"]

@@ -104,6 +104,33 @@ def test_onnxruntime_equals_torch(engine, noisy_frames, arch, lag, kw):
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * float(ref.std()))
 
 
+@pytest.mark.parametrize("spin", [pytest.param(True, id="spin"), pytest.param(False, id="no-spin")])
+def test_onnxruntime_spinning_threads_give_the_same_result(tiny_checkpoint, noisy_frames, spin):
+    from rtdenoise.backends.ort_engine import OrtEngine
+
+    ckpt = tiny_checkpoint("spectral", 1)
+    x = noisy_frames(20)
+    ref = OrtEngine(ckpt, threads=1).run(x)
+    got = OrtEngine(ckpt, threads=2, spin=spin).run(x)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * float(ref.std()))
+
+
+@pytest.mark.parametrize("setting,kept", [pytest.param(None, True, id="default"), pytest.param("0", False, id="off")])
+def test_keep_heap_is_on_by_default_and_off_by_environment(setting, kept):
+    """glibc's mallopt is asked once per process (a fresh one here); RTDENOISE_KEEP_HEAP=0 leaves malloc alone."""
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("keep_heap acts on glibc only")
+    env = {k: v for k, v in os.environ.items() if k != "RTDENOISE_KEEP_HEAP"} | ({"RTDENOISE_KEEP_HEAP": setting} if setting else {})
+    code = "from rtdenoise.backends.base import keep_heap; print(keep_heap(), keep_heap())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(kept)] * 2
+
+
 @pytest.mark.parametrize("arch,lag,kw", [pytest.param("spectral", 1, {}, id="spectral-lag1"), pytest.param("subspace", 0, {}, id="subspace-lag0")])
 @pytest.mark.parametrize("io_binding", [pytest.param(True, id="bound"), pytest.param(False, id="run")])
 def test_onnxruntime_io_binding_same_result(tiny_checkpoint, noisy_frames, arch, lag, kw, io_binding):

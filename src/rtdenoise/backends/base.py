@@ -118,14 +118,17 @@ def keep_heap() -> bool:
 
     A step's temporaries at 512 x 512 are megabyte arrays. By default glibc maps each one
     fresh (or trims the heap under it once freed), so every step faults its pages in again:
-    the front end of a 512 x 512 frame that follows motion took 10.8 ms a step that way and
-    5.2 ms with this (``benchmarks/results/imaging_engine.md``). The cost is memory: up to
+    the front end of a 512 x 512 frame that follows motion took 11 ms a step that way and
+    5 ms with this (``benchmarks/results/host_heap.md``). The cost is memory: up to
     ``8 × HEAP_KEEP_BYTES`` of freed heap stays with the process. Process-wide, once; a
-    no-op off glibc. Every :class:`Engine` calls it. Returns whether it took effect.
+    no-op off glibc or with ``RTDENOISE_KEEP_HEAP=0`` in the environment. Every
+    :class:`Engine` calls it. Returns whether it took effect.
     """
     global _HEAP_KEPT
     if _HEAP_KEPT is None:
         _HEAP_KEPT = False
+        if os.environ.get("RTDENOISE_KEEP_HEAP", "1") == "0":
+            return False
         try:
             import ctypes
             import ctypes.util

@@ -209,3 +209,41 @@ def test_train_init_calibrates_a_shipped_model_to_recorded_noise(tmp_path, capsy
 def test_train_refuses_an_arch_of_another_modality(tmp_path, capsys):
     assert main(["train", str(tmp_path / "x.pt"), "--modality", "spectral", "--arch", "imaging-unet", "--steps", "1"]) == 2
     assert "--modality imaging" in capsys.readouterr().err
+
+
+def test_follow_motion_switch_for_denoise(tmp_path, capsys):
+    """--no-follow-motion runs the shipped imaging model as a checkpoint without motion
+    following would (the same weights); on a moving movie that is another output."""
+    from rtdenoise.model.checkpoint import load
+
+    rng = np.random.default_rng(0)
+    scene = 5.0 + 20.0 * (rng.random((80, 80)) > 0.9)
+    movie = np.stack([np.roll(scene, (t % 5, (t // 2) % 4), axis=(0, 1))[8:72, 8:72] for t in range(30)])
+    movie = rng.poisson(movie).astype(np.uint16)
+    np.save(tmp_path / "mov.npy", movie)
+    paths = {}
+    for flag in ("--follow-motion", "--no-follow-motion"):
+        paths[flag] = tmp_path / f"{flag[2:]}.npy"
+        assert main(["denoise", str(tmp_path / "mov.npy"), str(paths[flag]), "--quiet", flag]) == 0
+    still = load("imaging-lag0").following_motion(False)
+    assert not still.config.register and load("imaging-lag0").config.register
+    np.testing.assert_array_equal(load_frames(paths["--no-follow-motion"]), denoise(movie, model=still))
+    np.testing.assert_array_equal(load_frames(paths["--follow-motion"]), denoise(movie, model="imaging-lag0"))
+    assert not np.allclose(load_frames(paths["--follow-motion"]), load_frames(paths["--no-follow-motion"]))
+
+
+def test_follow_motion_refused_where_it_cannot_apply(tmp_path, capsys, model_path):
+    from rtdenoise.backends import load_engine
+    from rtdenoise.backends.export import export_onnx
+    from rtdenoise.model.checkpoint import load
+
+    with pytest.raises(ValueError, match="only imaging models follow motion"):
+        load_engine("spectral-lag0", follow_motion=True)
+    assert load_engine("spectral-lag0", follow_motion=False).config.register is False  # nothing to turn off
+    onnx = export_onnx(load("imaging-lag0"), tmp_path / "m.onnx")
+    with pytest.raises(ValueError, match="exported file"):
+        load_engine(onnx, backend="onnxruntime", follow_motion=False)
+    np.save(tmp_path / "spectra.npy", np.full((10, 152), 100, np.uint16))
+    assert main(["denoise", str(tmp_path / "spectra.npy"), str(tmp_path / "o.npy"), "--quiet", "--follow-motion"]) != 0
+    assert "only imaging models follow motion" in capsys.readouterr().err
+    assert not (tmp_path / "o.npy").exists()

@@ -717,3 +717,14 @@ def test_every_start_of_the_service_has_its_own_epoch(ckpt):
         with rig(ck) as r:
             epochs.add(r.status()["epoch"])
     assert len(epochs) == 2 and all(0 <= e < 2**63 for e in epochs)
+
+
+def test_follow_motion_set_by_the_service_config():
+    """serve --no-follow-motion: the service's imaging engine keeps a still baseline; a
+    non-boolean setting is refused before anything loads."""
+    with Service(model="imaging-lag0", follow_motion=False, sub=ANY, bind_sub=True, pub=ANY, control="ipc://*") as svc:
+        assert svc.engine.config.register is False
+    with Service(model="imaging-lag0", sub=ANY, bind_sub=True, pub=ANY, control="ipc://*") as svc:
+        assert svc.engine.config.register is True
+    with pytest.raises(ValueError, match="follow_motion must be"):
+        Service(model="imaging-lag0", follow_motion="no", sub=ANY, bind_sub=True, pub=ANY, control="ipc://*")

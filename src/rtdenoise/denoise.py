@@ -14,6 +14,7 @@ def denoise(
     backend: str = "torch",
     chunk: int | None = None,
     progress: bool = False,
+    follow_motion: bool | None = None,
 ) -> np.ndarray:
     """Denoise a recording offline.
 
@@ -28,6 +29,9 @@ def denoise(
     chunk : int, optional
         Frames per engine step: ``chunk=1`` is exactly what the live service does frame by
         frame. Any value gives the same output; memory is bounded by it (default 1024).
+    follow_motion : bool, optional
+        Movies: the model's front end follows the field of view's rigid motion, or not,
+        whatever its checkpoint says (None: as it says). The shipped imaging models do.
 
     Returns
     -------
@@ -47,7 +51,12 @@ def denoise(
 
     if model is None:
         model = default_model(max(1, np.ndim(frames) - 1))  # a 1-D array gets the spectral error
-    engine = model if isinstance(model, Engine) else load_engine(model, backend=backend)
+    if isinstance(model, Engine):
+        if follow_motion is not None and follow_motion != model.config.register:
+            raise ValueError("follow_motion cannot change an engine already made; give the model instead")
+        engine = model
+    else:
+        engine = load_engine(model, backend=backend, follow_motion=follow_motion)
     return engine.run(frames, chunk=chunk, progress=progress)
 
 
@@ -61,6 +70,7 @@ def denoise_file(
     key: str | None = None,
     dtype: str = "float32",
     progress: bool = True,
+    follow_motion: bool | None = None,
 ) -> dict:
     """Read ``src``, denoise, write ``dst`` atomically (never half-written). Returns a summary.
 
@@ -68,6 +78,7 @@ def denoise_file(
     HDF5 larger than memory are read and written a block at a time, with the causal state
     carried across blocks, so the result equals one pass. ``dtype``: ``"float32"`` (the
     default) or ``"input"``, the input's own type (integers rounded and clipped to its range).
+    ``follow_motion``: as in :func:`denoise`.
     """
     import time
 
@@ -80,10 +91,10 @@ def denoise_file(
 
     if dtype not in ("float32", "input"):
         raise ValueError(f"dtype must be 'float32' or 'input', got {dtype!r}")
-    engine = None if model is None else load_engine(model, backend=backend)  # bad model or backend: before reading
+    engine = None if model is None else load_engine(model, backend=backend, follow_motion=follow_motion)  # bad model or backend: before reading
     with open_frames(src, key=key) as reader:
         if engine is None:  # the shipped default for these frames: spectra or images
-            engine = load_engine(default_model(len(reader.shape) - 1), backend=backend)
+            engine = load_engine(default_model(len(reader.shape) - 1), backend=backend, follow_motion=follow_motion)
         validate_frames(np.zeros((1, *reader.shape[1:]), reader.dtype), frame_shape=engine.frame_shape, name=str(src))  # the shape
         engine.check_shape(reader.shape[1:])
         if np.issubdtype(reader.dtype, np.integer) and reader.dtype.itemsize >= 8:

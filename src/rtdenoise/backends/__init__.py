@@ -15,7 +15,7 @@ from rtdenoise.backends.base import BACKENDS, Engine, StreamState, auto_backend
 __all__ = ["BACKENDS", "Engine", "StreamState", "auto_backend", "load_engine"]
 
 
-def load_engine(model=None, *, backend: str = "torch", **kwargs) -> Engine:
+def load_engine(model=None, *, backend: str = "torch", follow_motion: bool | None = None, **kwargs) -> Engine:
     """An engine for ``model`` (a Checkpoint, a path, a shipped name, or None = default).
 
     A ``.onnx`` from ``rtdenoise export`` runs on onnxruntime (or tensorrt, or torch, which
@@ -24,6 +24,11 @@ def load_engine(model=None, *, backend: str = "torch", **kwargs) -> Engine:
     ``backend``: ``torch``, ``onnxruntime``, ``tensorrt`` or ``auto`` (see
     :func:`~rtdenoise.backends.base.auto_backend`). Bad names and paths fail here, not at
     the first frame.
+
+    ``follow_motion``: an imaging model's front end follows the frame's rigid motion (True)
+    or not (False), whatever its checkpoint says (None: as it says; see
+    :func:`rtdenoise.model.frontend.follow_motion`). Checkpoints only: an exported file
+    keeps the setting it was exported with.
     """
     from rtdenoise.model.checkpoint import Checkpoint, load
 
@@ -31,9 +36,14 @@ def load_engine(model=None, *, backend: str = "torch", **kwargs) -> Engine:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     if isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith((".onnx", ".plan")):
         # An exported graph or a TensorRT plan carries the model's metadata itself.
+        if follow_motion is not None:
+            raise ValueError(f"{os.fspath(model)} is an exported file: it keeps the motion following it was exported "
+                             "with; give the checkpoint (.pt) to change it, or re-export one with it changed")
         ckpt, backend, kwargs = _checkpoint_for_file(Path(model), backend, dict(kwargs))
     else:
         ckpt = model if isinstance(model, Checkpoint) else load(model)
+        if follow_motion is not None:
+            ckpt = ckpt.following_motion(follow_motion)
         if backend == "auto":
             backend = auto_backend(ckpt)
     if backend == "torch":

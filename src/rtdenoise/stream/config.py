@@ -46,6 +46,7 @@ class ServiceConfig:
 
     model: Any = None  # checkpoint path, shipped name, Checkpoint, or None = the shipped default
     backend: str = "auto"  # torch | onnxruntime | tensorrt | auto (the fastest measured for the model here)
+    follow_motion: bool | None = None  # imaging: the front end follows rigid motion or not (None: as the model says)
     sub: str = "tcp://127.0.0.1:5555"  # input frames; connects to an acquisition PUB that binds
     bind_sub: bool = False  # bind the input instead (many publishers connect to one service)
     pub: str = "tcp://127.0.0.1:5556"  # output, always bound: consumers connect
@@ -68,6 +69,8 @@ class ServiceConfig:
     curve_keys: Any = None  # directory with server.key_secret and authorized/*.key: CURVE on every socket
 
     def validate(self) -> None:
+        if self.follow_motion is not None and not isinstance(self.follow_motion, bool):
+            raise ValueError(f"follow_motion must be True, False or None (as the model says), got {self.follow_motion!r}")
         if isinstance(self.max_header_bytes, int) and self.max_header_bytes > MAX_INPUT_HEADER:
             raise ValueError(f"max_header_bytes must be <= {MAX_INPUT_HEADER} (the wire's {wire.MAX_HEADER_BYTES} less "
                              f"room for the keys output headers add), got {self.max_header_bytes}")

@@ -141,7 +141,7 @@ class Service:
 
             # Engines take `threads` (torch: process-wide intra-op; ORT: the session's).
             kw = {} if config.threads is None else {"threads": config.threads}
-            engine = load_engine(config.model, backend=config.backend, **kw)
+            engine = load_engine(config.model, backend=config.backend, follow_motion=config.follow_motion, **kw)
         self.engine = engine
         self.lag = int(engine.lag)
         for shape in config.warm_shapes:  # before any socket is bound

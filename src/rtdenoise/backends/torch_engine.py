@@ -186,7 +186,8 @@ class TorchFrontEnd:
     CUDA graph can hold them.
 
     The same arithmetic, in the same order and precision, as the numpy front end it is made
-    from (and whose state it takes over): outputs match the host path to rounding (1e-7).
+    from (and whose state it takes over): outputs match the host path to a float32 rounding
+    (1e-5 of the frame's scale: the two libraries sum in other orders).
     :meth:`normalize` takes float32 frames on the device and returns the network's features
     and the statistics of the frames the outputs belong to (``lag`` earlier)."""
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from bench_quality import run_info, write_results  # noqa: E402
+from bench_quality import fresh_process_json, run_info, write_results  # noqa: E402
 
 RESULTS = HERE / "results"
 SIZES = (128, 512)
@@ -76,9 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         for size in SIZES:
             for keep in ("1", "0"):
                 env = {**os.environ, "RTDENOISE_KEEP_HEAP": keep}
-                out = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--case", str(size)],
-                                     capture_output=True, text=True, check=True, env=env)
-                r = json.loads(out.stdout.strip().splitlines()[-1])
+                r = fresh_process_json(__file__, ["--steps", str(args.steps), "--case", str(size)], env=env)
                 runs.append(r)
                 print(f"{size}² keep_heap={r['kept']}: " + ", ".join(f"{k} {v:.2f}" for k, v in r["stages_ms"].items()),
                       file=sys.stderr)

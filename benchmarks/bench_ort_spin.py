@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from bench_quality import run_info, write_results  # noqa: E402
+from bench_quality import fresh_process_json, run_info, write_results  # noqa: E402
 
 RESULTS = HERE / "results"
 CASES = [(512, 30.0), (128, 100.0)]
@@ -73,9 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.rounds):
         for size, rate in CASES:
             for spin in (True, False):
-                out = subprocess.run([sys.executable, __file__, "--steps", str(args.steps),
-                                      "--case", f"{size},{rate},{int(spin)}"], capture_output=True, text=True, check=True)
-                r = json.loads(out.stdout.strip().splitlines()[-1])
+                r = fresh_process_json(__file__, ["--steps", str(args.steps), "--case", f"{size},{rate},{int(spin)}"])
                 runs.append(r)
                 print(f"{size}x{size} @ {rate:g} Hz spin={spin}: step p50 {r['step_ms']['p50']:.2f} "
                       f"p99 {r['step_ms']['p99']:.2f} ms, CPU {r['cpu_ms_per_frame']:.2f} ms/frame", file=sys.stderr)

@@ -75,6 +75,15 @@ def run_info(script: str, argv: list[str] | None) -> dict:
             "command": f"python benchmarks/{Path(script).name} " + " ".join(args)}
 
 
+def fresh_process_json(script: str, args: list[str], env: dict | None = None) -> dict:
+    """Run ``python script *args`` in a fresh process and return the JSON its last line prints
+    (for cases that a process's history would skew: thread pools, the allocator's state)."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, check=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def write_results(stem, res: dict, markdown) -> str:
     """``stem``.json (the figures) and ``stem``.md (``markdown(res)``); returns the markdown."""
     stem = Path(stem)

@@ -208,6 +208,13 @@ def cmd_info(args) -> int:
 # ----------------------------------------------------------------------------- denoise
 
 
+def _add_follow_motion(p) -> None:
+    p.add_argument("--follow-motion", action=argparse.BooleanOptionalAction, default=None,
+                   help="movies: the front end follows the field of view's rigid motion (--no-follow-motion: a still "
+                        "field, 4-5 ms less a 512x512 frame on 2 CPU cores); default: as the model says (the shipped "
+                        "imaging models follow it)")
+
+
 def _add_denoise(sub) -> None:
     p = sub.add_parser("denoise", help="denoise a recording file (time first) with a trained model")
     p.add_argument("input", help=".npy/.npz/.tif/.h5/.mat, time first: frames × wavelengths or frames × H × W "
@@ -219,10 +226,7 @@ def _add_denoise(sub) -> None:
     p.add_argument("--key", default=None, help="array name inside .npz/.h5/.mat (default: noisy, frames or data)")
     p.add_argument("--dtype", choices=["float32", "input"], default="float32",
                    help="output type: float32, or the input's own (integers rounded and clipped to its range)")
-    p.add_argument("--follow-motion", action=argparse.BooleanOptionalAction, default=None,
-                   help="movies: the front end follows the field of view's rigid motion (--no-follow-motion: a still "
-                        "field, 4-5 ms less a 512x512 frame on 2 CPU cores); default: as the model says (the shipped "
-                        "imaging models follow it)")
+    _add_follow_motion(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_denoise)
 
@@ -353,10 +357,7 @@ def _add_serve(sub) -> None:
                         "(one role each); make them with `rtdenoise keys DIR`")
     p.add_argument("--subscribe", action="append", default=None, metavar="PREFIX",
                    help="take only streams whose name starts with PREFIX (repeatable; default all)")
-    p.add_argument("--follow-motion", action=argparse.BooleanOptionalAction, default=None,
-                   help="movies: the front end follows the field of view's rigid motion (--no-follow-motion: a still "
-                        "field, 4-5 ms less a 512x512 frame on 2 CPU cores); default: as the model says (the shipped "
-                        "imaging models follow it)")
+    _add_follow_motion(p)
     p.add_argument("--threads", type=int, default=d.threads, help="the engine's CPU threads (default 1: lowest latency for one frame)")
     p.add_argument("--spin", action="store_true",
                    help="latency mode: receive and denoise on one thread that polls without sleeping (lowest "

@@ -8,7 +8,7 @@ model file cannot execute code. Any engine can rebuild the model from the file a
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -69,15 +69,13 @@ class Checkpoint:
         A model trained without it can use it (a wandering field of view then leaves no edges
         for the network to mistake for noise); one with it can save its cost on a still field
         (4 to 5 ms a 512 × 512 frame on 2 CPU cores, ``register_cost.md``)."""
-        import dataclasses
-
         if self.modality != "imaging":
             if on:
                 raise ValueError(f"model {self.name!r} is a {self.modality} model: only imaging models follow motion")
             return self
         if bool(on) == self.config.register:
             return self
-        return dataclasses.replace(self, config=dataclasses.replace(self.config, register=bool(on)))
+        return replace(self, config=replace(self.config, register=bool(on)))
 
     def model(self) -> CausalModel:
         """The network of this checkpoint's family with these weights, in eval mode."""

@@ -253,7 +253,7 @@ def follow_motion(mean, shift, frame, count, alpha, floor: float):
         return mean.copy()
     if not torch_:  # float32 from here to the update: half the memory traffic
         frame = frame.astype(np.float32, copy=False)
-        a = a.astype(np.float32)
+        a = a.astype(np.float32, copy=False)
     m = _fourier_shifts(mean, shift)
     gy, gx = m * 0.0, m * 0.0
     gy[:, 1:-1] = 0.5 * (m[:, 2:] - m[:, :-2])

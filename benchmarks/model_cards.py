@@ -260,7 +260,9 @@ def render(ck, quality: dict, metrics: dict) -> str:
         f"{_size(ck)}.",
         f"- Lag {ck.lag} frames ({ck.lag / ck.fs:g} s); receptive field {ck.receptive_field} frames "
         f"({ck.receptive_field / ck.fs:g} s) plus the front end's running statistics "
-        f"(baseline over {ck.config.horizon} frames, spectral subspace over {ck.config.cov_horizon}).",
+        f"(baseline over {ck.config.horizon} frames, spectral subspace over {ck.config.cov_horizon}"
+        + (f"; the output's baseline takes its bin-by-bin detail from a mean over {ck.config.slow_horizon}"
+           if ck.config.slow_horizon else "") + ").",
         f"- Input: spectra of {ck.config.n_bins} bins, {ck.wavelengths[0]:.0f}–{ck.wavelengths[-1]:.0f} nm, at "
         f"{ck.fs:g} Hz, in detector counts. Output: the same frames denoised, float32 counts.",
         "",

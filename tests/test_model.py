@@ -10,6 +10,7 @@ import torch
 
 from rtdenoise.model.checkpoint import Checkpoint, load
 from rtdenoise.model.config import ModelConfig
+from rtdenoise.model.frontend import FrontEnd
 from rtdenoise.model.streaming import CausalModel
 from rtdenoise.synth import simulate
 from rtdenoise.train import TrainConfig, lr_at, train
@@ -163,6 +164,51 @@ def test_frontend_maps_outputs_back_with_the_statistics_lag_frames_earlier(rank)
     back = np.concatenate([fe.to_counts(late[:, i : i + 7], fe.normalize(rec["noisy"][None, i : i + 7]))
                            for i in range(0, 40, 7)], axis=1)
     np.testing.assert_allclose(back[:, lag:], now.to_counts(target, norm_now)[:, :-lag], rtol=1e-6)
+
+
+
+def _output_baseline_error(slow_horizon: int, fade: float) -> tuple[np.ndarray, np.ndarray]:
+    """A steady spectrum (a bright band on a dark offset) dimming by ``fade`` over 3000
+    frames, with shot noise: the output baseline's error against the true level, and the
+    running baseline's, per frame and bin, once the slow mean is settled (1500 frames)."""
+    rng = np.random.default_rng(0)
+    w, n = 152, 3000
+    level = 100 + 2000 * np.exp(-0.5 * ((np.arange(w) - 70) / 25.0) ** 2)
+    true = level[None] * (1 - fade * np.arange(n) / n)[:, None]
+    x = rng.poisson(true)[None].astype(np.float64)
+    fe = ModelConfig(slow_horizon=slow_horizon).frontend(1)
+    norm = fe.normalize(x)
+    return (norm.out_baseline[0] - true)[1500:], (norm.baseline[0] - true)[1500:]
+
+
+def test_a_spectral_output_baseline_sheds_the_running_baseline_s_per_bin_noise():
+    # Steady light: the output's baseline (a 1500-frame mean plus the 150-frame mean's
+    # departure from it, smoothed over 2 bins) carries under a third of the running
+    # baseline's noise power.
+    out, running = _output_baseline_error(1500, 0.0)
+    assert np.mean(out**2) < np.mean(running**2) / 3
+    off, running_off = _output_baseline_error(0, 0.0)
+    np.testing.assert_array_equal(off, running_off)  # slow_horizon=0: the running baseline itself
+
+
+def test_a_spectral_output_baseline_follows_bleaching_as_fast_as_the_running_baseline():
+    # A 30 % fade over the recording is smooth across wavelength, so the output's baseline
+    # keeps up with it as the running baseline does (the lag of a 150-frame mean, 1.5 % of
+    # the level, is the error left in both).
+    out, running = _output_baseline_error(1500, 0.3)
+    np.testing.assert_allclose(out.mean(axis=1), running.mean(axis=1), rtol=0.02)
+    assert np.mean(np.abs(out)) < 1.02 * np.mean(np.abs(running))
+
+
+def test_a_spectral_output_baseline_is_the_running_baseline_while_that_is_cumulative():
+    rec = simulate(150, seed=6, photons=2000)
+    norm = ModelConfig().frontend(1).normalize(rec["noisy"][None])
+    np.testing.assert_allclose(norm.out_baseline, norm.baseline, rtol=1e-12)
+    with pytest.raises(ValueError, match="slow_horizon is for spectra"):
+        FrontEnd((16, 16), horizon=10, floor=1.0, slow_horizon=100)
+    with pytest.raises(ValueError, match="slow_horizon is for spectral families"):
+        ModelConfig(arch="imaging-unet", depth=4, width=8, slow_horizon=100)
+    assert ModelConfig(arch="imaging-unet", depth=4, width=8).slow_horizon == 0  # the default per modality
 
 
 def _tiny_ckpt(**kw) -> Checkpoint:

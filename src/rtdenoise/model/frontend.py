@@ -25,6 +25,14 @@
    the largest error of a cold start at low light. The shrinking fades out over the second
    ``horizon`` frames, when it no longer helps, and costs nothing after that.
 
+   Spectra with ``slow_horizon``: the output's baseline is not ``b`` itself but a slow mean
+   ``m`` (the same schedule over ``slow_horizon`` frames) plus ``b − m`` smoothed across
+   wavelength (a Gaussian of ``smooth_bins``). ``b``'s own noise, a 30 s mean's, is white
+   across bins and went straight to the output outside the subspace the network returns;
+   what ``b`` follows that ``m`` cannot (bleaching, slow hemodynamics, detector drift) is
+   smooth across wavelength and stays. The two means agree for the first ``horizon``
+   frames, so nothing changes while the baseline is cumulative.
+
 2. **Spectral subspace** (``rank > 0``). Photometry spectra are nearly low-rank across
    wavelengths. The front end keeps a running second-moment matrix ``C`` of ``xn``
    (same cumulative-then-EMA schedule over ``cov_horizon`` frames) and tracks its top-``rank``
@@ -66,7 +74,7 @@ class Normalized:
     basis: np.ndarray | None  # (B, n, W, r) the tracked subspace U at each frame (None without one)
     count: np.ndarray | None = None  # (B, n) frames the running baseline of each frame had seen
     # The same statistics for the frames the outputs belong to (lag frames earlier).
-    out_baseline: np.ndarray | None = None
+    out_baseline: np.ndarray | None = None  # the output's baseline (b, unless spectra with slow_horizon)
     out_scale: np.ndarray | None = None
     out_basis: np.ndarray | None = None
     out_count: np.ndarray | None = None  # ≤ 0 for outputs of frames before the start
@@ -333,6 +341,12 @@ class FrontEnd:
         before anything else, and :meth:`to_counts` maps back.
     register : bool
         Images only: the running mean follows the frame's rigid motion (:func:`follow_motion`).
+    slow_horizon : int
+        Spectra only: frames of the slow mean that gives the output's baseline its bin-by-bin
+        detail (0: the output's baseline is the running baseline itself).
+    smooth_bins : float
+        Spectra only: the Gaussian's σ, in bins, that smooths the running baseline's departure
+        from the slow mean.
     """
 
     def __init__(
@@ -349,9 +363,13 @@ class FrontEnd:
         gain: float = 1.0,
         offset: float = 0.0,
         register: bool = False,
+        slow_horizon: int = 0,
+        smooth_bins: float = 0.0,
     ):
-        if horizon < 1 or cov_horizon < 1:
-            raise ValueError(f"horizons must be >= 1 frame, got {horizon}, {cov_horizon}")
+        if horizon < 1 or cov_horizon < 1 or slow_horizon < 0:
+            raise ValueError(f"horizons must be >= 1 frame (slow_horizon 0 for none), got {horizon}, {cov_horizon}, {slow_horizon}")
+        if not smooth_bins >= 0:
+            raise ValueError(f"smooth_bins must be >= 0, got {smooth_bins}")
         frame = (int(n_bins),) if np.ndim(n_bins) == 0 else tuple(int(d) for d in n_bins)
         if rank and len(frame) != 1:
             raise ValueError(f"a spectral subspace needs 1-D frames, got frames of shape {frame}")
@@ -364,6 +382,9 @@ class FrontEnd:
         if register and len(frame) != 2:
             raise ValueError(f"only image frames (H, W) can follow motion, got frames of shape {frame}")
         self.register = bool(register)
+        if slow_horizon and len(frame) != 1:
+            raise ValueError(f"slow_horizon is for spectra (1-D frames), got frames of shape {frame}")
+        self.slow_horizon = int(slow_horizon)
         self._scratch = {}  # shrink_baseline's work arrays (each view gets its own)
         self.gain, self.offset = float(gain), float(offset)
         self.photons = (self.gain, self.offset) != (1.0, 0.0)  # (bit-identical without: no arithmetic then)
@@ -378,7 +399,14 @@ class FrontEnd:
         self.mean = np.zeros((batch, *frame), self.dtype)
         self.count = np.zeros(batch, dtype=np.int64)
         self.shift = np.zeros((batch, 2))  # register: where the field of view is against the mean, px
-        # Statistics of the last `lag` frames: b, s and (with a subspace) U, for delayed outputs.
+        if self.slow_horizon:
+            self.slow = np.zeros((batch, *frame), self.dtype)
+            # (W, W): column j is bin j's unit vector smoothed, so a frame's smoothing is v @ smooth.T
+            from scipy.ndimage import gaussian_filter1d
+
+            eye = np.eye(frame[0])
+            self._smooth = gaussian_filter1d(eye, smooth_bins, axis=0, mode="nearest") if smooth_bins > 0 else eye
+        # Statistics of the last `lag` frames for delayed outputs: the output's baseline, s and (with a subspace) U.
         self.hist_b = np.zeros((batch, lag, *frame), self.dtype)
         self.hist_s = np.ones((batch, lag, *frame), self.dtype)
         if rank:
@@ -390,7 +418,7 @@ class FrontEnd:
     def arrays(self) -> list[np.ndarray]:
         """Every per-stream statistic, the stream first: what :meth:`view` slices."""
         return ([self.mean, self.count, self.hist_b, self.hist_s] + ([self.shift] if self.register else [])
-                + ([self.cov, self.basis, self.hist_u] if self.rank else []))
+                + ([self.slow] if self.slow_horizon else []) + ([self.cov, self.basis, self.hist_u] if self.rank else []))
 
     def view(self, index: int) -> FrontEnd:
         """Stream ``index`` alone, as a one-stream front end whose statistics are views of
@@ -405,6 +433,8 @@ class FrontEnd:
         self.mean[sl] = 0.0
         self.count[sl] = 0
         self.shift[sl] = 0.0
+        if self.slow_horizon:
+            self.slow[sl] = 0.0
         self.hist_b[sl] = 0.0
         self.hist_s[sl] = 1.0
         if self.rank:
@@ -426,6 +456,7 @@ class FrontEnd:
         if self.photons:
             x = (x - self.offset) / self.gain
         b = np.empty(x.shape, self.dtype)
+        bo = np.empty(x.shape, self.dtype) if self.slow_horizon else b  # the output's baseline
         per_stream = (bsz,) + (1,) * len(self.frame_shape)
         for i in range(n):  # a recurrence: cheap vector ops per frame
             self.count += 1
@@ -435,6 +466,9 @@ class FrontEnd:
                 continue
             self.mean += alpha.reshape(per_stream) * (x[:, i] - self.mean)
             b[:, i] = self.mean
+            if self.slow_horizon:
+                self.slow += (1.0 / np.minimum(self.count, self.slow_horizon))[:, None] * (x[:, i] - self.slow)
+                bo[:, i] = self.slow + (self.mean - self.slow) @ self._smooth.T
         s = np.sqrt(np.maximum(b, 0.0) + self.floor)
         xn = (x - b) / s
         count = (self.count - n)[:, None] + np.arange(1, n + 1)
@@ -442,7 +476,7 @@ class FrontEnd:
             feat = xn.astype(np.float32)
             if self.pad:
                 feat = np.pad(feat, self.pad, mode="edge")
-            return self._delayed(Normalized(feat, b, s, None, count))
+            return self._delayed(Normalized(feat, b, s, None, count), bo)
         r, w = self.rank, self.n_bins
         xn32 = xn.astype(np.float32)
         z = np.empty((bsz, n, r), dtype=np.float32)
@@ -461,16 +495,17 @@ class FrontEnd:
             u_all[:, i] = self.basis
             z[:, i] = (v[:, None, :] @ self.basis)[:, 0]
         feat = np.concatenate([z, np.log(lam + 1e-3)], axis=2)
-        return self._delayed(Normalized(feat.astype(np.float32), b, s, u_all, count))
+        return self._delayed(Normalized(feat.astype(np.float32), b, s, u_all, count), bo)
 
-    def _delayed(self, norm: Normalized) -> Normalized:
-        """Fill in the statistics of the frames ``lag`` earlier, advancing the lag history."""
+    def _delayed(self, norm: Normalized, bo: np.ndarray) -> Normalized:
+        """Fill in the statistics of the frames ``lag`` earlier (``bo``: the output's baseline
+        of each frame of the chunk), advancing the lag history."""
         norm.out_count = norm.count - self.lag
         if not self.lag:
-            norm.out_baseline, norm.out_scale, norm.out_basis = norm.baseline, norm.scale, norm.basis
+            norm.out_baseline, norm.out_scale, norm.out_basis = bo, norm.scale, norm.basis
             return norm
         n = norm.baseline.shape[1]
-        fb = np.concatenate([self.hist_b, norm.baseline], axis=1)
+        fb = np.concatenate([self.hist_b, bo], axis=1)
         fs = np.concatenate([self.hist_s, norm.scale], axis=1)
         self.hist_b[:], self.hist_s[:] = fb[:, n:], fs[:, n:]
         norm.out_baseline, norm.out_scale = fb[:, :n], fs[:, :n]

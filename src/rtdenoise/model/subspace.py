@@ -52,7 +52,8 @@ class SubspaceModel(CausalModel):
     def frontend(cls, config, batch: int = 1, frame=None) -> FrontEnd:
         return FrontEnd(config.n_bins, horizon=config.horizon, floor=config.floor, rank=config.rank,
                         cov_horizon=config.cov_horizon, lag=config.lag, batch=batch,
-                        gain=config.gain, offset=config.offset)
+                        gain=config.gain, offset=config.offset,
+                        slow_horizon=config.slow_horizon, smooth_bins=config.smooth_bins)
 
     def step(self, feat: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         r, k = self.config.rank, self.config.taps

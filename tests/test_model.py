@@ -203,13 +203,40 @@ def test_a_spectral_output_baseline_follows_bleaching_as_fast_as_the_running_bas
 def test_a_spectral_output_baseline_is_the_running_baseline_while_that_is_cumulative():
     rec = simulate(150, seed=6, photons=2000)
     norm = ModelConfig().frontend(1).normalize(rec["noisy"][None])
-    np.testing.assert_allclose(norm.out_baseline, norm.baseline, rtol=1e-12)
-    with pytest.raises(ValueError, match="slow_horizon is for spectra"):
+    np.testing.assert_array_equal(norm.out_baseline, norm.baseline)
+    # only a subspace front end has it (elsewhere the network returns every bin of (clean − b)/s)
+    with pytest.raises(ValueError, match="slow_horizon is for a spectral subspace"):
         FrontEnd((16, 16), horizon=10, floor=1.0, slow_horizon=100)
-    with pytest.raises(ValueError, match="slow_horizon is for spectral families"):
-        ModelConfig(arch="imaging-unet", depth=4, width=8, slow_horizon=100)
-    assert ModelConfig(arch="imaging-unet", depth=4, width=8).slow_horizon == 0  # the default per modality
+    for arch, kw in (("imaging-unet", dict(depth=4, width=8)), ("spectral", {})):
+        assert ModelConfig(arch=arch, **kw).slow_horizon == 0  # the default per family
+        with pytest.raises(ValueError, match="slow_horizon is for the subspace family"):
+            ModelConfig(arch=arch, slow_horizon=1500, **kw)
+    with pytest.raises(ValueError, match=r"slow_horizon must be 0 or >= horizon \(150\)"):
+        ModelConfig(slow_horizon=100)
 
+
+def test_a_spectral_output_baseline_is_the_same_whatever_the_chunking_batching_or_lag():
+    # Past the first horizon (where the slow mean takes over): a stream stepped in chunks,
+    # beside other streams or through a one-stream view, gets exactly the same outputs.
+    cfg = ModelConfig(rank=4, taps=4, lag=3, horizon=20, cov_horizon=30, slow_horizon=60)
+    x = np.stack([simulate(200, seed=s, photons=p)["noisy"] for s, p in ((7, 500), (8, 3000), (9, 1500))])
+    out = np.random.default_rng(1).normal(size=(3, 200, 4)).astype(np.float32)
+
+    def run(fe, xs, outs, step):
+        return np.concatenate([fe.to_counts(outs[:, i : i + step], fe.normalize(xs[:, i : i + step]))
+                               for i in range(0, xs.shape[1], step)], axis=1)
+
+    whole = run(cfg.frontend(3), x, out, 200)
+    np.testing.assert_array_equal(run(cfg.frontend(3), x, out, 7), whole)
+    for k in range(3):
+        np.testing.assert_array_equal(run(cfg.frontend(1), x[k : k + 1], out[k : k + 1], 1), whole[k : k + 1])
+    fe = cfg.frontend(3)
+    views = [fe.view(k) for k in range(3)]
+    for i in range(0, 200, 9):  # streams stepped in turn through their views
+        for k, v in enumerate(views):
+            got = v.to_counts(out[k : k + 1, i : i + 9], v.normalize(x[k : k + 1, i : i + 9]))
+            np.testing.assert_array_equal(got, whole[k : k + 1, i : i + 9])
+    assert not np.array_equal(whole, run(ModelConfig(**(cfg.to_dict() | {"slow_horizon": 0})).frontend(3), x, out, 200))
 
 def _tiny_ckpt(**kw) -> Checkpoint:
     cfg = ModelConfig(depth=3, width=8, dilations=[], rank=4, taps=4, **kw)

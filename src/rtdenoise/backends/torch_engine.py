@@ -45,8 +45,7 @@ class TorchEngine(Engine):
     convolutions and matrix products use TF32 (faster on large frames, ~1e-3 relative error).
     ``half``: run the network under float16 autocast (states are kept in float32).
     ``device_frontend``: run a per-element front end on ``device`` (default: on CUDA); a
-    subspace front end, or a spectral one with a slow baseline (``slow_horizon``), always
-    runs on the host.
+    subspace front end always runs on the host.
     """
 
     backend = "torch"
@@ -74,7 +73,7 @@ class TorchEngine(Engine):
 
     def _allocate(self, state, frame: tuple[int, ...]) -> None:
         super()._allocate(state, frame)
-        if self.device_frontend and not (state.frontend.rank or state.frontend.slow_horizon):
+        if self.device_frontend and not state.frontend.rank:
             state.frontend = TorchFrontEnd(state.frontend, self.device)
 
     def _advance(self, x: np.ndarray, state) -> np.ndarray:
@@ -193,8 +192,8 @@ class TorchFrontEnd:
     and the statistics of the frames the outputs belong to (``lag`` earlier)."""
 
     def __init__(self, fe, device: torch.device):
-        if fe.rank or fe.slow_horizon:
-            raise ValueError("a subspace front end, or one with a slow spectral baseline, runs on the host")
+        if fe.rank:
+            raise ValueError("a subspace front end runs on the host")
         self.frame_shape, self.batch, self.lag, self.shrink = fe.frame_shape, fe.batch, fe.lag, fe.shrink
         self.horizon, self.floor = float(fe.horizon), fe.floor
         self.gain, self.offset, self.photons, self.register = fe.gain, fe.offset, fe.photons, fe.register

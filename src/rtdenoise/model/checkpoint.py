@@ -61,7 +61,9 @@ class Checkpoint:
     def normalization(self) -> dict:
         return {"kind": "running-baseline/sqrt", "horizon": self.config.horizon, "floor": self.config.floor,
                 "counts_per_photon": self.config.gain, "dark_level": self.config.offset,
-                **({"follows_motion": True} if self.config.register else {})}
+                **({"follows_motion": True} if self.config.register else {}),
+                **({"output_baseline": {"slow_horizon": self.config.slow_horizon, "smooth_bins": self.config.smooth_bins}}
+                   if self.config.slow_horizon else {})}
 
     def following_motion(self, on: bool) -> Checkpoint:
         """This model with its front end following the frame's rigid motion (``on``) or not:

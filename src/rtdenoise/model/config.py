@@ -68,10 +68,10 @@ class ModelConfig:
     lag: int = 0  # frames of lookahead: the output for frame t leaves when t + lag arrives
     horizon: int = 150  # front end: frames in the running baseline (30 s at 5 Hz)
     floor: float = 25.0  # front end: variance floor in counts² (about a read noise of 5)
-    # Spectral families: the output's baseline is a slow mean over slow_horizon frames (0: off;
-    # None: 1500 for spectral families, 0 for imaging ones) plus the running baseline's
-    # departure from it smoothed over smooth_bins (σ) across wavelength, which drops the
-    # running baseline's own per-bin noise (frontend module doc).
+    # "subspace" only: the output's baseline is a slow mean over slow_horizon frames (0: off;
+    # None: 1500 for "subspace", 0 for the others) plus the running baseline's departure from
+    # it smoothed over smooth_bins (σ) across wavelength, which drops the running baseline's
+    # own per-bin noise outside the subspace the network returns (frontend module doc).
     slow_horizon: int | None = None
     smooth_bins: float = 2.0
     rates: list[float] = field(default_factory=list)  # imaging families: leaky integrators of the input, one per rate (per frame)
@@ -101,12 +101,14 @@ class ModelConfig:
         if self.rates and (fam.modality != "imaging" or not all(0.0 < r <= 1.0 for r in self.rates)):
             raise ValueError(f"rates are for imaging families, each in (0, 1] per frame; got {self.rates} for arch {self.arch!r}")
         if self.slow_horizon is None:
-            self.slow_horizon = 0 if fam.modality == "imaging" else 1500
+            self.slow_horizon = 1500 if self.arch == "subspace" else 0
         self.slow_horizon, self.smooth_bins = int(self.slow_horizon), float(self.smooth_bins)
-        if self.slow_horizon < 0 or not self.smooth_bins >= 0:
-            raise ValueError(f"slow_horizon and smooth_bins must be >= 0, got {self.slow_horizon} and {self.smooth_bins}")
-        if self.slow_horizon and fam.modality == "imaging":
-            raise ValueError(f"slow_horizon is for spectral families, not arch {self.arch!r}")
+        if self.slow_horizon and self.arch != "subspace":
+            # the other families predict every bin of (clean − b)/s: their outputs need b itself
+            raise ValueError(f"slow_horizon is for the subspace family, not arch {self.arch!r}")
+        if self.slow_horizon and self.slow_horizon < self.horizon or not self.smooth_bins >= 0:
+            raise ValueError(f"slow_horizon must be 0 or >= horizon ({self.horizon}) and smooth_bins >= 0, "
+                             f"got {self.slow_horizon} and {self.smooth_bins}")
         self.register = bool(self.register)
         if self.register and fam.modality != "imaging":
             raise ValueError(f"register (following rigid motion) is for imaging families, not arch {self.arch!r}")

@@ -25,7 +25,7 @@
    the largest error of a cold start at low light. The shrinking fades out over the second
    ``horizon`` frames, when it no longer helps, and costs nothing after that.
 
-   Spectra with ``slow_horizon``: the output's baseline is not ``b`` itself but a slow mean
+   Spectral subspace front ends with ``slow_horizon`` (≥ ``horizon``): the output's baseline is not ``b`` itself but a slow mean
    ``m`` (the same schedule over ``slow_horizon`` frames) plus ``b − m`` smoothed across
    wavelength (a Gaussian of ``smooth_bins``). ``b``'s own noise, a 30 s mean's, is white
    across bins and went straight to the output outside the subspace the network returns;
@@ -74,7 +74,7 @@ class Normalized:
     basis: np.ndarray | None  # (B, n, W, r) the tracked subspace U at each frame (None without one)
     count: np.ndarray | None = None  # (B, n) frames the running baseline of each frame had seen
     # The same statistics for the frames the outputs belong to (lag frames earlier).
-    out_baseline: np.ndarray | None = None  # the output's baseline (b, unless spectra with slow_horizon)
+    out_baseline: np.ndarray | None = None  # the output's baseline (b, unless a subspace with slow_horizon)
     out_scale: np.ndarray | None = None
     out_basis: np.ndarray | None = None
     out_count: np.ndarray | None = None  # ≤ 0 for outputs of frames before the start
@@ -342,11 +342,12 @@ class FrontEnd:
     register : bool
         Images only: the running mean follows the frame's rigid motion (:func:`follow_motion`).
     slow_horizon : int
-        Spectra only: frames of the slow mean that gives the output's baseline its bin-by-bin
-        detail (0: the output's baseline is the running baseline itself).
+        Subspace only (``rank > 0``): frames (0, or at least ``horizon``) of the slow mean that
+        gives the output's baseline its bin-by-bin detail (0: the output's baseline is the
+        running baseline itself).
     smooth_bins : float
-        Spectra only: the Gaussian's σ, in bins, that smooths the running baseline's departure
-        from the slow mean.
+        With ``slow_horizon``: the Gaussian's σ, in bins, that smooths the running baseline's
+        departure from the slow mean.
     """
 
     def __init__(
@@ -382,9 +383,12 @@ class FrontEnd:
         if register and len(frame) != 2:
             raise ValueError(f"only image frames (H, W) can follow motion, got frames of shape {frame}")
         self.register = bool(register)
-        if slow_horizon and len(frame) != 1:
-            raise ValueError(f"slow_horizon is for spectra (1-D frames), got frames of shape {frame}")
-        self.slow_horizon = int(slow_horizon)
+        if slow_horizon and not rank:
+            raise ValueError("slow_horizon is for a spectral subspace front end (rank > 0): outside the subspace "
+                             "the output is the baseline; without one the network returns every bin")
+        if slow_horizon and slow_horizon < horizon:
+            raise ValueError(f"slow_horizon must be 0 or >= horizon ({horizon}), got {slow_horizon}")
+        self.slow_horizon, self.smooth_bins = int(slow_horizon), float(smooth_bins)
         self._scratch = {}  # shrink_baseline's work arrays (each view gets its own)
         self.gain, self.offset = float(gain), float(offset)
         self.photons = (self.gain, self.offset) != (1.0, 0.0)  # (bit-identical without: no arithmetic then)
@@ -401,11 +405,6 @@ class FrontEnd:
         self.shift = np.zeros((batch, 2))  # register: where the field of view is against the mean, px
         if self.slow_horizon:
             self.slow = np.zeros((batch, *frame), self.dtype)
-            # (W, W): column j is bin j's unit vector smoothed, so a frame's smoothing is v @ smooth.T
-            from scipy.ndimage import gaussian_filter1d
-
-            eye = np.eye(frame[0])
-            self._smooth = gaussian_filter1d(eye, smooth_bins, axis=0, mode="nearest") if smooth_bins > 0 else eye
         # Statistics of the last `lag` frames for delayed outputs: the output's baseline, s and (with a subspace) U.
         self.hist_b = np.zeros((batch, lag, *frame), self.dtype)
         self.hist_s = np.ones((batch, lag, *frame), self.dtype)
@@ -468,7 +467,7 @@ class FrontEnd:
             b[:, i] = self.mean
             if self.slow_horizon:
                 self.slow += (1.0 / np.minimum(self.count, self.slow_horizon))[:, None] * (x[:, i] - self.slow)
-                bo[:, i] = self.slow + (self.mean - self.slow) @ self._smooth.T
+                bo[:, i] = self.slow + self._smoothed(self.mean - self.slow)
         s = np.sqrt(np.maximum(b, 0.0) + self.floor)
         xn = (x - b) / s
         count = (self.count - n)[:, None] + np.arange(1, n + 1)
@@ -496,6 +495,15 @@ class FrontEnd:
             z[:, i] = (v[:, None, :] @ self.basis)[:, 0]
         feat = np.concatenate([z, np.log(lam + 1e-3)], axis=2)
         return self._delayed(Normalized(feat.astype(np.float32), b, s, u_all, count), bo)
+
+    def _smoothed(self, d: np.ndarray) -> np.ndarray:
+        """``d`` (B, W) smoothed across bins, each stream's row on its own (a stream's result
+        does not depend on the batch it is stepped in)."""
+        if not self.smooth_bins:
+            return d
+        from scipy.ndimage import gaussian_filter1d
+
+        return gaussian_filter1d(d, self.smooth_bins, axis=-1, mode="nearest")
 
     def _delayed(self, norm: Normalized, bo: np.ndarray) -> Normalized:
         """Fill in the statistics of the frames ``lag`` earlier (``bo``: the output's baseline

@@ -42,8 +42,7 @@ class ResidualModel(CausalModel):
     def frontend(cls, config, batch: int = 1, frame=None) -> FrontEnd:
         return FrontEnd(frame or config.n_bins, horizon=config.horizon, floor=config.floor, rank=0,
                         cov_horizon=config.cov_horizon, lag=config.lag, batch=batch,
-                        gain=config.gain, offset=config.offset,
-                        slow_horizon=config.slow_horizon, smooth_bins=config.smooth_bins)
+                        gain=config.gain, offset=config.offset)
 
     def _build_trunk(self, c_in: int, kernel_w) -> nn.ModuleList:
         """The trunk's layers, the last one giving the noise; a plain stack by default."""

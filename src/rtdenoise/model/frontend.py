@@ -497,13 +497,15 @@ class FrontEnd:
         return self._delayed(Normalized(feat.astype(np.float32), b, s, u_all, count), bo)
 
     def _smoothed(self, d: np.ndarray) -> np.ndarray:
-        """``d`` (B, W) smoothed across bins, each stream's row on its own (a stream's result
-        does not depend on the batch it is stepped in)."""
+        """``d`` (B, W) smoothed across bins, each stream's row by its own vector-matrix
+        product (a stream's result does not depend on the batch it is stepped in)."""
         if not self.smooth_bins:
             return d
-        from scipy.ndimage import gaussian_filter1d
+        if getattr(self, "_smooth_t", None) is None:  # (W, W): row j is how much bin j feeds each bin
+            from scipy.ndimage import gaussian_filter1d
 
-        return gaussian_filter1d(d, self.smooth_bins, axis=-1, mode="nearest")
+            self._smooth_t = gaussian_filter1d(np.eye(d.shape[-1]), self.smooth_bins, axis=0, mode="nearest").T.copy()
+        return np.stack([row @ self._smooth_t for row in d])
 
     def _delayed(self, norm: Normalized, bo: np.ndarray) -> Normalized:
         """Fill in the statistics of the frames ``lag`` earlier (``bo``: the output's baseline

@@ -25,9 +25,10 @@
    the largest error of a cold start at low light. The shrinking fades out over the second
    ``horizon`` frames, when it no longer helps, and costs nothing after that.
 
-   Spectral subspace front ends with ``slow_horizon`` (≥ ``horizon``): the output's baseline is not ``b`` itself but a slow mean
-   ``m`` (the same schedule over ``slow_horizon`` frames) plus ``b − m`` smoothed across
-   wavelength (a Gaussian of ``smooth_bins``). ``b``'s own noise, a 30 s mean's, is white
+   Spectral subspace front ends with ``slow_horizon`` (≥ ``horizon``): the output's
+   baseline is not ``b`` itself but a slow mean ``m`` (the same schedule over
+   ``slow_horizon`` frames) plus ``b − m`` smoothed across wavelength (a Gaussian of
+   ``smooth_bins``). ``b``'s own noise, a 30 s mean's, is white
    across bins and went straight to the output outside the subspace the network returns;
    what ``b`` follows that ``m`` cannot (bleaching, slow hemodynamics, detector drift) is
    smooth across wavelength and stays. The two means agree for the first ``horizon``

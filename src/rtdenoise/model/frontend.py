@@ -406,6 +406,11 @@ class FrontEnd:
         self.shift = np.zeros((batch, 2))  # register: where the field of view is against the mean, px
         if self.slow_horizon:
             self.slow = np.zeros((batch, *frame), self.dtype)
+            if self.smooth_bins:  # (W, W): row j is how much bin j feeds each bin
+                from scipy.ndimage import gaussian_filter1d
+
+                eye = np.eye(frame[0])
+                self._smooth_t = gaussian_filter1d(eye, self.smooth_bins, axis=0, mode="nearest").T.copy()
         # Statistics of the last `lag` frames for delayed outputs: the output's baseline, s and (with a subspace) U.
         self.hist_b = np.zeros((batch, lag, *frame), self.dtype)
         self.hist_s = np.ones((batch, lag, *frame), self.dtype)
@@ -502,10 +507,6 @@ class FrontEnd:
         product (a stream's result does not depend on the batch it is stepped in)."""
         if not self.smooth_bins:
             return d
-        if getattr(self, "_smooth_t", None) is None:  # (W, W): row j is how much bin j feeds each bin
-            from scipy.ndimage import gaussian_filter1d
-
-            self._smooth_t = gaussian_filter1d(np.eye(d.shape[-1]), self.smooth_bins, axis=0, mode="nearest").T.copy()
         return np.stack([row @ self._smooth_t for row in d])
 
     def _delayed(self, norm: Normalized, bo: np.ndarray) -> Normalized:

@@ -11,23 +11,9 @@
 # steps, to split it over two calls; GPU_PARTS picks bench_gpu's parts (GPU_LIMIT its time limit);
 # DRY=1 runs it on a CPU (figures meaningless; the CPU is slow).
 set -uo pipefail
-OUT=${OUT:-/tmp/rtdenoise-gpu}
-mkdir -p "$OUT"
-if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c "import zmq" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-fi
-# an editable install (the shipped models are the package rtdenoise._shipped, mapped from models/); where pip
-# cannot make one there, the same layout through PYTHONPATH
-(cd /tmp && python3 -c "import rtdenoise._shipped") 2>/dev/null \
-  || python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . \
-  || { ln -sfn ../../models src/rtdenoise/_shipped && export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}; }
-(cd /tmp && python3 -c "import rtdenoise._shipped") || { echo "could not install rtdenoise here"; exit 1; }
-export PYTHONUNBUFFERED=1
+source benchmarks/gpu_setup.sh
 DEVICE=cuda STEPS=200 SECONDS_LIVE=10 SECONDS_BATCH=5
 if [ "${DRY:-0}" = 1 ]; then DEVICE=cpu STEPS=3 SECONDS_LIVE=1 SECONDS_BATCH=1; fi
-(nvidia-smi -L || echo "no nvidia-smi") > "$OUT/card.txt" 2>&1
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())" >> "$OUT/card.txt"
-cat "$OUT/card.txt"
 
 PARTS=${PARTS:-tests,gpu,batch}
 step() {  # part, name, time limit (s), command...
@@ -37,8 +23,8 @@ step() {  # part, name, time limit (s), command...
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
   echo "== $name: exit $? after $((SECONDS - t0)) s"; tail -n 25 "$OUT/$name.log"
 }
-# 1. the GPU-marked tests: CUDA graphs per slot and per group, the engines, TensorRT where installed
-step tests gpu_tests 90 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_batch.py tests/test_engines.py tests/test_imaging_engines.py
+# 1. the GPU-marked tests: CUDA graphs per slot and per group, the engines, TensorRT where installed, training
+step tests gpu_tests 90 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_batch.py tests/test_engines.py tests/test_imaging_engines.py tests/test_model.py
 # 2. engine.step at 128² and 512², 1 and 16 streams; the ZeroMQ floor; the live service (#11's GPU targets)
 step gpu bench_gpu "${GPU_LIMIT:-360}" python3 benchmarks/bench_gpu.py --device "$DEVICE" --steps "$STEPS" --seconds "$SECONDS_LIVE" \
   --parts "${GPU_PARTS:-equal,live,floor_ipc,engine,breakdown}" --out "$OUT"

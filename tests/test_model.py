@@ -340,6 +340,42 @@ def test_training_refuses_mismatched_settings(tmp_path):
         train(tmp_path / "m.pt", config=TrainConfig(workers=0), progress=False, resume=True)
 
 
+def test_training_refuses_a_device_it_cannot_use(tmp_path):
+    for bad in ("tpu", "nonsense"):
+        with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
+            train(tmp_path / "m.pt", config=TrainConfig(workers=0, steps=1, device=bad), progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="sees no CUDA GPU"):
+            train(tmp_path / "m.pt", config=TrainConfig(workers=0, steps=1, device="cuda"), progress=False)
+    assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.gpu
+def test_training_on_a_gpu_follows_the_cpu_run(tmp_path, monkeypatch):
+    """The same seed on the GPU follows the CPU's run (to the rounding of other kernels: the
+    weights differ by far less than training moved them), and the checkpoint it writes is on
+    the CPU, loads anywhere and resumes."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU; torch.cuda.is_available() is False")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    model = ModelConfig(arch="imaging-unet", depth=3, width=4, horizon=300)
+    cfg = TrainConfig(steps=20, batch=2, window=16, patch=(16, 16), val_every=10, val_instances=4, workers=0, lr=1e-3,
+                      warmup=2)
+    start = train(tmp_path / "start.pt", model=model, config=TrainConfig(**{**cfg.to_dict(), "steps": 0}), progress=False)
+    cpu = train(tmp_path / "cpu.pt", model=model, config=cfg, progress=False)
+    gpu = train(tmp_path / "gpu.pt", model=model, config=TrainConfig(**{**cfg.to_dict(), "device": "cuda"}), progress=False)
+    assert all(v.device.type == "cpu" for v in gpu.state_dict.values())
+    moved = max(float((cpu.state_dict[k] - v).abs().max()) for k, v in start.state_dict.items())
+    apart = max(float((gpu.state_dict[k] - v).abs().max()) for k, v in cpu.state_dict.items())
+    assert moved > 1e-3 and apart < 0.1 * moved, (moved, apart)
+    assert gpu.provenance["final_val_loss"] == pytest.approx(cpu.provenance["final_val_loss"], rel=0.02)
+    assert load(tmp_path / "gpu.pt").provenance["train"]["device"] == "cuda"
+    more = train(tmp_path / "gpu.pt", model=model, config=TrainConfig(**{**cfg.to_dict(), "steps": 25, "device": "cuda"}),
+                 progress=False, resume=True)
+    assert more.provenance["steps"] == 25
+
+
 def test_settled_starts_begin_from_a_settled_baseline_and_leave_their_warm_up_out_of_the_loss():
     from rtdenoise.synth.dataset import ImagingDataset
     from rtdenoise.train import SETTLED_BURN, lagged_loss, normalize_batch

@@ -78,6 +78,9 @@ def _add_train(sub) -> None:
     p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {t.lr:g}; {t.lr / 4:g} with --init)")
     p.add_argument("--workers", type=int, default=t.workers, help="processes making instances beside the optimizer")
     p.add_argument("--threads", type=int, default=t.threads, help="torch threads (default: the cores the workers leave)")
+    p.add_argument("--device", default=t.device,
+                   help="where the optimizer runs: cpu (default) or cuda (an NVIDIA GPU; the workers still make "
+                        "instances on the CPU, so give it several)")
     p.add_argument("--settled", type=float, default=t.settled, metavar="SHARE",
                    help="imaging: share of instances whose running baseline starts settled, as a live stream's is "
                         "after its first 2·horizon frames (default 0: all start cold)")
@@ -128,6 +131,7 @@ def cmd_train(args) -> int:
         steps=args.steps, minutes=args.minutes, batch=args.batch, window=args.window,
         lr=args.lr if args.lr is not None else d.lr / 4 if init else d.lr,
         workers=args.workers, seed=args.seed, patch=tuple(args.patch), threads=args.threads, settled=args.settled,
+        device=args.device,
     )
     if args.modality == "imaging":
         if args.dark or args.light:

@@ -50,6 +50,9 @@ class TrainConfig:
     # 2·horizon frames (per-element front ends only: images). Without it every instance starts
     # cold and the settled regime users run in is never trained (horizon 300 > any window).
     settled: float = 0.0
+    # Where the optimizer runs: "cpu", or "cuda" (an NVIDIA GPU; instances are still made by the
+    # workers on the CPU, so give it several). The checkpoint is the same either way.
+    device: str = "cpu"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -201,6 +204,7 @@ def train(
     if cfg.settled and cfg.window <= SETTLED_BURN + model_cfg.lag:
         raise ValueError(f"with settled starts the window must be longer than {SETTLED_BURN + model_cfg.lag} frames "
                          f"(the first {SETTLED_BURN} only warm the network), got {cfg.window}")
+    dev = _train_device(cfg.device)
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) - cfg.workers))
     out = Path(out)
     state_path = out.with_name(out.name + ".state")
@@ -210,6 +214,7 @@ def train(
     net = model_cfg.build()
     if init is not None:
         net.load_state_dict(init.state_dict)
+    net.to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, wall_before, history = 0, 0.0, []
     if resume:
@@ -227,7 +232,7 @@ def train(
         ddp = torch.nn.parallel.DistributedDataParallel(net)
 
     val_rng = np.random.default_rng([cfg.seed, 10**6])  # held out: never drawn in training
-    val = [normalize_batch(*ds.batch(val_rng, 8), model_cfg, settled=cfg.settled, rng=val_rng)
+    val = [tuple(a.to(dev) for a in normalize_batch(*ds.batch(val_rng, 8), model_cfg, settled=cfg.settled, rng=val_rng))
            for _ in range(math.ceil(cfg.val_instances / 8))]
     # Each (rank, resume point) draws its own stream of instances.
     batches = torch.utils.data.DataLoader(
@@ -235,6 +240,7 @@ def train(
         batch_size=None,
         num_workers=cfg.workers,
         prefetch_factor=4 if cfg.workers else None,
+        pin_memory=dev.type == "cuda",
     )
     batch_iter = iter(batches)
 
@@ -249,7 +255,7 @@ def train(
         ckpt = Checkpoint(
             name=name or out.stem,
             config=model_cfg,
-            state_dict=net.state_dict(),
+            state_dict={k: v.detach().cpu() for k, v in net.state_dict().items()},
             wavelengths=[] if images else list(signal.wavelengths()),
             fs=float(np.sqrt(signal.fs[0] * signal.fs[1])) if images else signal.fs,  # movies: the median of the drawn rates
             provenance={
@@ -266,7 +272,8 @@ def train(
                 "command": command or " ".join(sys.argv),
                 "torch": str(torch.__version__),  # TorchVersion would not load with weights_only
                 **({"init": init_record} if init is not None else {}),
-                "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores".strip(),
+                "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores".strip()
+                + (f", {torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else ""),
                 "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             },
         )
@@ -274,7 +281,7 @@ def train(
             ckpt.save(out)
             with atomic_path(state_path) as tmp:
                 torch.save(
-                    {"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step, "wall_s": wall, "history": history},
+                    {"model": ckpt.state_dict, "optimizer": opt.state_dict(), "step": step, "wall_s": wall, "history": history},
                     tmp,
                 )
         return ckpt
@@ -304,7 +311,7 @@ def train(
         for g in opt.param_groups:
             horizon = total if not deadline else step0 + _eta_steps(step - step0, t0, deadline, total - step0)
             g["lr"] = lr_at(step, horizon, cfg)
-        x, t = next(batch_iter)
+        x, t = (a.to(dev, non_blocking=True) for a in next(batch_iter))
         loss = lagged_loss(ddp(x), t, model_cfg.lag)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -330,6 +337,21 @@ def train(
 
         dist.destroy_process_group()
     return ckpt
+
+
+def _train_device(name: str) -> torch.device:
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {name!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {name!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} asked for, but this torch ({torch.__version__}) sees no CUDA GPU; "
+                           "train with device 'cpu', or install a CUDA build of torch on a machine with an NVIDIA GPU")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
 
 
 def calibration_noise(recorded, init: Checkpoint, prior: float = 0.25):

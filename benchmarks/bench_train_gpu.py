@@ -1,0 +1,127 @@
+"""How fast an imaging model trains, on the CPU or a GPU: what bounds it, the optimizer or the instances.
+
+    python benchmarks/bench_train_gpu.py [--device cuda] [--workers 14] [--seconds 10] [--out DIR]
+
+- ``network``: optimizer steps (forward, backward, AdamW) on random instances already on the
+  device, for the shipped imaging model's width (8) and wider ones (16, 32), batch 32 of 48
+  frames × 64 × 64 (the fine-tuning instances): instances/s the device alone could take.
+- ``instances``: synthetic training instances (movie, detector noise, normalization) made by
+  ``--workers`` processes through the same DataLoader ``rtdenoise train`` uses: instances/s the
+  CPU can feed.
+
+Training runs at the smaller of the two. Writes ``train_gpu.{json,md}`` to ``--out`` (default
+benchmarks/results) with the card's name (or the CPU's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "src"))
+
+from bench_quality import run_info, write_results  # noqa: E402
+
+from rtdenoise.model.checkpoint import load  # noqa: E402
+from rtdenoise.train import _Batches, lagged_loss  # noqa: E402
+
+BATCH, WINDOW, PATCH = 32, 48, (64, 64)
+
+
+def network(width: int, device: str, seconds: float) -> dict:
+    cfg = dataclasses.replace(load("imaging-lag0").config, width=width)
+    torch.manual_seed(0)
+    net = cfg.build().to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    x = torch.randn(BATCH, WINDOW, *PATCH, device=device)
+    t = torch.randn(BATCH, WINDOW, *PATCH, device=device)
+
+    def step():
+        loss = lagged_loss(net(x), t, cfg.lag)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    for _ in range(3):
+        step()
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or n < 3:
+        step().item()
+        n += 1
+    dt = time.perf_counter() - t0
+    return {"width": width, "parameters": sum(p.numel() for p in net.parameters()), "steps": n,
+            "step_ms": dt / n * 1e3, "instances_per_s": n * BATCH / dt}
+
+
+def instances(workers: int, seconds: float) -> dict:
+    from rtdenoise.synth.dataset import ImagingDataset
+
+    cfg = load("imaging-lag0").config
+    ds = ImagingDataset(None, None, window=WINDOW, patch=PATCH, seed=0)
+    loader = torch.utils.data.DataLoader(_Batches(ds, cfg, BATCH, [0, 0, 0], 0.5), batch_size=None,
+                                         num_workers=workers, prefetch_factor=4 if workers else None)
+    it = iter(loader)
+    next(it)  # workers started
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or n < 2:
+        next(it)
+        n += 1
+    dt = time.perf_counter() - t0
+    del it
+    return {"workers": workers, "batches": n, "instances_per_s": n * BATCH / dt}
+
+
+def card(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(0)
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()})"
+
+
+def markdown(res: dict) -> str:
+    lines = ["# Training an imaging model: the optimizer's pace against the instances' pace", "",
+             f"Machine: {res['machine']}. Device: **{res['card']}**, torch {res['torch']}. Date: {res['date']}. "
+             f"Command: `{res['command']}`", "",
+             f"Batch {BATCH} instances of {WINDOW} frames × {PATCH[0]}×{PATCH[1]} (the fine-tuning instances).", "",
+             "| optimizer steps on the device | parameters | step ms | instances/s |", "|---|---|---|---|"]
+    lines += [f"| width {r['width']} | {r['parameters']} | {r['step_ms']:.1f} | {r['instances_per_s']:.0f} |"
+              for r in res["network"]]
+    i = res["instances"]
+    lines += ["", f"Instances made by {i['workers']} worker processes (the DataLoader `rtdenoise train` uses): "
+              f"**{i['instances_per_s']:.0f} instances/s**.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--widths", default="8,16,32")
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    args = ap.parse_args(argv)
+    res = run_info(__file__, argv) | {"card": card(args.device), "torch": torch.__version__, "network": [],
+                                       "instances": None}
+    for w in map(int, args.widths.split(",")):
+        res["network"].append(network(w, args.device, args.seconds))
+        print(res["network"][-1], flush=True)
+    res["instances"] = instances(args.workers, args.seconds)
+    print(res["instances"], flush=True)
+    print(write_results(args.out / "train_gpu", res, markdown))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

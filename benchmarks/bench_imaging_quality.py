@@ -168,7 +168,8 @@ def main(argv=None) -> int:
            "date": time.strftime("%Y-%m-%d %H:%M"),
            "command": "python benchmarks/bench_imaging_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "models": {k: {"arch": e.config.arch, "lag": e.lag, "steps": e.checkpoint.provenance.get("steps"),
-                          "minutes": round(e.checkpoint.provenance.get("wall_time_s", 0) / 60, 1)}
+                          "minutes": round(e.checkpoint.provenance.get("wall_time_s", 0) / 60, 1),
+                          "machine": e.checkpoint.provenance.get("machine", "")}
                       for k, e in engines.items()},
            "levels": {}}
     shown, first = {}, {}  # first: each level's movie and its scores, the first of --more's
@@ -207,7 +208,8 @@ def main(argv=None) -> int:
           "Baseline parameters picked against the ground truth."
           + (" **Models without the front end's shrinking of a cold baseline** (`--unshrunk`)." if args.unshrunk else ""), ""]
     for k, m in res["models"].items():
-        md.append(f"- `{k}`: {m['arch']}, lag {m['lag']}, {m['steps']} steps in {m['minutes']} min of CPU training")
+        md.append(f"- `{k}`: {m['arch']}, lag {m['lag']}, {m['steps']} steps in {m['minutes']} min of training"
+                  + (f" ({m['machine']})" if m.get("machine") else ""))
     md.append("")
     for level, rows in res["levels"].items():
         md += [f"## {level}", "", f"| | SNR dB | SNR dB after frame {SETTLED} | PSNR dB | trace corr "

@@ -16,13 +16,6 @@ DEVICE=cuda STEPS=200 SECONDS_LIVE=10 SECONDS_BATCH=5
 if [ "${DRY:-0}" = 1 ]; then DEVICE=cpu STEPS=3 SECONDS_LIVE=1 SECONDS_BATCH=1; fi
 
 PARTS=${PARTS:-tests,gpu,batch}
-step() {  # part, name, time limit (s), command...
-  local part=$1 name=$2 limit=$3; shift 3
-  case ",$PARTS," in *",$part,"*) ;; *) return 0 ;; esac
-  local t0=$SECONDS
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-  echo "== $name: exit $? after $((SECONDS - t0)) s"; tail -n 25 "$OUT/$name.log"
-}
 # 1. the GPU-marked tests: CUDA graphs per slot and per group, the engines, TensorRT where installed, training
 step tests gpu_tests 90 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_batch.py tests/test_engines.py tests/test_imaging_engines.py tests/test_model.py
 # 2. engine.step at 128² and 512², 1 and 16 streams; the ZeroMQ floor; the live service (#11's GPU targets)

@@ -1,6 +1,6 @@
 # Sourced by the scripts for a lent GPU machine (gpu_session.sh, gpu_train.sh): $OUT, pyzmq from .whl/
 # (the machine reaches no package registry; CUDA torch, numpy, scipy, msgpack and onnxruntime are there),
-# rtdenoise importable, and the card's name in $OUT/card.txt.
+# rtdenoise importable, the card's name in $OUT/card.txt, and `step`: one part of a script, in its own time limit.
 OUT=${OUT:-/tmp/rtdenoise-gpu}
 mkdir -p "$OUT"
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c "import zmq" 2>/dev/null; then
@@ -16,3 +16,10 @@ export PYTHONUNBUFFERED=1
 (nvidia-smi -L || echo "no nvidia-smi") > "$OUT/card.txt" 2>&1
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())" >> "$OUT/card.txt"
 cat "$OUT/card.txt"
+step() {  # part, name, time limit (s), command...: runs when PARTS names the part; its log is $OUT/name.log
+  local part=$1 name=$2 limit=$3; shift 3
+  case ",$PARTS," in *",$part,"*) ;; *) return 0 ;; esac
+  local t0=$SECONDS
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  echo "== $name: exit $? after $((SECONDS - t0)) s"; tail -n 25 "$OUT/$name.log"
+}

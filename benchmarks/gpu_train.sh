@@ -5,27 +5,23 @@
 #
 # 1. the GPU-marked training test (a CUDA run follows the CPU's); 2. bench_train_gpu.py: the optimizer's
 # pace on the card against the pace the CPU workers make instances at (train_gpu.{md,json}); 3. MINUTES of
-# fine-tuning the shipped imaging-lag0 on the card (instances from the CPU workers), the checkpoint written
-# to $OUT as it goes: bring it back, measure it (bench_imaging_quality.py) before shipping anything.
+# fine-tuning the shipped MODEL (imaging-lag0; LR 2.5e-4, for batch 32) on the card, instances from the CPU
+# workers, the checkpoint written to $OUT as it goes: bring it back and measure it (bench_imaging_quality.py)
+# before shipping anything. PARTS=tune skips 1 and 2.
 # DRY=1 runs it on a CPU (a check of the script, nothing more).
 set -uo pipefail
 source benchmarks/gpu_setup.sh
-DEVICE=cuda WORKERS=$(( $(nproc) - 2 )) MINUTES=${MINUTES:-2.5} SECS=5
+DEVICE=cuda WORKERS=$(( $(nproc) - 2 )) MINUTES=${MINUTES:-2.5} SECS=5 MODEL=${MODEL:-imaging-lag0} LR=${LR:-2.5e-4}
+PARTS=${PARTS:-test,bench,tune}
 if [ "${DRY:-0}" = 1 ]; then DEVICE=cpu WORKERS=1 MINUTES=0.3 SECS=1; fi
 # The DataLoader hands batches over in shared memory: a small /dev/shm would stop it.
 df -h /dev/shm | tail -1
 mount -o remount,size=32G /dev/shm 2>/dev/null || true
-t0=$SECONDS
-timeout 90 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_model.py > "$OUT/train_tests.log" 2>&1
-echo "== training test: exit $? after $((SECONDS - t0)) s"; tail -n 5 "$OUT/train_tests.log"
-t0=$SECONDS
-timeout 90 python3 benchmarks/bench_train_gpu.py --device "$DEVICE" --workers "$WORKERS" --seconds "$SECS" --out "$OUT" \
-  > "$OUT/bench_train_gpu.log" 2>&1
-echo "== bench_train_gpu: exit $? after $((SECONDS - t0)) s"; tail -n 12 "$OUT/bench_train_gpu.log"
-t0=$SECONDS
-timeout "$(python3 -c "print(int($MINUTES * 60 + 60))")" python3 -c "from rtdenoise.cli import main; main()" train \
-  "$OUT/imaging-lag0-gpu.pt" --init imaging-lag0 --modality imaging --device "$DEVICE" --minutes "$MINUTES" \
-  --workers "$WORKERS" --threads 2 --batch 32 --window 48 --settled 0.5 --lr 2.5e-4 --seed 31 > "$OUT/train.log" 2>&1
-echo "== fine-tune: exit $? after $((SECONDS - t0)) s"; tail -c 1500 "$OUT/train.log"
+step test train_tests 90 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_model.py
+step bench bench_train_gpu 90 python3 benchmarks/bench_train_gpu.py --device "$DEVICE" --workers "$WORKERS" --seconds "$SECS" \
+  --out "$OUT"
+step tune train "$(python3 -c "print(int($MINUTES * 60 + 60))")" python3 -c "from rtdenoise.cli import main; main()" train \
+  "$OUT/$MODEL-gpu.pt" --init "$MODEL" --modality imaging --device "$DEVICE" --minutes "$MINUTES" \
+  --workers "$WORKERS" --threads 2 --batch 32 --window 48 --settled 0.5 --lr "$LR" --seed "${SEED:-31}"
 rm -f "$OUT"/*.state
 ls -la "$OUT"

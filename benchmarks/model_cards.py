@@ -85,6 +85,17 @@ def main(argv=None) -> int:
     return 0
 
 
+def _steps_line(pv: dict, tr: dict) -> str:
+    """The training's steps and instances; for a chain of runs, in all and then the last run's recipe."""
+    recipe = (f"{tr['batch']} instances × {tr['window']} frames, AdamW lr {tr['lr']:g} with {tr['warmup']} warm-up "
+              f"steps and cosine decay, seed {tr['seed']}")
+    last = pv.get("fine_tune")
+    if not last:
+        return f"- {pv['steps']:,} steps of {recipe} ({pv['instances']:,} instances, each new)."
+    return (f"- {pv['steps']:,} steps in all ({pv['instances']:,} instances, each new); the last run {last['steps']:,} "
+            f"steps of {recipe}.")
+
+
 def _card_head(ck) -> list[str]:
     return [f"# Model card: `{ck.name}`", "", PURPOSE.get(ck.name, ""), "", "## What it is", ""]
 
@@ -164,8 +175,7 @@ def render_imaging(ck, quality: dict, engine: dict, metrics: dict) -> str:
         "## Training",
         "",
         f"- Command: `{pv['command']}`",
-        f"- {pv['steps']:,} steps of {tr['batch']} instances × {tr['window']} frames ({pv['instances']:,} instances, "
-        f"each new), AdamW lr {tr['lr']:g} with {tr['warmup']} warm-up steps and cosine decay, seed {tr['seed']}.",
+        _steps_line(pv, tr),
         f"- Wall time {pv['wall_time_s'] / 60:.1f} min on {pv['machine']} (torch {pv['torch']}), {pv['date']}.",
         f"- Final validation loss {pv['final_val_loss']:.4f} against {pv['val_loss_raw']:.4f} for passing the input "
         "through (mean squared error in noise units).",
@@ -284,8 +294,7 @@ def render(ck, quality: dict, metrics: dict) -> str:
         "## Training",
         "",
         f"- Command: `{pv['command']}`",
-        f"- {pv['steps']:,} steps of {tr['batch']} instances × {tr['window']} frames ({pv['instances']:,} instances, each new), "
-        f"AdamW lr {tr['lr']:g} with {tr['warmup']} warm-up steps and cosine decay, seed {tr['seed']}.",
+        _steps_line(pv, tr),
         f"- Wall time {pv['wall_time_s'] / 60:.1f} min on {pv['machine']} (torch {pv['torch']}), {pv['date']}.",
         f"- Final validation loss {pv['final_val_loss']:.4f} against {pv['val_loss_raw']:.4f} for passing the input through "
         "(mean squared error of the subspace coefficients, in noise units).",

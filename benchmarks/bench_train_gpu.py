@@ -64,13 +64,14 @@ def network(width: int, device: str, seconds: float) -> dict:
             "step_ms": dt / n * 1e3, "instances_per_s": n * BATCH / dt}
 
 
-def instances(workers: int, seconds: float) -> dict:
+def instances(workers: int, seconds: float, pin: bool) -> dict:
     from rtdenoise.synth.dataset import ImagingDataset
 
     cfg = load("imaging-lag0").config
     ds = ImagingDataset(None, None, window=WINDOW, patch=PATCH, seed=0)
     loader = torch.utils.data.DataLoader(_Batches(ds, cfg, BATCH, [0, 0, 0], 0.5), batch_size=None,
-                                         num_workers=workers, prefetch_factor=4 if workers else None)
+                                         num_workers=workers, prefetch_factor=4 if workers else None,
+                                         pin_memory=pin)
     it = iter(loader)
     next(it)  # workers started
     n, t0 = 0, time.perf_counter()
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     for w in map(int, args.widths.split(",")):
         res["network"].append(network(w, args.device, args.seconds))
         print(res["network"][-1], flush=True)
-    res["instances"] = instances(args.workers, args.seconds)
+    res["instances"] = instances(args.workers, args.seconds, args.device.startswith("cuda"))
     print(res["instances"], flush=True)
     print(write_results(args.out / "train_gpu", res, markdown))
     return 0

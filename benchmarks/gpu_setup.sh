@@ -1,6 +1,7 @@
 # Sourced by the scripts for a lent GPU machine (gpu_session.sh, gpu_train.sh): $OUT, pyzmq from .whl/
 # (the machine reaches no package registry; CUDA torch, numpy, scipy, msgpack and onnxruntime are there),
-# rtdenoise importable, the card's name in $OUT/card.txt, and `step`: one part of a script, in its own time limit.
+# rtdenoise importable, the card's name in $OUT/card.txt, and `step`: one part of a script, in its own time limit
+# (FAILED=1 once a part fails: the script exits with it). Run from the repository's root.
 OUT=${OUT:-/tmp/rtdenoise-gpu}
 mkdir -p "$OUT"
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1 && ! python3 -c "import zmq" 2>/dev/null; then
@@ -21,5 +22,8 @@ step() {  # part, name, time limit (s), command...: runs when PARTS names the pa
   case ",$PARTS," in *",$part,"*) ;; *) return 0 ;; esac
   local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-  echo "== $name: exit $? after $((SECONDS - t0)) s"; tail -n 25 "$OUT/$name.log"
+  local rc=$?
+  [ "$rc" = 0 ] || FAILED=1
+  echo "== $name: exit $rc after $((SECONDS - t0)) s"; tail -n 25 "$OUT/$name.log"
 }
+FAILED=0

@@ -96,6 +96,11 @@ def _steps_line(pv: dict, tr: dict) -> str:
             f"steps of {recipe}.")
 
 
+def _val_set(pv: dict) -> str:
+    """Which held-out instances the validation loss is on: a chain's last run draws its own."""
+    return "; on the last run's held-out instances, drawn by its seed" if pv.get("fine_tune") else ""
+
+
 def _card_head(ck) -> list[str]:
     return [f"# Model card: `{ck.name}`", "", PURPOSE.get(ck.name, ""), "", "## What it is", ""]
 
@@ -178,7 +183,7 @@ def render_imaging(ck, quality: dict, engine: dict, metrics: dict) -> str:
         _steps_line(pv, tr),
         f"- Wall time {pv['wall_time_s'] / 60:.1f} min on {pv['machine']} (torch {pv['torch']}), {pv['date']}.",
         f"- Final validation loss {pv['final_val_loss']:.4f} against {pv['val_loss_raw']:.4f} for passing the input "
-        "through (mean squared error in noise units).",
+        f"through (mean squared error in noise units{_val_set(pv)}).",
         "",
         "## Measured quality",
         "",
@@ -297,7 +302,7 @@ def render(ck, quality: dict, metrics: dict) -> str:
         _steps_line(pv, tr),
         f"- Wall time {pv['wall_time_s'] / 60:.1f} min on {pv['machine']} (torch {pv['torch']}), {pv['date']}.",
         f"- Final validation loss {pv['final_val_loss']:.4f} against {pv['val_loss_raw']:.4f} for passing the input through "
-        "(mean squared error of the subspace coefficients, in noise units).",
+        f"(mean squared error of the subspace coefficients, in noise units{_val_set(pv)}).",
         "",
         "## Measured quality",
         "",

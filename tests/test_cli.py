@@ -209,6 +209,10 @@ def test_train_init_calibrates_a_shipped_model_to_recorded_noise(tmp_path, capsy
 def test_train_refuses_an_arch_of_another_modality(tmp_path, capsys):
     assert main(["train", str(tmp_path / "x.pt"), "--modality", "spectral", "--arch", "imaging-unet", "--steps", "1"]) == 2
     assert "--modality imaging" in capsys.readouterr().err
+    # self-supervised fine-tuning runs on the CPU: a --device for it is refused, not ignored
+    assert main(["train", str(tmp_path / "y.pt"), "--self-supervised", str(tmp_path / "m.npy"), "--device", "cuda"]) == 2
+    assert "runs on the CPU" in capsys.readouterr().err
+    assert not (tmp_path / "y.pt").exists()
 
 
 def test_follow_motion_switch_for_denoise(tmp_path, capsys):

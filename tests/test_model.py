@@ -341,7 +341,7 @@ def test_training_refuses_mismatched_settings(tmp_path):
 
 
 def test_training_refuses_a_device_it_cannot_use(tmp_path):
-    for bad in ("tpu", "nonsense"):
+    for bad in ("tpu", "nonsense", "meta"):
         with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
             train(tmp_path / "m.pt", config=TrainConfig(workers=0, steps=1, device=bad), progress=False)
     if not torch.cuda.is_available():
@@ -366,6 +366,7 @@ def test_training_on_a_gpu_follows_the_cpu_run(tmp_path, monkeypatch):
     cpu = train(tmp_path / "cpu.pt", model=model, config=cfg, progress=False)
     gpu = train(tmp_path / "gpu.pt", model=model, config=TrainConfig(**{**cfg.to_dict(), "device": "cuda"}), progress=False)
     assert all(v.device.type == "cpu" for v in gpu.state_dict.values())
+    assert torch.cuda.max_memory_allocated() > 0 and torch.cuda.get_device_name(0) in gpu.provenance["machine"]
     moved = max(float((cpu.state_dict[k] - v).abs().max()) for k, v in start.state_dict.items())
     apart = max(float((gpu.state_dict[k] - v).abs().max()) for k, v in cpu.state_dict.items())
     assert moved > 1e-3 and apart < 0.1 * moved, (moved, apart)

@@ -112,6 +112,8 @@ def cmd_train(args) -> int:
     from rtdenoise.train import TrainConfig, calibration_noise, train
 
     if args.self_supervised:
+        if args.device != "cpu":
+            raise ValueError("--device is for training on synthetic instances; --self-supervised fine-tuning runs on the CPU")
         return _finetune(args)
     if not args.calibrate:
         raise ValueError("--no-calibrate is for --self-supervised fine-tuning")

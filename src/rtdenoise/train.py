@@ -204,11 +204,11 @@ def train(
     if cfg.settled and cfg.window <= SETTLED_BURN + model_cfg.lag:
         raise ValueError(f"with settled starts the window must be longer than {SETTLED_BURN + model_cfg.lag} frames "
                          f"(the first {SETTLED_BURN} only warm the network), got {cfg.window}")
-    dev = _train_device(cfg.device)
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) - cfg.workers))
     out = Path(out)
     state_path = out.with_name(out.name + ".state")
     rank, world = _dist()
+    dev = _train_device(cfg.device, world)
 
     torch.manual_seed(cfg.seed)
     net = model_cfg.build()
@@ -339,13 +339,16 @@ def train(
     return ckpt
 
 
-def _train_device(name: str) -> torch.device:
+def _train_device(name: str, world: int) -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {name!r}") from None
-    if dev.type not in ("cpu", "cuda"):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {name!r}")
+    if dev.type == "cuda" and world > 1:
+        raise ValueError(f"training on a GPU runs as one process; this run has {world} (WORLD_SIZE): "
+                         "start it without torchrun, or train on the CPU")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} asked for, but this torch ({torch.__version__}) sees no CUDA GPU; "
                            "train with device 'cpu', or install a CUDA build of torch on a machine with an NVIDIA GPU")

@@ -7,9 +7,13 @@
   frames × 64 × 64 (the fine-tuning instances): instances/s the device alone could take.
 - ``instances``: synthetic training instances (movie, detector noise, normalization) made by
   ``--workers`` processes through the same DataLoader ``rtdenoise train`` uses: instances/s the
-  CPU can feed.
+  CPU can feed (a CPU run, or a GPU run with ``instances_on_device=False``);
+- ``scenes``: the clean movies alone, made by the same workers (a GPU run's default, which adds
+  the PMT noise and the front end on the card), and ``finish``: that noise and front end on the
+  device (``train._finish_on``), instances/s.
 
-Training runs at the smaller of the two. Writes ``train_gpu.{json,md}`` to ``--out`` (default
+Training runs at the smallest of what feeds it and what takes it (on one card, the optimizer and
+``finish`` share it). Writes ``train_gpu.{json,md}`` to ``--out`` (default
 benchmarks/results) with the card's name (or the CPU's).
 """
 
@@ -22,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -31,7 +36,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 from bench_quality import run_info, write_results  # noqa: E402
 
 from rtdenoise.model.checkpoint import load  # noqa: E402
-from rtdenoise.train import _Batches, lagged_loss  # noqa: E402
+from rtdenoise.train import _Batches, _CleanBatches, _finish_on, lagged_loss  # noqa: E402
 
 BATCH, WINDOW, PATCH = 32, 48, (64, 64)
 
@@ -64,14 +69,14 @@ def network(width: int, device: str, seconds: float) -> dict:
             "step_ms": dt / n * 1e3, "instances_per_s": n * BATCH / dt}
 
 
-def instances(workers: int, seconds: float, pin: bool) -> dict:
+def instances(workers: int, seconds: float, pin: bool, scenes_only: bool = False) -> dict:
     from rtdenoise.synth.dataset import ImagingDataset
 
     cfg = load("imaging-lag0").config
     ds = ImagingDataset(None, None, window=WINDOW, patch=PATCH, seed=0)
-    loader = torch.utils.data.DataLoader(_Batches(ds, cfg, BATCH, [0, 0, 0], 0.5), batch_size=None,
-                                         num_workers=workers, prefetch_factor=4 if workers else None,
-                                         pin_memory=pin)
+    source = _CleanBatches(ds, BATCH, [0, 0, 0]) if scenes_only else _Batches(ds, cfg, BATCH, [0, 0, 0], 0.5)
+    loader = torch.utils.data.DataLoader(source, batch_size=None, num_workers=workers,
+                                         prefetch_factor=4 if workers else None, pin_memory=pin)
     it = iter(loader)
     next(it)  # workers started
     n, t0 = 0, time.perf_counter()
@@ -81,6 +86,24 @@ def instances(workers: int, seconds: float, pin: bool) -> dict:
     dt = time.perf_counter() - t0
     del it
     return {"workers": workers, "batches": n, "instances_per_s": n * BATCH / dt}
+
+
+def finish(device: str, seconds: float) -> dict:
+    from rtdenoise.synth.dataset import ImagingDataset
+
+    cfg = load("imaging-lag0").config
+    clean, detector = ImagingDataset(None, None, window=WINDOW, patch=PATCH, seed=0).clean_batch(np.random.default_rng(0), BATCH)
+    clean, detector = torch.from_numpy(clean).to(device), torch.from_numpy(detector).to(device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    _finish_on(clean, detector, cfg, 0.5)
+    sync()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or n < 2:
+        _finish_on(clean, detector, cfg, 0.5)
+        sync()
+        n += 1
+    dt = time.perf_counter() - t0
+    return {"batch_ms": dt / n * 1e3, "instances_per_s": n * BATCH / dt}
 
 
 def card(device: str) -> str:
@@ -102,6 +125,11 @@ def markdown(res: dict) -> str:
     i = res["instances"]
     lines += ["", f"Instances made by {i['workers']} worker processes (the DataLoader `rtdenoise train` uses): "
               f"**{i['instances_per_s']:.0f} instances/s**.", ""]
+    if res.get("scenes"):
+        sc, fi = res["scenes"], res["finish"]
+        lines += [f"Split as a GPU run makes them: the clean scenes by the same {sc['workers']} workers "
+                  f"**{sc['instances_per_s']:.0f}/s**; their PMT noise and the front end on the device "
+                  f"**{fi['instances_per_s']:.0f}/s** ({fi['batch_ms']:.1f} ms a batch).", ""]
     return "\n".join(lines)
 
 
@@ -118,8 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     for w in map(int, args.widths.split(",")):
         res["network"].append(network(w, args.device, args.seconds))
         print(res["network"][-1], flush=True)
-    res["instances"] = instances(args.workers, args.seconds, args.device.startswith("cuda"))
+    pin = args.device.startswith("cuda")
+    res["instances"] = instances(args.workers, args.seconds, pin)
     print(res["instances"], flush=True)
+    res["scenes"] = instances(args.workers, args.seconds, pin, scenes_only=True)
+    res["finish"] = finish(args.device, args.seconds)
+    print(res["scenes"], res["finish"], flush=True)
     print(write_results(args.out / "train_gpu", res, markdown))
     return 0
 

@@ -364,7 +364,8 @@ def test_training_on_a_gpu_follows_the_cpu_run(tmp_path, monkeypatch):
                       warmup=2)
     start = train(tmp_path / "start.pt", model=model, config=TrainConfig(**{**cfg.to_dict(), "steps": 0}), progress=False)
     cpu = train(tmp_path / "cpu.pt", model=model, config=cfg, progress=False)
-    gpu = train(tmp_path / "gpu.pt", model=model, config=TrainConfig(**{**cfg.to_dict(), "device": "cuda"}), progress=False)
+    gpu = train(tmp_path / "gpu.pt", model=model, progress=False,
+                config=TrainConfig(**{**cfg.to_dict(), "device": "cuda", "instances_on_device": False}))
     assert all(v.device.type == "cpu" for v in gpu.state_dict.values())
     assert torch.cuda.max_memory_allocated() > 0 and torch.cuda.get_device_name(0) in gpu.provenance["machine"]
     moved = max(float((cpu.state_dict[k] - v).abs().max()) for k, v in start.state_dict.items())
@@ -372,9 +373,61 @@ def test_training_on_a_gpu_follows_the_cpu_run(tmp_path, monkeypatch):
     assert moved > 1e-3 and apart < 0.1 * moved, (moved, apart)
     assert gpu.provenance["final_val_loss"] == pytest.approx(cpu.provenance["final_val_loss"], rel=0.02)
     assert load(tmp_path / "gpu.pt").provenance["train"]["device"] == "cuda"
-    more = train(tmp_path / "gpu.pt", model=model, config=TrainConfig(**{**cfg.to_dict(), "steps": 25, "device": "cuda"}),
-                 progress=False, resume=True)
+    more = train(tmp_path / "gpu.pt", model=model, progress=False, resume=True,
+                 config=TrainConfig(**{**cfg.to_dict(), "steps": 25, "device": "cuda", "instances_on_device": False}))
     assert more.provenance["steps"] == 25
+    # Noise and front end made on the card: other draws, the same distribution, so it learns as much.
+    card = train(tmp_path / "card.pt", model=model, config=TrainConfig(**{**cfg.to_dict(), "device": "cuda"}),
+                 progress=False)
+    assert "on cuda" in card.provenance["instances_made"]
+    assert card.provenance["final_val_loss"] < start.provenance["final_val_loss"]
+
+
+def test_the_front_end_on_a_torch_device_gives_the_host_s_instances():
+    """normalize_batch_on (what a GPU run uses) against normalize_batch, on the same movies:
+    the shipped imaging model's front end (following motion), cold starts; settled starts
+    leave their warm-up out and start from a settled mean."""
+    from rtdenoise.model.checkpoint import load as load_model
+    from rtdenoise.synth.dataset import ImagingDataset
+    from rtdenoise.train import SETTLED_BURN, normalize_batch, normalize_batch_on
+
+    cfg = load_model("imaging-lag0").config
+    noisy, target = ImagingDataset(window=24, patch=(32, 32)).batch(np.random.default_rng(0), 3)
+    x, t = normalize_batch(noisy, target, cfg)
+    xt, tt = normalize_batch_on(torch.from_numpy(noisy), torch.from_numpy(target), cfg)
+    torch.testing.assert_close(xt, x, rtol=0, atol=1e-4)
+    torch.testing.assert_close(tt, t, rtol=0, atol=1e-4)
+    xs, ts = normalize_batch_on(torch.from_numpy(noisy), torch.from_numpy(target), cfg, settled=1.0)
+    assert ts[:, :SETTLED_BURN].isnan().all() and torch.isfinite(ts[:, SETTLED_BURN:]).all()
+    assert 0.5 < float(xs[:, 0].std()) < 2.0 and not torch.equal(xs, xt)
+    with pytest.raises(ValueError, match="for images"):
+        normalize_batch_on(torch.ones(2, 8, 152), torch.ones(2, 8, 152), ModelConfig())
+    # what a GPU run trains on: scenes from the workers, noise and front end where the network is
+    from rtdenoise.train import _CleanBatches, _finish_on
+
+    clean, detector = next(iter(_CleanBatches(ImagingDataset(window=24, patch=(32, 32)), 3, [0])))
+    assert clean.shape == (3, 24, 32, 32) and detector.shape == (3, 5)
+    x, t = _finish_on(clean, detector, cfg, settled=0.0)
+    assert x.shape == t.shape == (3, 24, 32, 32) and torch.isfinite(x).all() and torch.isfinite(t).all()
+    assert 0.5 < float(x[:, 12:].std()) < 2.0  # noise in noise units, once the mean has a few frames
+
+
+def test_pmt_noise_drawn_by_torch_has_the_numpy_model_s_distribution():
+    from rtdenoise.synth.noise import PMTConfig, PMTNoise
+
+    torch.manual_seed(0)
+    noise = PMTNoise(PMTConfig(gain=(2.0, 2.0), excess_noise=(1.5, 1.5), electronic_noise=(0.1, 0.1),
+                               offset=(3.0, 3.0), dark_rate=(0.01, 0.01)))
+    clean = np.full((100, 32, 32), 4.0, np.float32)
+    clean[:, :16] = 0.4  # mostly empty pixels: the other branch of the numpy sampler
+    ref, static = noise.sample(clean, np.random.default_rng(1), fs=30.0)
+    out, static_t = PMTNoise.sample_torch(torch.from_numpy(clean)[None], torch.tensor(noise.draw(np.random.default_rng(2)))[None])
+    out = out[0].numpy()
+    assert float(static_t) == pytest.approx(static[0, 0])
+    for part in (np.s_[:, :16], np.s_[:, 16:]):
+        assert out[part].mean() == pytest.approx(ref[part].mean(), rel=0.02)
+        assert out[part].var() == pytest.approx(ref[part].var(), rel=0.05)
+        assert (out[part] == 0).mean() == pytest.approx((ref[part] == 0).mean(), abs=0.01)
 
 
 def test_settled_starts_begin_from_a_settled_baseline_and_leave_their_warm_up_out_of_the_loss():

@@ -81,6 +81,9 @@ def _add_train(sub) -> None:
     p.add_argument("--device", default=t.device,
                    help="where the optimizer runs: cpu (default) or cuda (an NVIDIA GPU; the workers still make "
                         "instances on the CPU, so give it several)")
+    p.add_argument("--cpu-instances", action="store_true",
+                   help="with --device cuda: make every instance on the CPU workers (by default the PMT noise and the "
+                        "front end of movies are added on the GPU, the workers drawing only scenes)")
     p.add_argument("--settled", type=float, default=t.settled, metavar="SHARE",
                    help="imaging: share of instances whose running baseline starts settled, as a live stream's is "
                         "after its first 2·horizon frames (default 0: all start cold)")
@@ -133,7 +136,7 @@ def cmd_train(args) -> int:
         steps=args.steps, minutes=args.minutes, batch=args.batch, window=args.window,
         lr=args.lr if args.lr is not None else d.lr / 4 if init else d.lr,
         workers=args.workers, seed=args.seed, patch=tuple(args.patch), threads=args.threads, settled=args.settled,
-        device=args.device,
+        device=args.device, instances_on_device=not args.cpu_instances,
     )
     if args.modality == "imaging":
         if args.dark or args.light:

@@ -137,3 +137,15 @@ class ImagingDataset:
         """``size`` instances stacked: two ``(size, window, H, W)`` float32 arrays."""
         pairs = [self.instance(rng)[:2] for _ in range(size)]
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+    def clean_batch(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """``size`` clean movies ``(size, window, H, W)`` float32 and each one's detector draw
+        ``(size, 5)`` (:meth:`PMTNoise.draw`): the instances before their noise, for
+        :meth:`PMTNoise.sample_torch` to finish where the network trains (PMT noise only)."""
+        from rtdenoise.synth.imaging import sample_scene
+        from rtdenoise.synth.noise import PMTNoise
+
+        if not isinstance(self.noise, PMTNoise):
+            raise TypeError(f"clean batches are for the PMT detector model, not {type(self.noise).__name__}")
+        clean = np.stack([sample_scene(self.signal, self.window, rng).clean for _ in range(size)]).astype(np.float32)
+        return clean, np.stack([self.noise.draw(rng) for _ in range(size)])

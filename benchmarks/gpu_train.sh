@@ -23,10 +23,10 @@ if [ "${DRY:-0}" = 1 ]; then DEVICE=cpu WORKERS=1 MINUTES=0.3 SECS=1; fi
 df -h /dev/shm | tail -1
 [ "${DRY:-0}" = 1 ] || mount -o remount,size=32G /dev/shm 2>/dev/null || true
 step tests train_tests 60 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_model.py
-step bench bench_train_gpu 90 python3 benchmarks/bench_train_gpu.py --device "$DEVICE" --workers "$WORKERS" --seconds "$SECS" \
-  --out "$OUT"
 # a failed GPU test may be the card's instances: then the fine-tuning makes them all on the CPU workers
 TUNE_MORE=(); [ "$FAILED" = 0 ] || TUNE_MORE=(--cpu-instances)
+step bench bench_train_gpu 90 python3 benchmarks/bench_train_gpu.py --device "$DEVICE" --workers "$WORKERS" --seconds "$SECS" \
+  --out "$OUT"
 step tune train "$(python3 -c "print(int($MINUTES * 60 + 60))")" python3 -c "from rtdenoise.cli import main; main()" train \
   "$OUT/$MODEL-gpu.pt" --init "$MODEL" --modality imaging --device "$DEVICE" --minutes "$MINUTES" \
   --workers "$WORKERS" --threads 2 --batch 32 --window 48 --settled 0.5 --lr "$LR" --seed "${SEED:-31}" "${TUNE_MORE[@]}"

@@ -383,23 +383,40 @@ def test_training_on_a_gpu_follows_the_cpu_run(tmp_path, monkeypatch):
     assert card.provenance["final_val_loss"] < start.provenance["final_val_loss"]
 
 
-def test_the_front_end_on_a_torch_device_gives_the_host_s_instances():
+TORCH_DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)]
+
+
+def _on(device: str):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU; torch.cuda.is_available() is False")
+    return lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+
+@pytest.mark.parametrize("device", TORCH_DEVICES)
+def test_the_front_end_on_a_torch_device_gives_the_host_s_instances(device):
     """normalize_batch_on (what a GPU run uses) against normalize_batch, on the same movies:
     the shipped imaging model's front end (following motion), cold starts; settled starts
-    leave their warm-up out and start from a settled mean."""
+    leave their warm-up out and start from a settled mean, some instances of a batch only."""
     from rtdenoise.model.checkpoint import load as load_model
     from rtdenoise.synth.dataset import ImagingDataset
     from rtdenoise.train import SETTLED_BURN, normalize_batch, normalize_batch_on
 
+    on = _on(device)
     cfg = load_model("imaging-lag0").config
-    noisy, target = ImagingDataset(window=24, patch=(32, 32)).batch(np.random.default_rng(0), 3)
+    noisy, target = ImagingDataset(window=24, patch=(30, 30)).batch(np.random.default_rng(0), 12)
     x, t = normalize_batch(noisy, target, cfg)
-    xt, tt = normalize_batch_on(torch.from_numpy(noisy), torch.from_numpy(target), cfg)
-    torch.testing.assert_close(xt, x, rtol=0, atol=1e-4)
-    torch.testing.assert_close(tt, t, rtol=0, atol=1e-4)
-    xs, ts = normalize_batch_on(torch.from_numpy(noisy), torch.from_numpy(target), cfg, settled=1.0)
-    assert ts[:, :SETTLED_BURN].isnan().all() and torch.isfinite(ts[:, SETTLED_BURN:]).all()
-    assert 0.5 < float(xs[:, 0].std()) < 2.0 and not torch.equal(xs, xt)
+    xt, tt = normalize_batch_on(on(noisy), on(target), cfg)
+    assert xt.device.type == device
+    torch.testing.assert_close(xt.cpu(), x, rtol=0, atol=1e-4)
+    torch.testing.assert_close(tt.cpu(), t, rtol=0, atol=1e-4)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(0)
+    xs, ts = normalize_batch_on(on(noisy), on(target), cfg, settled=0.5, generator=gen)
+    warm = ts[:, 0].isnan().flatten(1).all(dim=1).cpu()
+    assert 0 < int(warm.sum()) < 12
+    assert ts[warm, :SETTLED_BURN].isnan().all() and torch.isfinite(ts[warm, SETTLED_BURN:]).all()
+    assert torch.isfinite(ts[~warm]).all() and torch.equal(xs[~warm].cpu(), xt[~warm].cpu())
+    assert 0.5 < float(xs[warm, 0].std()) < 2.0  # a settled mean: frame 0 is noise in noise units, not 0
     with pytest.raises(ValueError, match="for images"):
         normalize_batch_on(torch.ones(2, 8, 152), torch.ones(2, 8, 152), ModelConfig())
     # what a GPU run trains on: scenes from the workers, noise and front end where the network is
@@ -412,17 +429,21 @@ def test_the_front_end_on_a_torch_device_gives_the_host_s_instances():
     assert 0.5 < float(x[:, 12:].std()) < 2.0  # noise in noise units, once the mean has a few frames
 
 
-def test_pmt_noise_drawn_by_torch_has_the_numpy_model_s_distribution():
+@pytest.mark.parametrize("device", TORCH_DEVICES)
+def test_pmt_noise_drawn_by_torch_has_the_numpy_model_s_distribution(device):
     from rtdenoise.synth.noise import PMTConfig, PMTNoise
 
-    torch.manual_seed(0)
+    on = _on(device)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(0)
     noise = PMTNoise(PMTConfig(gain=(2.0, 2.0), excess_noise=(1.5, 1.5), electronic_noise=(0.1, 0.1),
                                offset=(3.0, 3.0), dark_rate=(0.01, 0.01)))
     clean = np.full((100, 32, 32), 4.0, np.float32)
     clean[:, :16] = 0.4  # mostly empty pixels: the other branch of the numpy sampler
     ref, static = noise.sample(clean, np.random.default_rng(1), fs=30.0)
-    out, static_t = PMTNoise.sample_torch(torch.from_numpy(clean)[None], torch.tensor(noise.draw(np.random.default_rng(2)))[None])
-    out = out[0].numpy()
+    out, static_t = PMTNoise.sample_torch(on(clean[None]), on(noise.draw(np.random.default_rng(2))[None]), gen)
+    assert out.device.type == device
+    out = out[0].cpu().numpy()
     assert float(static_t) == pytest.approx(static[0, 0])
     for part in (np.s_[:, :16], np.s_[:, 16:]):
         assert out[part].mean() == pytest.approx(ref[part].mean(), rel=0.02)

@@ -79,8 +79,8 @@ def _add_train(sub) -> None:
     p.add_argument("--workers", type=int, default=t.workers, help="processes making instances beside the optimizer")
     p.add_argument("--threads", type=int, default=t.threads, help="torch threads (default: the cores the workers leave)")
     p.add_argument("--device", default=t.device,
-                   help="where the optimizer runs: cpu (default) or cuda (an NVIDIA GPU; the workers still make "
-                        "instances on the CPU, so give it several)")
+                   help="where the optimizer runs: cpu (default) or cuda (an NVIDIA GPU; the workers still draw the "
+                        "scenes on the CPU, so give it several)")
     p.add_argument("--cpu-instances", action="store_true",
                    help="with --device cuda: make every instance on the CPU workers (by default the PMT noise and the "
                         "front end of movies are added on the GPU, the workers drawing only scenes)")

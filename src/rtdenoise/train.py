@@ -50,8 +50,8 @@ class TrainConfig:
     # 2·horizon frames (per-element front ends only: images). Without it every instance starts
     # cold and the settled regime users run in is never trained (horizon 300 > any window).
     settled: float = 0.0
-    # Where the optimizer runs: "cpu", or "cuda" (an NVIDIA GPU; instances are still made by the
-    # workers on the CPU, so give it several). The checkpoint is the same either way.
+    # Where the optimizer runs: "cpu", or "cuda" (an NVIDIA GPU; the workers still draw the scenes
+    # on the CPU, so give it several). The checkpoint loads anywhere either way.
     device: str = "cpu"
     # On a GPU, movies with PMT noise get their noise and front end there, the workers drawing
     # only scenes (3-4x the instances/s); False makes them all on the CPU workers, as on a CPU.
@@ -103,10 +103,10 @@ def normalize_batch(noisy: np.ndarray, target: np.ndarray, mcfg: ModelConfig, *,
 
 
 def normalize_batch_on(noisy: torch.Tensor, target: torch.Tensor, mcfg: ModelConfig, *,
-                       settled: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                       settled: float = 0.0, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`normalize_batch` for movies already on a torch device (a GPU), ``(B, T, H, W)``
     float32: the same front end (:class:`~rtdenoise.backends.torch_engine.TorchFrontEnd`, the
-    numpy one's arithmetic) and the same settled starts, drawn by torch's generator."""
+    numpy one's arithmetic) and the same settled starts, drawn by ``generator`` (torch's)."""
     from rtdenoise.backends.torch_engine import TorchFrontEnd
 
     fe = mcfg.frontend(noisy.shape[0], tuple(noisy.shape[2:]))
@@ -114,18 +114,24 @@ def normalize_batch_on(noisy: torch.Tensor, target: torch.Tensor, mcfg: ModelCon
         raise ValueError("normalize_batch_on is for images; a spectral subspace front end runs on the host")
     tfe = TorchFrontEnd(fe, noisy.device)
     tfe.lag = 0  # each frame's own statistics, which its target is in (the network's lag is the loss's)
-    warm = torch.rand(noisy.shape[0], device=noisy.device) < settled
-    if settled and warm.any():
+    warm = None
+    if settled:  # (no branch on the data: a GPU need not wait for it)
+        dev = noisy.device
+        warm = torch.rand(noisy.shape[0], generator=generator, device=dev) < settled
         f = 1.0 / (2 * fe.horizon - 1)
-        sd = torch.sqrt(f * (noisy[warm].double() - target[warm]).var(dim=1, unbiased=False))
-        tfe.mean[warm] = (target[warm].double().min(dim=1).values + sd * torch.randn_like(sd)).to(tfe.mean.dtype)
-        tfe.count[warm] = float(fe.horizon)
+        sd = torch.sqrt(f * (noisy.double() - target).var(dim=1, unbiased=False))
+        start = target.double().min(dim=1).values + sd * torch.randn(sd.shape, generator=generator, dtype=sd.dtype, device=dev)
+        w3 = warm.view(-1, 1, 1)
+        tfe.mean.copy_(torch.where(w3, start.to(tfe.mean.dtype), tfe.mean))
+        tfe.count.copy_(torch.where(warm, float(fe.horizon), tfe.count))
     feat, b, s, _ = tfe.normalize(noisy)
     t = (target - tfe.offset) / tfe.gain if tfe.photons else target
     tn = ((t - b) / s).to(torch.float32)
     if tfe.pad:
         tn = F.pad(tn, tfe.pad, mode="replicate")
-    tn[warm, :SETTLED_BURN] = float("nan")
+    if warm is not None:  # a settled instance's first frames only warm the network's states
+        burn = torch.arange(tn.shape[1], device=tn.device) < SETTLED_BURN
+        tn = torch.where((warm[:, None] & burn).view(*warm.shape, -1, *(1,) * (tn.ndim - 2)), float("nan"), tn)
     return feat, tn
 
 
@@ -179,12 +185,13 @@ class _CleanBatches(torch.utils.data.IterableDataset):
             yield torch.from_numpy(clean), torch.from_numpy(detector)
 
 
-def _finish_on(clean: torch.Tensor, detector: torch.Tensor, mcfg: ModelConfig, settled: float):
+def _finish_on(clean: torch.Tensor, detector: torch.Tensor, mcfg: ModelConfig, settled: float,
+               generator: torch.Generator | None = None):
     """A :class:`_CleanBatches` batch made into training instances where it is (a GPU)."""
     from rtdenoise.synth.noise import PMTNoise
 
-    noisy, static = PMTNoise.sample_torch(clean, detector)
-    return normalize_batch_on(noisy, clean + static, mcfg, settled=settled)
+    noisy, static = PMTNoise.sample_torch(clean, detector, generator)
+    return normalize_batch_on(noisy, clean + static, mcfg, settled=settled, generator=generator)
 
 
 def _dist() -> tuple[int, int]:
@@ -293,6 +300,10 @@ def train(
     from rtdenoise.synth.noise import PMTNoise
 
     on_card = dev.type == "cuda" and images and isinstance(noise, PMTNoise) and cfg.instances_on_device
+    card_rng = None
+    if on_card:  # its own stream per (rank, resume point), as the workers'
+        card_rng = torch.Generator(device=dev)
+        card_rng.manual_seed(int(np.random.SeedSequence([cfg.seed, rank, step, 1]).generate_state(1)[0]))
     batches = torch.utils.data.DataLoader(
         _CleanBatches(ds, cfg.batch, [cfg.seed, rank, step]) if on_card
         else _Batches(ds, model_cfg, cfg.batch, [cfg.seed, rank, step], cfg.settled),
@@ -373,7 +384,7 @@ def train(
             g["lr"] = lr_at(step, horizon, cfg)
         x, t = (a.to(dev, non_blocking=True) for a in next(batch_iter))
         if on_card:
-            x, t = _finish_on(x, t, model_cfg, cfg.settled)
+            x, t = _finish_on(x, t, model_cfg, cfg.settled, card_rng)
         loss = lagged_loss(ddp(x), t, model_cfg.lag)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -423,21 +423,22 @@ class PMTNoise(_ConfiguredNoise):
                          _draw(rng, c.electronic_noise), _draw(rng, c.offset)])
 
     @staticmethod
-    def sample_torch(clean, detector):
+    def sample_torch(clean, detector, generator=None):
         """:meth:`sample` for a batch of clean movies ``(B, T, H, W)`` on any torch device (a
         GPU: the training instances' noise made where the network trains), each movie with its
-        row of ``detector`` ``(B, 5)`` (:meth:`draw`). Torch's random generator, so not the
-        numpy draws; the same distribution. Returns ``(noisy, static)``, static ``(B, 1, 1, 1)``."""
+        row of ``detector`` ``(B, 5)`` (:meth:`draw`). Torch's random ``generator`` (on the
+        movies' device), so not the numpy draws; the same distribution. Returns ``(noisy,
+        static)``, static ``(B, 1, 1, 1)``."""
         import torch
 
         g, enf, dark, sigma, offset = (detector[:, i].to(clean.dtype).view(-1, 1, 1, 1) for i in range(5))
-        n = torch.poisson(torch.clamp(clean / g + dark, min=0.0))
-        # pulse heights: the sum of n Gamma(k, k) is Gamma(n·k, k), k = 1 / (F − 1); none where n = 0 or F = 1
+        n = torch.poisson(torch.clamp(clean / g + dark, min=0.0), generator=generator)
+        # pulse heights: the sum of n Gamma(k, 1) / k is Gamma(n·k, k), k = 1 / (F − 1); none where n = 0 or F = 1
         k = 1.0 / torch.clamp(enf - 1.0, min=1e-6)
-        heights = torch.distributions.Gamma(torch.clamp(n * k, min=1e-6), k.expand_as(n)).sample()
+        heights = torch._standard_gamma(torch.clamp(n * k, min=1e-6), generator=generator) / k
         n = torch.where((n > 0) & (enf > 1.0), heights, n)
-        noisy = n * g + torch.randn_like(n) * (g * sigma) + offset
-        return noisy, offset + g * dark
+        noise = torch.randn(n.shape, generator=generator, dtype=n.dtype, device=n.device)
+        return n * g + noise * (g * sigma) + offset, offset + g * dark
 
 
 class RecordedMovieNoise:

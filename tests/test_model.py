@@ -451,6 +451,20 @@ def test_pmt_noise_drawn_by_torch_has_the_numpy_model_s_distribution(device):
         assert (out[part] == 0).mean() == pytest.approx((ref[part] == 0).mean(), abs=0.01)
 
 
+def test_the_pooled_loss_sees_block_means_and_only_movies_train_with_it(tmp_path):
+    from rtdenoise.train import lagged_loss, pooled_loss
+
+    t = torch.randn(2, 5, 16, 16)
+    offset = torch.full_like(t, 0.3)  # an error in every block's mean
+    checker = 0.3 * (-1.0) ** (torch.arange(16)[:, None] + torch.arange(16)[None, :]).float()  # none in any block's mean
+    torch.testing.assert_close(pooled_loss(t + offset, t, 0), lagged_loss(t + offset, t, 0))
+    assert float(pooled_loss(t + checker, t, 0)) < 1e-12 < float(lagged_loss(t + checker, t, 0))
+    t[:, 0] = float("nan")  # a settled instance's warm-up frame: left out, as by the per-pixel loss
+    torch.testing.assert_close(pooled_loss(t + offset, t, 0), torch.tensor(0.09))
+    with pytest.raises(ValueError, match="pooled loss is for movies"):
+        train(tmp_path / "m.pt", config=TrainConfig(workers=0, steps=1, pooled_loss=1.0), progress=False)
+
+
 def test_settled_starts_begin_from_a_settled_baseline_and_leave_their_warm_up_out_of_the_loss():
     from rtdenoise.synth.dataset import ImagingDataset
     from rtdenoise.train import SETTLED_BURN, lagged_loss, normalize_batch

@@ -81,6 +81,9 @@ def _add_train(sub) -> None:
     p.add_argument("--device", default=t.device,
                    help="where the optimizer runs: cpu (default) or cuda (an NVIDIA GPU; the workers still draw the "
                         "scenes on the CPU, so give it several)")
+    p.add_argument("--pooled-loss", type=float, default=0.0, metavar="W",
+                   help="imaging: add W times the error of 8x8-pixel block means (a soma's scale) to the per-pixel "
+                        "error (default 0)")
     p.add_argument("--cpu-instances", action="store_true",
                    help="with --device cuda: make every instance on the CPU workers (by default the PMT noise and the "
                         "front end of movies are added on the GPU, the workers drawing only scenes)")
@@ -136,7 +139,7 @@ def cmd_train(args) -> int:
         steps=args.steps, minutes=args.minutes, batch=args.batch, window=args.window,
         lr=args.lr if args.lr is not None else d.lr / 4 if init else d.lr,
         workers=args.workers, seed=args.seed, patch=tuple(args.patch), threads=args.threads, settled=args.settled,
-        device=args.device, instances_on_device=not args.cpu_instances,
+        device=args.device, instances_on_device=not args.cpu_instances, pooled_loss=args.pooled_loss,
     )
     if args.modality == "imaging":
         if args.dark or args.light:

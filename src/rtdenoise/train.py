@@ -56,6 +56,9 @@ class TrainConfig:
     # On a GPU, movies with PMT noise get their noise and front end there, the workers drawing
     # only scenes (3-4x the instances/s); False makes them all on the CPU workers, as on a CPU.
     instances_on_device: bool = True
+    # Movies: weight of a second loss term, the error of 8 × 8-pixel block means (what a neuron's
+    # trace averages), beside the per-pixel error; 0: per-pixel error alone.
+    pooled_loss: float = 0.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -141,6 +144,19 @@ def lagged_loss(out: torch.Tensor, tn: torch.Tensor, lag: int) -> torch.Tensor:
     if lag:
         out, tn = out[:, lag:], tn[:, :-lag]
     return _mse(out, tn)
+
+
+POOL_PX = 8  # the block side of the pooled loss term
+
+
+def pooled_loss(out: torch.Tensor, tn: torch.Tensor, lag: int) -> torch.Tensor:
+    """:func:`lagged_loss` of the movies' 8 × 8-pixel block means (B, T, H, W): the scale of a
+    soma, whose trace is a mean over its pixels (a NaN target frame stays NaN and is left out)."""
+    def pool(a):
+        b, n, h, w = a.shape
+        return F.avg_pool2d(a.reshape(b * n, 1, h, w), POOL_PX).reshape(b, n, h // POOL_PX, w // POOL_PX)
+
+    return lagged_loss(pool(out), pool(tn), lag)
 
 
 def _mse(out: torch.Tensor, tn: torch.Tensor) -> torch.Tensor:
@@ -258,6 +274,11 @@ def train(
     signal, noise = ds.signal, ds.noise
     if cfg.window <= model_cfg.lag:
         raise ValueError(f"window ({cfg.window}) must be longer than the lag ({model_cfg.lag})")
+    if cfg.pooled_loss and (not images or min(cfg.patch) < POOL_PX):
+        raise ValueError(f"the pooled loss is for movies of patches of at least {POOL_PX} px; "
+                         f"this run trains a {model_cfg.family.modality} model on {cfg.patch}")
+    if cfg.pooled_loss < 0:
+        raise ValueError(f"pooled_loss is a weight >= 0, got {cfg.pooled_loss}")
     if not 0.0 <= cfg.settled <= 1.0:
         raise ValueError(f"settled is a share of instances in [0, 1], got {cfg.settled}")
     if cfg.settled and model_cfg.frontend(1, tuple(cfg.patch) if images else None).rank:
@@ -385,7 +406,10 @@ def train(
         x, t = (a.to(dev, non_blocking=True) for a in next(batch_iter))
         if on_card:
             x, t = _finish_on(x, t, model_cfg, cfg.settled, card_rng)
-        loss = lagged_loss(ddp(x), t, model_cfg.lag)
+        out_ = ddp(x)
+        loss = lagged_loss(out_, t, model_cfg.lag)
+        if cfg.pooled_loss:
+            loss = loss + cfg.pooled_loss * pooled_loss(out_, t, model_cfg.lag)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)

@@ -54,7 +54,7 @@ class TrainConfig:
     # on the CPU, so give it several). The checkpoint loads anywhere either way.
     device: str = "cpu"
     # On a GPU, movies with PMT noise get their noise and front end there, the workers drawing
-    # only scenes (3-4x the instances/s); False makes them all on the CPU workers, as on a CPU.
+    # only scenes (a quarter of an instance's CPU time); False: all on the CPU workers, as on a CPU.
     instances_on_device: bool = True
     # Movies: weight of a second loss term, the error of 8 × 8-pixel block means (what a neuron's
     # trace averages), beside the per-pixel error; 0: per-pixel error alone.

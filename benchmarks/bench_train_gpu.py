@@ -41,6 +41,11 @@ from rtdenoise.train import _Batches, _CleanBatches, _finish_on, lagged_loss  # 
 BATCH, WINDOW, PATCH = 32, 48, (64, 64)
 
 
+def _sync(device: str):
+    """Wait for the device's queued work (a GPU's kernels run after the call returns)."""
+    return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+
 def network(width: int, device: str, seconds: float) -> dict:
     cfg = dataclasses.replace(load("imaging-lag0").config, width=width)
     torch.manual_seed(0)
@@ -58,7 +63,7 @@ def network(width: int, device: str, seconds: float) -> dict:
 
     for _ in range(3):
         step()
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync = _sync(device)
     sync()
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds or n < 3:
@@ -94,7 +99,7 @@ def finish(device: str, seconds: float) -> dict:
     cfg = load("imaging-lag0").config
     clean, detector = ImagingDataset(None, None, window=WINDOW, patch=PATCH, seed=0).clean_batch(np.random.default_rng(0), BATCH)
     clean, detector = torch.from_numpy(clean).to(device), torch.from_numpy(detector).to(device)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync = _sync(device)
     _finish_on(clean, detector, cfg, 0.5)
     sync()
     n, t0 = 0, time.perf_counter()

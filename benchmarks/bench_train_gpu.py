@@ -10,7 +10,8 @@
   CPU can feed (a CPU run, or a GPU run with ``instances_on_device=False``);
 - ``scenes``: the clean movies alone, made by the same workers (a GPU run's default, which adds
   the PMT noise and the front end on the card), and ``finish``: that noise and front end on the
-  device (``train._finish_on``), instances/s.
+  device (``train._finish_on``, the front end replayed as a CUDA graph as training does; on a GPU
+  also ``finish_eager``, kernel by kernel), instances/s.
 
 Training runs at the smallest of what feeds it and what takes it (on one card, the optimizer and
 ``finish`` share it). Writes ``train_gpu.{json,md}`` to ``--out`` (default
@@ -36,7 +37,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 from bench_quality import run_info, write_results  # noqa: E402
 
 from rtdenoise.model.checkpoint import load  # noqa: E402
-from rtdenoise.train import _Batches, _CleanBatches, _finish_on, lagged_loss  # noqa: E402
+from rtdenoise.train import FrontEndGraphs, _Batches, _CleanBatches, _finish_on, lagged_loss  # noqa: E402
 
 BATCH, WINDOW, PATCH = 32, 48, (64, 64)
 
@@ -93,22 +94,23 @@ def instances(workers: int, seconds: float, pin: bool, scenes_only: bool = False
     return {"workers": workers, "batches": n, "instances_per_s": n * BATCH / dt}
 
 
-def finish(device: str, seconds: float) -> dict:
+def finish(device: str, seconds: float, graphs: bool = True) -> dict:
     from rtdenoise.synth.dataset import ImagingDataset
 
     cfg = load("imaging-lag0").config
     clean, detector = ImagingDataset(None, None, window=WINDOW, patch=PATCH, seed=0).clean_batch(np.random.default_rng(0), BATCH)
     clean, detector = torch.from_numpy(clean).to(device), torch.from_numpy(detector).to(device)
     sync = _sync(device)
-    _finish_on(clean, detector, cfg, 0.5)
+    g = FrontEndGraphs() if graphs else None
+    _finish_on(clean, detector, cfg, 0.5, graphs=g)
     sync()
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds or n < 2:
-        _finish_on(clean, detector, cfg, 0.5)
+        _finish_on(clean, detector, cfg, 0.5, graphs=g)
         sync()
         n += 1
     dt = time.perf_counter() - t0
-    return {"batch_ms": dt / n * 1e3, "instances_per_s": n * BATCH / dt}
+    return {"batch_ms": dt / n * 1e3, "instances_per_s": n * BATCH / dt, "graph": bool(g and g._graphs)}
 
 
 def card(device: str) -> str:
@@ -134,7 +136,12 @@ def markdown(res: dict) -> str:
         sc, fi = res["scenes"], res["finish"]
         lines += [f"Split as a GPU run makes them: the clean scenes by the same {sc['workers']} workers "
                   f"**{sc['instances_per_s']:.0f}/s**; their PMT noise and the front end on the device "
-                  f"**{fi['instances_per_s']:.0f}/s** ({fi['batch_ms']:.1f} ms a batch).", ""]
+                  f"**{fi['instances_per_s']:.0f}/s** ({fi['batch_ms']:.1f} ms a batch"
+                  + (", the front end as a CUDA graph" if fi.get("graph") else "") + ").", ""]
+        if res.get("finish_eager"):
+            fe = res["finish_eager"]
+            lines += [f"The same without the graph (kernel by kernel): {fe['instances_per_s']:.0f}/s "
+                      f"({fe['batch_ms']:.1f} ms a batch).", ""]
     return "\n".join(lines)
 
 
@@ -156,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     print(res["instances"], flush=True)
     res["scenes"] = instances(args.workers, args.seconds, pin, scenes_only=True)
     res["finish"] = finish(args.device, args.seconds)
-    print(res["scenes"], res["finish"], flush=True)
+    if args.device.startswith("cuda"):
+        res["finish_eager"] = finish(args.device, args.seconds, graphs=False)
+    print(res["scenes"], res["finish"], res.get("finish_eager"), flush=True)
     print(write_results(args.out / "train_gpu", res, markdown))
     return 0
 

@@ -430,6 +430,34 @@ def test_the_front_end_on_a_torch_device_gives_the_host_s_instances(device):
 
 
 @pytest.mark.parametrize("device", TORCH_DEVICES)
+def test_the_front_end_replayed_as_a_cuda_graph_gives_the_same_instances(device):
+    """FrontEndGraphs (what a GPU run's instances go through): one graph for the batch shape,
+    replayed from each batch's own start (settled or cold), outputs the eager path's and not
+    overwritten by the next batch's. Off a CUDA device it runs eagerly and captures nothing."""
+    from rtdenoise.model.checkpoint import load as load_model
+    from rtdenoise.synth.dataset import ImagingDataset
+    from rtdenoise.train import FrontEndGraphs, normalize_batch_on
+
+    on = _on(device)
+    cfg = load_model("imaging-lag0").config
+    ds = ImagingDataset(window=24, patch=(30, 30))
+    graphs, kept = FrontEndGraphs(), []
+    for seed in (0, 1, 2):
+        noisy, target = (on(a) for a in ds.batch(np.random.default_rng(seed), 6))
+        got = []
+        for g in (None, graphs):
+            gen = torch.Generator(device=device)
+            gen.manual_seed(seed)
+            got.append(normalize_batch_on(noisy, target, cfg, settled=0.5 if seed else 0.0, generator=gen, graphs=g))
+        (xe, te), (xg, tg) = got
+        torch.testing.assert_close(xg, xe, rtol=0, atol=1e-5)
+        torch.testing.assert_close(tg, te, rtol=0, atol=1e-5, equal_nan=True)
+        kept.append((xg, xg.clone()))
+    assert graphs.failed is None and len(graphs._graphs) == (1 if device == "cuda" else 0)
+    assert all(torch.equal(x, was) for x, was in kept)
+
+
+@pytest.mark.parametrize("device", TORCH_DEVICES)
 def test_pmt_noise_drawn_by_torch_has_the_numpy_model_s_distribution(device):
     from rtdenoise.synth.noise import PMTConfig, PMTNoise
 

@@ -433,7 +433,10 @@ def test_the_front_end_on_a_torch_device_gives_the_host_s_instances(device):
 def test_the_front_end_replayed_as_a_cuda_graph_gives_the_same_instances(device):
     """FrontEndGraphs (what a GPU run's instances go through): one graph for the batch shape,
     replayed from each batch's own start (settled or cold), outputs the eager path's and not
-    overwritten by the next batch's. Off a CUDA device it runs eagerly and captures nothing."""
+    overwritten by the next batch's. Off a CUDA device it runs eagerly and captures nothing.
+    On a GPU a thread pins memory meanwhile, as the DataLoader's does in training."""
+    import threading
+
     from rtdenoise.model.checkpoint import load as load_model
     from rtdenoise.synth.dataset import ImagingDataset
     from rtdenoise.train import FrontEndGraphs, normalize_batch_on
@@ -441,7 +444,19 @@ def test_the_front_end_replayed_as_a_cuda_graph_gives_the_same_instances(device)
     on = _on(device)
     cfg = load_model("imaging-lag0").config
     ds = ImagingDataset(window=24, patch=(30, 30))
-    graphs, kept = FrontEndGraphs(), []
+    graphs, kept, stop, pinned = FrontEndGraphs(), [], threading.Event(), []
+
+    def pin():
+        try:
+            while not stop.is_set():
+                pinned.append(torch.empty(1 << 16).pin_memory())
+                pinned[:] = pinned[-4:]
+        except Exception as e:  # noqa: BLE001 (what a capture would make the DataLoader's thread raise)
+            pinned.append(e)
+
+    pinner = threading.Thread(target=pin, daemon=True)
+    if device == "cuda":
+        pinner.start()
     for seed in (0, 1, 2):
         noisy, target = (on(a) for a in ds.batch(np.random.default_rng(seed), 6))
         got = []
@@ -453,6 +468,10 @@ def test_the_front_end_replayed_as_a_cuda_graph_gives_the_same_instances(device)
         torch.testing.assert_close(xg, xe, rtol=0, atol=1e-5)
         torch.testing.assert_close(tg, te, rtol=0, atol=1e-5, equal_nan=True)
         kept.append((xg, xg.clone()))
+    stop.set()
+    if device == "cuda":
+        pinner.join()
+        assert pinned and all(isinstance(t, torch.Tensor) for t in pinned)  # pinned throughout, unhindered
     assert graphs.failed is None and len(graphs._graphs) == (1 if device == "cuda" else 0)
     assert all(torch.equal(x, was) for x, was in kept)
 

@@ -126,8 +126,10 @@ def normalize_batch_on(noisy: torch.Tensor, target: torch.Tensor, mcfg: ModelCon
         start = target.double().min(dim=1).values + sd * torch.randn(sd.shape, generator=generator, dtype=sd.dtype, device=dev)
         mean = torch.where(warm.view(-1, 1, 1), start.to(mean.dtype), mean)
         count = torch.where(warm, float(fe.horizon), count)
-    run = graphs.run if graphs is not None else _normalize_eager
-    feat, b, s, tfe = run(fe, noisy, mean, count)
+    if graphs is not None:
+        feat, b, s, tfe = graphs.run(mcfg, fe, noisy, mean, count)
+    else:
+        feat, b, s, tfe = _normalize_eager(fe, noisy, mean, count)
     t = (target - tfe.offset) / tfe.gain if tfe.photons else target
     tn = ((t - b) / s).to(torch.float32)
     if tfe.pad:
@@ -168,24 +170,25 @@ class FrontEndGraphs:
         self._graphs: dict[tuple, tuple] = {}
         self.failed: str | None = None
 
-    def run(self, fe, noisy, mean, count):
-        key = (tuple(noisy.shape), noisy.dtype)
+    def run(self, mcfg: ModelConfig, fe, noisy, mean, count):
         if noisy.device.type != "cuda" or self.failed:
             return _normalize_eager(fe, noisy, mean, count)
-        if key not in self._graphs:
-            try:
-                self._graphs[key] = self._capture(fe, noisy)
-            except Exception as e:  # noqa: BLE001 (any capture failure: the eager path is the same arithmetic)
-                import warnings
+        key = (tuple(noisy.shape), noisy.dtype, str(noisy.device), repr(sorted(mcfg.to_dict().items())))
+        with torch.cuda.device(noisy.device):  # (captures on the current device: make it the batch's)
+            if key not in self._graphs:
+                try:
+                    self._graphs[key] = self._capture(fe, noisy)
+                except Exception as e:  # noqa: BLE001 (any capture failure: the eager path is the same arithmetic)
+                    import warnings
 
-                self.failed = f"{type(e).__name__}: {e}"
-                warnings.warn(f"the front end runs without a CUDA graph (capturing it failed: {self.failed})", stacklevel=2)
-                return _normalize_eager(fe, noisy, mean, count)
-        graph, tfe, x, out = self._graphs[key]
-        x.copy_(noisy)
-        _restart(tfe, mean, count)
-        graph.replay()
-        return out[0].clone(), out[1].clone(), out[2].clone(), tfe
+                    self.failed = f"{type(e).__name__}: {e}"
+                    warnings.warn(f"the front end runs without a CUDA graph (capturing it failed: {self.failed})", stacklevel=2)
+                    return _normalize_eager(fe, noisy, mean, count)
+            graph, tfe, x, out = self._graphs[key]
+            x.copy_(noisy)
+            _restart(tfe, mean, count)
+            graph.replay()
+            return out[0].clone(), out[1].clone(), out[2].clone(), tfe
 
     @staticmethod
     def _capture(fe, noisy):
@@ -201,7 +204,8 @@ class FrontEndGraphs:
         torch.cuda.current_stream(noisy.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         _restart(tfe, mean, count)
-        with torch.cuda.graph(graph):
+        # thread-local: the DataLoader's pin-memory thread goes on calling CUDA while this captures
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             feat, b, s, _ = tfe.normalize(x)
         return graph, tfe, x, (feat, b, s)
 

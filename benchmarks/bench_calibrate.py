@@ -61,8 +61,12 @@ class RigNoise:
     """
 
     kind = "rig (structured)"
+    PARTS = ("flicker", "white", "correlated", "banding", "pickup")
 
-    def __init__(self, seed: int = 7):
+    def __init__(self, seed: int = 7, off: tuple[str, ...] = ()):
+        if set(off) - set(self.PARTS):
+            raise ValueError(f"unknown parts of the rig's noise {sorted(set(off) - set(self.PARTS))}; known: {self.PARTS}")
+        self.off = set(off)  # parts switched off (bench_rig_budget.py): the same draws, that part left out
         r = np.random.default_rng(seed)  # the rig itself: fixed for every recording from it
         bins = np.arange(N_BINS)
         self.static = 100.0 + 15.0 * np.sin(bins / 9.0 + r.uniform(0, 6.3)) + r.normal(0, 3.0, N_BINS)
@@ -80,14 +84,17 @@ class RigNoise:
         flick[0] = rng.standard_normal()
         for i in range(1, t):
             flick[i] = a * flick[i - 1] + e[i]
-        light = np.maximum(clean, 0.0) * (1.0 + 0.005 * flick)[:, None]
+        light = np.maximum(clean, 0.0) * (1.0 + 0.005 * flick * self.on("flicker"))[:, None]
         corr = gaussian_filter1d(rng.standard_normal((t, w)), 3.0, axis=1)
         corr *= 8.0 / corr.std()
         phase = np.cumsum(rng.normal(0, 0.05, t))  # the mains frequency wanders
         pickup = 6.0 * np.sin(2 * np.pi * 0.37 * np.arange(t) / fs + phase)[:, None] * self.pickup_shape
-        noisy = (poisson(rng, light) + self.static + rng.normal(0, 5.0, (t, w)) + corr
-                 + 4.0 * rng.standard_normal(t)[:, None] * self.band + pickup)
+        noisy = (poisson(rng, light) + self.static + rng.normal(0, 5.0, (t, w)) * self.on("white") + corr * self.on("correlated")
+                 + 4.0 * rng.standard_normal(t)[:, None] * self.band * self.on("banding") + pickup * self.on("pickup"))
         return noisy, self.static.copy()
+
+    def on(self, part: str) -> float:
+        return float(part not in self.off)
 
 
 def rig_recordings(rig: RigNoise, workdir: Path) -> tuple[Path, Path]:

@@ -23,7 +23,9 @@ off, and denoised by the shipped ``spectral-lag0`` and, where ``--workdir`` hold
   (``oracle-STEPS.pt`` in ``--workdir``, made once; reused when present);
 - ``--scratch MINUTES``: the shipped model's architecture trained from scratch on the rig's own
   noise process, as ``spectral-lag0`` was on its detector model (its learning rate, 28 minutes
-  then): what the family can learn of the rig at all (``scratch-MINUTES.pt``, likewise).
+  then): what the family can learn of the rig at all (``scratch-MINUTES.pt``, likewise);
+  ``--taps N`` gives that model an output filter of N frames instead of the shipped 8
+  (``scratch-MINUTES-tapsN.pt``).
 
 Writes ``benchmarks/results/rig_budget.{json,md}``.
 """
@@ -85,15 +87,19 @@ def oracle(steps: int, workdir: Path):
                  config=cfg, progress=False, name=f"spectral-lag0 calibrated on the rig's noise process, {steps} steps")
 
 
-def scratch(minutes: float, workdir: Path):
-    """spectral-lag0's architecture trained from scratch on the rig's own noise process."""
+def scratch(minutes: float, workdir: Path, taps: int = 0):
+    """spectral-lag0's architecture (``taps`` frames of output filter, if given) trained from
+    scratch on the rig's own noise process."""
+    import dataclasses
+
     from rtdenoise.train import TrainConfig, train
 
-    out = workdir / f"scratch-{minutes:g}.pt"
+    out = workdir / (f"scratch-{minutes:g}" + (f"-taps{taps}" if taps else "") + ".pt")
     if out.exists():
         return load(out)
     workdir.mkdir(parents=True, exist_ok=True)
-    return train(out, model=load("spectral-lag0").config, signal=SpectralConfig(**NO_STATES), noise=RigNoise(),
+    model = load("spectral-lag0").config
+    return train(out, model=dataclasses.replace(model, taps=taps) if taps else model, signal=SpectralConfig(**NO_STATES), noise=RigNoise(),
                  config=TrainConfig(minutes=minutes, workers=1, seed=5), progress=False,
                  name=f"spectral-lag0's architecture trained on the rig's noise process, {minutes:g} min")
 
@@ -103,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default="/tmp/rtdenoise-rig", help="bench_calibrate.py's workdir (its calibrated models)")
     ap.add_argument("--oracle", type=int, default=0, help="steps of calibration on the rig's own noise process (0: none)")
     ap.add_argument("--scratch", type=float, default=0, help="minutes of training from scratch on the rig's noise process (0: none)")
+    ap.add_argument("--taps", type=int, default=0, help="with --scratch: its output filter's frames (0: the shipped model's)")
     ap.add_argument("--out", default=str(HERE / "results" / "rig_budget"))
     args = ap.parse_args(argv)
     models = {"shipped spectral-lag0": load("spectral-lag0")}
@@ -111,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.oracle:
         models[f"oracle noise, {args.oracle} steps"] = oracle(args.oracle, Path(args.workdir))
     if args.scratch:
-        models[f"from scratch on oracle noise, {args.scratch:g} min"] = scratch(args.scratch, Path(args.workdir))
+        taps = f", {args.taps} taps" if args.taps else ""
+        models[f"from scratch on oracle noise, {args.scratch:g} min{taps}"] = scratch(args.scratch, Path(args.workdir), args.taps)
     cases = {"the rig": (), **{f"without {p}": (p,) for p in STRUCTURED}, "without any structured part": STRUCTURED}
     res = {**run_info(__file__, argv), "recording": f"rig, {PHOTONS} counts (seed {SEED})", "cases": {}}
     for name, off in cases.items():

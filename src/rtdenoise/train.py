@@ -150,8 +150,7 @@ def _front_end_on(fe, device: torch.device):
 
 def _normalize_eager(fe, noisy, mean, count):
     tfe = _front_end_on(fe, noisy.device)
-    tfe.mean.copy_(mean)
-    tfe.count.copy_(count)
+    _restart(tfe, mean, count)
     feat, b, s, _ = tfe.normalize(noisy)
     return feat, b, s, tfe
 

@@ -1,5 +1,5 @@
-"""Self-supervised fine-tuning on a user's movie: the blind spot hides what it must, the
-fine-tune learns, and bad input is refused with the fix."""
+"""Self-supervised fine-tuning on a user's movie: photon splitting shows the network no noise
+of its target, the fine-tune learns, and bad input is refused with the fix."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from rtdenoise.model.checkpoint import Checkpoint, load
 from rtdenoise.model.config import ModelConfig
-from rtdenoise.selfsup import SelfSupConfig, _mask, finetune, masked_loss, photon_transfer
+from rtdenoise.selfsup import SelfSupConfig, finetune, photon_transfer, split_loss, split_photons
 
 
 @pytest.fixture(scope="module")
@@ -28,31 +28,42 @@ def movie_path(tmp_path_factory):
     from rtdenoise.synth import simulate_movie
 
     path = tmp_path_factory.mktemp("mov") / "mov.npy"
-    np.save(path, simulate_movie(80, seed=4, shape=(32, 32), photons=8)["noisy"])
+    np.save(path, simulate_movie(80, seed=4, shape=(32, 32), photons=20)["noisy"])  # ~3.5 photons per pixel
     return path
 
 
-def test_the_blind_spot_replaces_each_hidden_pixel_by_a_neighbour_never_itself():
-    rng = np.random.default_rng(0)
-    x = np.arange(2 * 3 * 16 * 16, dtype=np.float32).reshape(2, 3, 16, 16)  # every value distinct
-    masked, mask = _mask(x, rng, 0.05)
-    assert 0.02 < mask.mean() < 0.08
-    assert (masked[mask] != x[mask]).all() and (masked[~mask] == x[~mask]).all()
-    for b, t, y, xx in np.argwhere(mask)[:20]:
-        (src,) = np.argwhere(x == masked[b, t, y, xx])  # every value of x is distinct
-        assert (src[:2] == [b, t]).all()  # from the same frame
-        assert 0 < max(abs(src[2] - y), abs(src[3] - xx)) <= 2  # within its 5 x 5 neighbourhood, never itself
+def test_the_split_deals_each_pixels_photons_between_two_independent_halves():
+    # Counts as a digitizer writes them (3 per photon above a dark level of 40).
+    cfg = ModelConfig(arch="imaging-unet", depth=3, width=4, gain=3.0, offset=40.0)
+    photons = np.random.default_rng(3).poisson(10.0, (4, 50, 32, 32))
+    seen, other = split_photons(3.0 * photons + 40.0, cfg, np.random.default_rng(4), 0.8)
+    seen, other = (seen - 40.0) / 3.0, (other - 40.0) / 3.0
+    np.testing.assert_allclose(seen + other * 0.25, photons, atol=1e-4)  # every photon dealt once
+    assert seen.mean() == pytest.approx(8.0, rel=0.01) and other.mean() == pytest.approx(8.0, rel=0.02)
+    assert abs(np.corrcoef(seen.ravel(), other.ravel())[0, 1]) < 0.01  # the same light, independent noise
 
 
-def test_the_masked_loss_does_not_see_the_hidden_noise(base):
-    # A model that copies its input (the untrained residual is close to the identity) gains
-    # nothing from a pixel's own noise at a hidden pixel: its loss there stays at the noise level.
+class _Scaled(torch.nn.Module):
+    """Outputs its input's current frame times ``k``: 1 copies the frame's noise, 0 gives the baseline."""
+
+    def __init__(self, k: float):
+        super().__init__()
+        self.k = k
+
+    def forward(self, features):
+        return self.k * features
+
+
+def test_a_network_that_copies_its_input_gains_nothing_from_the_split(base):
+    # Steady light: the clean scene is the running baseline (output 0). Copying the input adds
+    # the input's own noise to the error instead of matching the target's: with keep 0.8 the
+    # target's noise variance is 4 times the input's, so copying costs about (1 + 4) / 4.
+    # If the target shared the input's noise, copying would win.
     ck = load(base)
-    net = ck.model()
-    x = np.random.default_rng(1).poisson(20, (2, 12, 32, 32)).astype(np.float32)
+    x = np.random.default_rng(1).poisson(20, (4, 40, 32, 32)).astype(np.float32)
     with torch.no_grad():
-        loss = masked_loss(net, ck.config, x, np.random.default_rng(2), 0.05).item()
-    assert loss > 0.5  # ~2 noise variances apart; an input leak would give ~0
+        copy, mean = (split_loss(_Scaled(k), ck.config, x, np.random.default_rng(2), 0.8).item() for k in (1.0, 0.0))
+    assert 1.15 < copy / mean < 1.35
 
 
 def test_finetune_learns_from_the_movie_alone_and_says_so(tmp_path, base, movie_path):
@@ -62,6 +73,17 @@ def test_finetune_learns_from_the_movie_alone_and_says_so(tmp_path, base, movie_
     s = ck.provenance["self_supervised"]
     assert s["steps"] == 40 and s["from"] == "base" and s["val_loss"] < s["val_loss_before"]
     assert load(out).modality == "imaging"
+
+
+def test_a_movie_too_dim_to_split_gets_its_units_and_no_steps(tmp_path, base):
+    from rtdenoise.synth import simulate_movie
+
+    np.save(tmp_path / "dim.npy", simulate_movie(80, seed=4, shape=(32, 32), photons=1)["noisy"])
+    with pytest.warns(UserWarning, match="too dim for photon splitting"):
+        ck = finetune(tmp_path / "t.pt", tmp_path / "dim.npy", model=base, progress=False,
+                      config=SelfSupConfig(minutes=5, steps=40, batch=2, window=12, patch=(32, 32)))
+    s = ck.provenance["self_supervised"]
+    assert s["steps"] == 0 and s["photons"] < SelfSupConfig.min_photons and ck.config.gain != 1.0
 
 
 def test_photon_transfer_finds_a_cameras_counts_per_photon_and_dark_level():
@@ -118,12 +140,26 @@ def test_bad_input_is_refused_with_the_fix(tmp_path, base, bad, match):
     assert not (tmp_path / "x.pt").exists()
 
 
-def test_the_cli_sets_a_model_to_your_movies_counts(tmp_path, base, movie_path, capsys):
+def test_the_cli_sets_a_model_to_your_movies_counts_then_learns_it(tmp_path, base, movie_path, capsys):
     from rtdenoise.cli import main
 
     np.save(tmp_path / "adu.npy", (4.0 * np.load(movie_path) + 50.0).astype(np.float32))
     assert main(["train", str(tmp_path / "mine.pt"), "--self-supervised", str(tmp_path / "adu.npy"), "--init", str(base),
-                 "--window", "12"]) == 0
-    ck = load(tmp_path / "mine.pt")
-    assert ck.provenance["self_supervised"]["steps"] == 0 and 3.0 < ck.config.gain < 8.0
+                 "--window", "12", "--batch", "2", "--patch", "32", "32", "--minutes", "0.05", "--keep", "0.7"]) == 0
+    s = load(tmp_path / "mine.pt").provenance["self_supervised"]
+    assert s["steps"] > 0 and s["config"]["keep"] == 0.7 and 3.0 < s["gain"] < 8.0
     assert "counts per photon" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, match", [
+    pytest.param(["--keep", "1.0"], "strictly between 0 and 1", id="keep-all"),
+    pytest.param(["--keep", "0.5", "--self-supervised", None], "for --self-supervised", id="keep-alone"),
+])
+def test_the_cli_refuses_a_share_of_photons_that_leaves_no_target(tmp_path, base, movie_path, args, match, capsys):
+    from rtdenoise.cli import main
+
+    argv = ["train", str(tmp_path / "x.pt"), "--init", str(base), "--self-supervised", str(movie_path), "--window", "12"]
+    if args[-1] is None:  # --keep without --self-supervised
+        argv, args = argv[:4], args[:2]
+    assert main(argv + args) != 0
+    assert match in capsys.readouterr().err and not (tmp_path / "x.pt").exists()

@@ -73,7 +73,7 @@ def _add_train(sub) -> None:
                    help="comma-separated, one per layer (default: the model's own at its default depth, else all 1)")
     p.add_argument("--steps", type=int, default=t.steps)
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget")
-    p.add_argument("--batch", type=int, default=t.batch)
+    p.add_argument("--batch", type=int, default=None, help=f"instances per step (default {t.batch}; 8 windows with --self-supervised)")
     p.add_argument("--window", type=int, default=t.window, help="frames per instance (default 256 spectral, 32 imaging)")
     p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {t.lr:g}; {t.lr / 4:g} with --init)")
     p.add_argument("--workers", type=int, default=t.workers, help="processes making instances beside the optimizer")
@@ -99,10 +99,13 @@ def _add_train(sub) -> None:
     p.add_argument("--name", help="model name stored in the checkpoint (default: file stem)")
     p.add_argument("--resume", action="store_true", help="continue from OUT and OUT.state")
     p.add_argument("--self-supervised", default=None, metavar="MOVIE",
-                   help="imaging: fine-tune --init on your own noisy movie (T, H, W), causal blind-spot training, "
-                        "no clean data needed: the model is set to the movie's counts per photon and dark level (its "
-                        "photon transfer), then --minutes of causal blind-spot training (default 0: measured, they helped a "
-                        "weakly trained model and cost the shipped ones 0.7-2.6 dB, benchmarks/results/selfsup.md)")
+                   help="imaging: fine-tune --init on your own noisy movie (T, H, W), no clean data needed: the model is "
+                        "set to the movie's counts per photon and dark level (its photon transfer), then trained for "
+                        "--minutes (default 5; 0: the units alone) by photon splitting: it sees part of each pixel's "
+                        "photons and learns to predict the rest (benchmarks/results/selfsup.md)")
+    p.add_argument("--keep", type=float, default=None, metavar="P",
+                   help="with --self-supervised: the share of each pixel's photons the network sees, the rest its "
+                        "target (default 0.8)")
     p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                    help="with --self-supervised: keep the model's gain and offset (counts already in photons)")
     p.add_argument("--init", default=None, metavar="MODEL",
@@ -121,8 +124,8 @@ def cmd_train(args) -> int:
         if args.device != "cpu":
             raise ValueError("--device is for training on synthetic instances; --self-supervised fine-tuning runs on the CPU")
         return _finetune(args)
-    if not args.calibrate:
-        raise ValueError("--no-calibrate is for --self-supervised fine-tuning")
+    if not args.calibrate or args.keep is not None:
+        raise ValueError(f"{'--keep' if args.calibrate else '--no-calibrate'} is for --self-supervised fine-tuning")
     given = {k: getattr(args, k) for k in ("arch", "depth", "width", "lag", "rank", "taps") if getattr(args, k) is not None}
     dilations = None if args.dilations is None else [int(d) for d in args.dilations.split(",") if d.strip()]
     if not 0.0 <= args.prior < 1.0:
@@ -136,7 +139,7 @@ def cmd_train(args) -> int:
         model = default_config(args.modality, **given, dilations=dilations)
     d = TrainConfig()
     cfg = TrainConfig(
-        steps=args.steps, minutes=args.minutes, batch=args.batch, window=args.window,
+        steps=args.steps, minutes=args.minutes, batch=d.batch if args.batch is None else args.batch, window=args.window,
         lr=args.lr if args.lr is not None else d.lr / 4 if init else d.lr,
         workers=args.workers, seed=args.seed, patch=tuple(args.patch), threads=args.threads, settled=args.settled,
         device=args.device, instances_on_device=not args.cpu_instances, pooled_loss=args.pooled_loss,
@@ -186,11 +189,13 @@ def _finetune(args) -> int:
     from rtdenoise.model.checkpoint import DEFAULT_MODELS
     from rtdenoise.selfsup import SelfSupConfig, finetune
 
-    cfg = SelfSupConfig(minutes=args.minutes or 0.0, batch=args.batch, window=args.window or 32, patch=tuple(args.patch),
-                        seed=args.seed, threads=args.threads, calibrate=args.calibrate)
+    d = SelfSupConfig()
+    given = {"minutes": args.minutes, "batch": args.batch, "keep": args.keep}
+    cfg = SelfSupConfig(**{k: getattr(d, k) if v is None else v for k, v in given.items()}, window=args.window or 32,
+                        patch=tuple(args.patch), seed=args.seed, threads=args.threads, calibrate=args.calibrate)
     ck = finetune(args.out, args.self_supervised, model=args.init or DEFAULT_MODELS["imaging"], config=cfg, command="rtdenoise " + " ".join(sys.argv[1:]))
     s = ck.provenance["self_supervised"]
-    print(f"wrote {args.out}: {s['steps']} steps on {args.self_supervised}, blind-spot val loss {s['val_loss']:.4f} "
+    print(f"wrote {args.out}: {s['steps']} steps on {args.self_supervised}, validation loss {s['val_loss']:.4f} "
           f"(before {s['val_loss_before']:.4f}), {s['wall_time_s'] / 60:.1f} min; "
           f"{s['gain']:.3g} counts per photon, dark level {s['offset']:.4g}")
     return 0

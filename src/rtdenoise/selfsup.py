@@ -1,39 +1,48 @@
-"""Self-supervised fine-tuning on the user's own noisy movie, causal and blind-spot.
+"""Self-supervised fine-tuning on the user's own noisy movie, causal, by photon splitting.
 
 When no synthetic scene looks like the user's tissue, the model learns from the movie
-itself (Noise2Void's idea, made causal): in each training window a random few pixels of
-every frame are hidden from the network, replaced by a random neighbour's value *before*
-the front end sees them, so neither the network nor the running baseline can copy their
-noise; the loss is the network's output at those pixels against their true noisy values
-(in the front end's noise units). The past frames stay fully visible: their noise is
-independent of the current frame's, so using them is exactly what a causal denoiser may
-do, and no future frame is needed (``lag`` frames of lookahead for a lookahead model).
+itself. Two steps:
 
-Before any step the model is set to the movie's units (``calibrate``): a camera or a
-digitizer writes counts that are not photons, and a network trained on photons then
-misjudges the noise (twice too large a noise for 4 counts per photon), which the blind-spot
-loss cannot correct, since it never shows the network its own pixel. The movie's photon
-transfer (:func:`photon_transfer`: each pixel's temporal variance against its mean) gives
-the counts per photon and the dark level, stored in the model's config (``gain``,
-``offset``) for its front end; the blind-spot validation loss before any step is that of
-the calibrated model.
+1. **Units** (``calibrate``): a camera or a digitizer writes counts that are not photons,
+   and a network trained on photons then misjudges the noise (twice too large a noise for
+   4 counts per photon). The movie's photon transfer (:func:`photon_transfer`: each pixel's
+   temporal variance against its mean) gives the counts per photon and the dark level,
+   stored in the model's config (``gain``, ``offset``) for its front end.
+2. **Photon splitting** (:func:`split_loss`, for ``minutes``): in each training window every
+   pixel's photons are dealt at random, each to the network's input with probability
+   ``keep``, else to the target. A Poisson count split so gives two independent Poisson
+   counts of the same scene, at ``keep`` and ``1 - keep`` of its light (binomial thinning,
+   Noise2Noise from one movie). The network sees the first as a movie, every pixel of every
+   frame and the full past, as at inference, and is scored on every pixel against the
+   second, scaled to the first's light. That target's noise is independent of the input's,
+   so the network cannot learn to copy it, and the best it can do is the scene. Beyond
+   Poisson light the halves' covariance is ``keep (1 - keep) (variance - mean)`` of the
+   rounded counts, small where step 1's units make each pixel's variance its mean (a
+   camera's read noise is folded into them).
 
-The blind-spot steps run for ``minutes`` (default 0: calibration alone). Measured
-(``benchmarks/results/selfsup*.md``): they helped a weakly trained model (+0.95 dB in 5
-minutes) and cost the shipped ``imaging-lag0`` 0.7 and 2.6 dB after its calibration, while
-their blind-spot validation loss fell. A pixel replaced by a neighbour looks, to the network,
-like a pixel without its own noise, so the steps teach it to trust the current pixel more,
-and at inference that pixel's noise comes through; the shipped model trusted it as its
-supervised training set. A loss that bounds this (Noise2Same's invariance term) is the next
-step; a Monte-Carlo SURE loss, tried, diverged (its divergence term was gamed).
+The network then learns this movie's scenes at ``keep`` of its light, and is run on all of
+it (``benchmarks/results/selfsup*.md``). The halves are exactly independent only for counts
+that are photons. A PMT's pulses are not whole photons, and at a fraction of a photon per
+pixel (typical two-photon frames) the rounded counts' halves share a few per cent of their
+noise: enough, at such a raw SNR, for a network that passes a little of it to win the loss;
+on such a movie (0.5 photons per pixel) the steps cost 6 dB. So a movie of fewer than
+``min_photons`` per pixel per frame on average gets no steps (a warning says so), only its
+units.
+
+An earlier blind-spot loss (Noise2Void's: hide a few pixels, replace them by a neighbour,
+score them) cost the shipped model 0.7 to 2.6 dB: a replaced pixel looks like one without
+its own noise, so it taught the network to trust the current pixel, whose noise then came
+through at inference. Splitting shows the network its own pixel in training as at
+inference, with the noise it will have there (less of it, by ``keep``).
 
 The movie is read block by block (:mod:`rtdenoise.blocks`); the last ``holdout`` of its
-frames are kept out of training and give the validation loss.
+frames are kept out of training and give the validation loss (the same splits every time).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import platform
 import sys
@@ -53,13 +62,14 @@ from rtdenoise.model.config import ModelConfig
 class SelfSupConfig:
     """How to fine-tune; stored in the checkpoint's provenance."""
 
-    minutes: float = 0.0  # wall-clock budget of blind-spot steps after the calibration (see the CLI help: they can cost quality)
+    minutes: float = 5.0  # wall-clock budget of photon-splitting steps after the calibration
     steps: int = 100_000  # optimizer steps at most
     batch: int = 8  # windows per step
     window: int = 32  # frames per window (the front end warms up over its first frames)
     patch: tuple[int, int] = (64, 64)  # pixels per window
-    mask_fraction: float = 0.02  # pixels hidden per frame (Noise2Void uses ~0.2-2 %)
-    lr: float = 2e-4  # AdamW, constant: a fine-tune, not a schedule from scratch
+    keep: float = 0.8  # the share of each pixel's photons the network sees (the rest is its target)
+    min_photons: float = 2.0  # no steps on a movie dimmer than this, photons per pixel per frame on average (see above)
+    lr: float = 4e-4  # AdamW's peak; it decays to 2 % of it along a cosine over the budget (a calm last step to keep)
     holdout: float = 0.1  # share of the movie's last frames kept out of training, for validation (a window at least)
     val_every: int = 50
     seed: int = 0
@@ -68,25 +78,6 @@ class SelfSupConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def _mask(x: np.ndarray, rng: np.random.Generator, fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Hide ``fraction`` of the pixels of every frame of ``x`` (B, T, H, W): each takes the
-    value of a random pixel of its 5 x 5 neighbourhood. Returns (masked copy, boolean mask)."""
-    b, t, h, w = x.shape
-    mask = rng.random(x.shape) < fraction
-    idx = np.nonzero(mask)
-    dy = rng.integers(-2, 3, len(idx[0]))
-    dx = rng.integers(-2, 3, len(idx[0]))
-    same = (dy == 0) & (dx == 0)
-    dx[same] = 1  # never the pixel itself
-    # Off the frame, the offset is mirrored (clipping would hand a border pixel its own value).
-    src_y, src_x = idx[2] + dy, idx[3] + dx
-    src_y = np.where((src_y < 0) | (src_y >= h), idx[2] - dy, src_y)
-    src_x = np.where((src_x < 0) | (src_x >= w), idx[3] - dx, src_x)
-    masked = x.copy()
-    masked[idx] = x[idx[0], idx[1], src_y, src_x]
-    return masked, mask
 
 
 def _windows(movie: np.ndarray, rng, n: int, window: int, patch: tuple[int, int], stop: int) -> np.ndarray:
@@ -140,19 +131,34 @@ def photon_transfer(movie: np.ndarray, *, bins: int = 20) -> tuple[float, float]
     return float(gain), float(-icpt / gain)
 
 
-def masked_loss(net, cfg, noisy: np.ndarray, rng: np.random.Generator, fraction: float) -> torch.Tensor:
-    """The blind-spot loss of a batch of windows (B, T, H, W) of counts."""
-    masked, mask = _mask(noisy, rng, fraction)
+def split_photons(noisy: np.ndarray, cfg, rng: np.random.Generator, keep: float) -> tuple[np.ndarray, np.ndarray]:
+    """Deal each pixel's photons of ``noisy`` (counts; photons by the config's ``gain`` and
+    ``offset``, rounded, none below zero) at random: each to the first movie with probability
+    ``keep``, else to the second. Returns both in counts, the second scaled to the first's
+    light (``keep / (1 - keep)``): for Poisson light, the same scene with independent noise.
+    """
+    photons = np.rint(np.clip((noisy - cfg.offset) / cfg.gain, 0.0, None)).astype(np.int64)
+    seen = rng.binomial(photons, keep)
+    rest = (photons - seen) * (keep / (1.0 - keep))
+    return (seen * cfg.gain + cfg.offset).astype(np.float32), (rest * cfg.gain + cfg.offset).astype(np.float32)
+
+
+def split_loss(net, cfg, noisy: np.ndarray, rng: np.random.Generator, keep: float) -> torch.Tensor:
+    """The photon-splitting loss of a batch of windows (B, T, H, W) of counts: the network
+    sees the first movie of :func:`split_photons` (every pixel of every frame, as at
+    inference) and is scored on every pixel against the second, in the front end's units.
+    The second's noise is independent of the first's, so the best the network can do is the
+    first's clean scene.
+    """
+    inp, other = split_photons(noisy, cfg, rng, keep)
     fe = cfg.frontend(noisy.shape[0], noisy.shape[2:])
-    norm = fe.normalize(masked)
-    target = torch.from_numpy(fe.target(noisy, norm))  # the true noisy values, in the same units
+    norm = fe.normalize(inp)
+    target = torch.from_numpy(fe.target(other, norm))
     out = net(torch.from_numpy(norm.features))  # (B, T, H', W'), row t for frame t - lag
     lag, (h, w) = cfg.lag, noisy.shape[2:]
-    m = torch.from_numpy(mask)
     if lag:
-        out, target, m = out[:, lag:], target[:, :-lag], m[:, :-lag]
-    err = (out[..., :h, :w] - target[..., :h, :w]) ** 2
-    return err[m].mean()
+        out, target = out[:, lag:], target[:, :-lag]
+    return ((out[..., :h, :w] - target[..., :h, :w]) ** 2).mean()
 
 
 def finetune(out: str | os.PathLike, movie: str | os.PathLike, *, model=None, config: SelfSupConfig | None = None,
@@ -167,6 +173,8 @@ def finetune(out: str | os.PathLike, movie: str | os.PathLike, *, model=None, co
     from rtdenoise.blocks import open_frames
 
     cfg = config or SelfSupConfig()
+    if not 0.0 < cfg.keep < 1.0:
+        raise ValueError(f"keep is the share of the photons the network sees, strictly between 0 and 1; got {cfg.keep}")
     base = model if isinstance(model, Checkpoint) else load(model)
     if base.modality != "imaging":
         raise ValueError(f"self-supervised fine-tuning is for imaging models; {base.name!r} is {base.modality}")
@@ -191,6 +199,13 @@ def finetune(out: str | os.PathLike, movie: str | os.PathLike, *, model=None, co
                           f"{units.gain:g} and offset {units.offset:g}", stacklevel=2)
         else:
             units = ModelConfig.from_dict(base.config.to_dict() | {"gain": found[0], "offset": found[1]})
+    light = float(np.mean(np.clip((data[:stop] - units.offset) / units.gain, 0.0, None)))
+    minutes = cfg.minutes
+    if minutes > 0 and light < cfg.min_photons:
+        warnings.warn(f"{movie}: {light:.2g} photons per pixel per frame on average, below {cfg.min_photons:g}: too dim for "
+                      f"photon splitting (its halves' noise is no longer independent, and the steps would cost quality); "
+                      f"the model is set to the movie's units only", stacklevel=2)
+        minutes = 0.0
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -200,10 +215,10 @@ def finetune(out: str | os.PathLike, movie: str | os.PathLike, *, model=None, co
     held = data[stop - base.lag :]
     val_sets = [_windows(held, val_rng, 4, cfg.window, cfg.patch, len(held)) for _ in range(4)]
 
-    def validate() -> float:  # the same windows and masks every time
+    def validate() -> float:  # the same windows and splits every time
         net.eval()
         with torch.no_grad():
-            losses = [masked_loss(net, units, x, np.random.default_rng([cfg.seed, 2, i]), cfg.mask_fraction).item()
+            losses = [split_loss(net, units, x, np.random.default_rng([cfg.seed, 2, i]), cfg.keep).item()
                       for i, x in enumerate(val_sets)]
         net.train()
         return float(np.mean(losses))
@@ -212,7 +227,7 @@ def finetune(out: str | os.PathLike, movie: str | os.PathLike, *, model=None, co
         prov = dict(base.provenance)
         prov["self_supervised"] = {"from": base.name, "movie": str(movie), "frames": len(data), "config": cfg.to_dict(),
                                    "steps": steps, "wall_time_s": wall, "val_loss_before": before, "val_loss": val_loss,
-                                   "gain": units.gain, "offset": units.offset,
+                                   "gain": units.gain, "offset": units.offset, "photons": light,
                                    "command": command or " ".join(sys.argv), "torch": str(torch.__version__),
                                    "machine": f"{platform.machine()} {os.cpu_count()} cores",
                                    "date": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -222,12 +237,14 @@ def finetune(out: str | os.PathLike, movie: str | os.PathLike, *, model=None, co
 
     before = validate()
     t0 = time.perf_counter()
-    deadline = t0 + cfg.minutes * 60
+    deadline = t0 + minutes * 60
     step, val_loss, running = 0, before, None
     with tqdm(total=cfg.steps, disable=not progress, unit="step", dynamic_ncols=True) as bar:
         while step < cfg.steps and time.perf_counter() < deadline:
-            loss = masked_loss(net, units, _windows(data, rng, cfg.batch, cfg.window, cfg.patch, stop), rng,
-                               cfg.mask_fraction)
+            done = min(1.0, max((time.perf_counter() - t0) / max(deadline - t0, 1e-9), step / cfg.steps))
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * (0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * done)))
+            loss = split_loss(net, units, _windows(data, rng, cfg.batch, cfg.window, cfg.patch, stop), rng, cfg.keep)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)

@@ -244,10 +244,10 @@ def render_imaging(ck, quality: dict, engine: dict, metrics: dict) -> str:
         "",
         "- Trained on photon counts (gain 1). If your movie's counts are not photons (a digitizer's or a camera's "
         f"units), set the model to them from the movie itself: `rtdenoise train tuned.pt --self-supervised movie.tif "
-        f"--init {ck.name}` (its photon transfer, seconds; +1.5 dB on a two-photon movie at 4 counts per photon, "
-        "`benchmarks/results/selfsup_pmt_adu.md`). Blind-spot steps on the movie (`--minutes`) cost the shipped model "
-        "quality when measured. Synthetic scenes only: for a known detector, `--dark`/`--light` recordings train "
-        "with its real noise.",
+        f"--init {ck.name}` (its photon transfer: +1.9 dB on a two-photon movie at 4 counts per photon, "
+        "`benchmarks/results/selfsup_pmt_adu.md`; then 5 CPU-minutes of photon splitting on the movie, +0.75 dB more "
+        "on an sCMOS movie, `selfsup.md`, skipped on movies below 2 photons per pixel, where it costs quality). "
+        "Synthetic scenes only: for a known detector, `--dark`/`--light` recordings train with its real noise.",
         f"- The first seconds of a stream (and after every gap or restart) are cold: the per-pixel baseline needs "
         f"about {cfg.horizon // 2}–{cfg.horizon} frames to settle.",
         "- Not yet at every quality target of its issue: at one photon its margin over the best causal classical "

@@ -84,6 +84,7 @@ def test_a_movie_too_dim_to_split_gets_its_units_and_no_steps(tmp_path, base):
                       config=SelfSupConfig(minutes=5, steps=40, batch=2, window=12, patch=(32, 32)))
     s = ck.provenance["self_supervised"]
     assert s["steps"] == 0 and s["photons"] < SelfSupConfig.min_photons and ck.config.gain != 1.0
+    assert "too dim" in s["skipped"]
 
 
 def test_photon_transfer_finds_a_cameras_counts_per_photon_and_dark_level():
@@ -147,7 +148,7 @@ def test_the_cli_sets_a_model_to_your_movies_counts_then_learns_it(tmp_path, bas
     assert main(["train", str(tmp_path / "mine.pt"), "--self-supervised", str(tmp_path / "adu.npy"), "--init", str(base),
                  "--window", "12", "--batch", "2", "--patch", "32", "32", "--minutes", "0.05", "--keep", "0.7"]) == 0
     s = load(tmp_path / "mine.pt").provenance["self_supervised"]
-    assert s["steps"] > 0 and s["config"]["keep"] == 0.7 and 3.0 < s["gain"] < 8.0
+    assert s["steps"] > 0 and s["config"]["keep"] == 0.7 and 3.0 < s["gain"] < 8.0 and s["skipped"] is None
     assert "counts per photon" in capsys.readouterr().out
 
 

@@ -75,7 +75,7 @@ def _add_train(sub) -> None:
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget")
     p.add_argument("--batch", type=int, default=None, help=f"instances per step (default {t.batch}; 8 windows with --self-supervised)")
     p.add_argument("--window", type=int, default=t.window, help="frames per instance (default 256 spectral, 32 imaging)")
-    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {t.lr:g}; {t.lr / 4:g} with --init)")
+    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {t.lr:g}; {t.lr / 4:g} with --init; 4e-4 with --self-supervised)")
     p.add_argument("--workers", type=int, default=t.workers, help="processes making instances beside the optimizer")
     p.add_argument("--threads", type=int, default=t.threads, help="torch threads (default: the cores the workers leave)")
     p.add_argument("--device", default=t.device,
@@ -190,14 +190,14 @@ def _finetune(args) -> int:
     from rtdenoise.selfsup import SelfSupConfig, finetune
 
     d = SelfSupConfig()
-    given = {"minutes": args.minutes, "batch": args.batch, "keep": args.keep}
+    given = {"minutes": args.minutes, "batch": args.batch, "keep": args.keep, "lr": args.lr}
     cfg = SelfSupConfig(**{k: getattr(d, k) if v is None else v for k, v in given.items()}, window=args.window or 32,
                         patch=tuple(args.patch), seed=args.seed, threads=args.threads, calibrate=args.calibrate)
     ck = finetune(args.out, args.self_supervised, model=args.init or DEFAULT_MODELS["imaging"], config=cfg, command="rtdenoise " + " ".join(sys.argv[1:]))
     s = ck.provenance["self_supervised"]
     print(f"wrote {args.out}: {s['steps']} steps on {args.self_supervised}, validation loss {s['val_loss']:.4f} "
           f"(before {s['val_loss_before']:.4f}), {s['wall_time_s'] / 60:.1f} min; "
-          f"{s['gain']:.3g} counts per photon, dark level {s['offset']:.4g}")
+          f"{s['gain']:.3g} counts per photon, dark level {s['offset']:.4g}" + (f"; no steps: {s['skipped']}" if s["skipped"] else ""))
     return 0
 
 

@@ -199,9 +199,11 @@ def finetune(out: str | os.PathLike, movie: str | os.PathLike, *, model=None, co
                           f"{units.gain:g} and offset {units.offset:g}", stacklevel=2)
         else:
             units = ModelConfig.from_dict(base.config.to_dict() | {"gain": found[0], "offset": found[1]})
-    light = float(np.mean(np.clip((data[:stop] - units.offset) / units.gain, 0.0, None)))
-    minutes = cfg.minutes
+    light = sum(float(np.clip((data[i : min(i + 64, stop)] - units.offset) / units.gain, 0.0, None).sum())
+                for i in range(0, stop, 64)) / data[:stop].size  # a block at a time: no copy of the movie
+    minutes, skipped = cfg.minutes, None
     if minutes > 0 and light < cfg.min_photons:
+        skipped = f"too dim for photon splitting: {light:.2g} photons per pixel per frame, below {cfg.min_photons:g}"
         warnings.warn(f"{movie}: {light:.2g} photons per pixel per frame on average, below {cfg.min_photons:g}: too dim for "
                       f"photon splitting (its halves' noise is no longer independent, and the steps would cost quality); "
                       f"the model is set to the movie's units only", stacklevel=2)
@@ -227,7 +229,7 @@ def finetune(out: str | os.PathLike, movie: str | os.PathLike, *, model=None, co
         prov = dict(base.provenance)
         prov["self_supervised"] = {"from": base.name, "movie": str(movie), "frames": len(data), "config": cfg.to_dict(),
                                    "steps": steps, "wall_time_s": wall, "val_loss_before": before, "val_loss": val_loss,
-                                   "gain": units.gain, "offset": units.offset, "photons": light,
+                                   "gain": units.gain, "offset": units.offset, "photons": light, "skipped": skipped,
                                    "command": command or " ".join(sys.argv), "torch": str(torch.__version__),
                                    "machine": f"{platform.machine()} {os.cpu_count()} cores",
                                    "date": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -42,7 +42,6 @@ frames are kept out of training and give the validation loss (the same splits ev
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import platform
 import sys
@@ -56,6 +55,7 @@ import torch
 
 from rtdenoise.model.checkpoint import Checkpoint, load
 from rtdenoise.model.config import ModelConfig
+from rtdenoise.train import cosine_decay
 
 
 @dataclass
@@ -243,9 +243,9 @@ def finetune(out: str | os.PathLike, movie: str | os.PathLike, *, model=None, co
     step, val_loss, running = 0, before, None
     with tqdm(total=cfg.steps, disable=not progress, unit="step", dynamic_ncols=True) as bar:
         while step < cfg.steps and time.perf_counter() < deadline:
-            done = min(1.0, max((time.perf_counter() - t0) / max(deadline - t0, 1e-9), step / cfg.steps))
+            done = max((time.perf_counter() - t0) / max(deadline - t0, 1e-9), step / cfg.steps)
             for g in opt.param_groups:
-                g["lr"] = cfg.lr * (0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * done)))
+                g["lr"] = cosine_decay(cfg.lr, done)
             loss = split_loss(net, units, _windows(data, rng, cfg.batch, cfg.window, cfg.patch, stop), rng, cfg.keep)
             opt.zero_grad(set_to_none=True)
             loss.backward()

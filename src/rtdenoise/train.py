@@ -64,12 +64,16 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def cosine_decay(peak: float, done: float) -> float:
+    """``peak`` decayed along a cosine to 2 % of it, ``done`` (0..1) of the way."""
+    return peak * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, done))))
+
+
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     """Linear warm-up then cosine decay to 2 % of the peak."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    p = min(1.0, (step - cfg.warmup) / max(1, total - cfg.warmup))
-    return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * p)))
+    return cosine_decay(cfg.lr, (step - cfg.warmup) / max(1, total - cfg.warmup))
 
 
 SETTLED_BURN = 16  # frames of a settled instance that only warm the network's states (its leaky integrators' τ)

@@ -66,6 +66,30 @@ def test_a_network_that_copies_its_input_gains_nothing_from_the_split(base):
     assert 1.15 < copy / mean < 1.35
 
 
+class _Delayed(torch.nn.Module):
+    """Outputs, at row t, its input's frame t - ``lag``: a copy of the frame a lag-``lag`` model denoises."""
+
+    def __init__(self, lag: int):
+        super().__init__()
+        self.lag = lag
+
+    def forward(self, features):
+        return torch.cat([torch.zeros_like(features[:, : self.lag]), features[:, : -self.lag]], dim=1)
+
+
+@pytest.mark.parametrize("lag", [1, 2])
+def test_a_lagged_model_is_scored_against_the_frame_it_outputs(lag):
+    # Every frame's light differs, so only an output compared with its own frame's target scores
+    # well: the lag-k model's row t (frame t - k) against the target's frame t - k.
+    cfg = ModelConfig(arch="imaging-unet", depth=3, width=4, lag=lag, floor=1.0, horizon=20)
+    rng = np.random.default_rng(5)
+    light = rng.uniform(5.0, 80.0, (1, 40, 1, 1))
+    x = rng.poisson(np.broadcast_to(light, (4, 40, 32, 32))).astype(np.float32)
+    with torch.no_grad():
+        aligned, shifted = (split_loss(m, cfg, x, np.random.default_rng(2), 0.8).item() for m in (_Delayed(lag), _Scaled(1.0)))
+    assert aligned < 0.3 * shifted
+
+
 def test_finetune_learns_from_the_movie_alone_and_says_so(tmp_path, base, movie_path):
     out = tmp_path / "tuned.pt"
     ck = finetune(out, movie_path, model=base, progress=False,

@@ -157,7 +157,7 @@ def run_model(eng, movie: np.ndarray, *, shrink: bool = True) -> np.ndarray:
 def main(argv=None) -> int:
     from rtdenoise import baselines
     from rtdenoise.backends import load_engine
-    from rtdenoise.synth import pure_noise_movie
+    from rtdenoise.synth import ImagingConfig, pure_noise_movie
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="+", help="imaging checkpoints (.pt)")
@@ -212,10 +212,11 @@ def main(argv=None) -> int:
         res["pure_noise"][name] = invented(out, pure["noisy"]) | {"transients": invented_transients(out, pure["noisy"], fs)}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(res, indent=2, default=str))
+    drawn = ImagingConfig().decay_s  # the training draws' indicator decays, s
     md = [f"# Imaging quality on held-out synthetic movies ({args.name})", "",
           f"Machine: {res['machine']}. Date: {res['date']}. Command: `{res['command']}`", "",
           f"128 × 128 px, 30 Hz, PMT noise, indicator decay {args.decay:g} s "
-          f"({'outside' if not 0.05 <= args.decay <= 2.0 else '**inside**'} the training draws). "
+          f"({'**inside**' if min(drawn) <= args.decay <= max(drawn) else 'outside'} the training draws). "
           "Baseline parameters picked against the ground truth."
           + (" **Models without the front end's shrinking of a cold baseline** (`--unshrunk`)." if args.unshrunk else ""), ""]
     for k, m in res["models"].items():

@@ -41,13 +41,17 @@ RESULTS = Path(__file__).parent / "results"
 
 
 MOVIES = {"scmos": "sCMOS, 100 Hz, 40 photons, 10–12 px somata, 0.15 s decays",
-          "pmt-adu": "two-photon PMT in digitizer counts (4 per photon), 30 Hz, 5 photons"}
+          "pmt-adu": "two-photon PMT in digitizer counts (4 per photon), 30 Hz, 5 photons",
+          "pmt-big": "two-photon PMT, 30 Hz, 5 photons, 10–12 px somata"}
 
 
 def unlike_training(frames: int, seed: int, movie: str = "scmos") -> dict:
     from rtdenoise.synth import ImagingConfig, PMTNoise, SCMOSNoise, simulate_movie
     from rtdenoise.synth.noise import PMTConfig
 
+    if movie == "pmt-big":
+        return simulate_movie(frames, seed=seed, shape=(128, 128), photons=5.0,
+                              config=ImagingConfig(fs=(30.0, 30.0), soma_radius_px=(10.0, 12.0), density=(4.0, 6.0)))
     if movie == "pmt-adu":
         return simulate_movie(frames, seed=seed, shape=(128, 128), photons=5.0, config=ImagingConfig(fs=(30.0, 30.0)),
                               noise=PMTNoise(PMTConfig(gain=(4.0, 4.0))))
@@ -71,6 +75,8 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="selfsup", help="results file stem")
     ap.add_argument("--keep", type=float, nargs="+", default=[SelfSupConfig.keep],
                     help="the share of the photons the network sees (several: one fine-tune each)")
+    ap.add_argument("--target", choices=["split", "next"], default="split",
+                    help="what the fine-tuning scores against: split photons, or the next frame")
     args = ap.parse_args(argv)
     mov = unlike_training(args.frames, args.seed, args.movie)
     ref = mov["clean"] + mov["static"]
@@ -91,9 +97,10 @@ def main(argv=None) -> int:
         for keep in args.keep:
             t0 = time.perf_counter()
             tuned = finetune(Path(tmp) / "tuned.pt", path, model=args.model, progress=False, command="bench_selfsup",
-                             config=SelfSupConfig(minutes=args.minutes, keep=keep, min_photons=0.0))
+                             config=SelfSupConfig(minutes=args.minutes, keep=keep, min_photons=0.0, target=args.target))
             s = tuned.provenance["self_supervised"]
-            name = f"model, after {args.minutes:g} min photon splitting (keep {keep:g})"
+            name = (f"model, after {args.minutes:g} min photon splitting (keep {keep:g})" if args.target == "split"
+                    else f"model, after {args.minutes:g} min next-frame targets")
             rows[name] = score(load_engine(tuned, backend="onnxruntime", threads=2).run(mov["noisy"]), ref, mov)
             runs[name] = {"keep": keep, "steps": s["steps"], "wall_s": time.perf_counter() - t0,
                           "val_before": s["val_loss_before"], "val_after": s["val_loss"]}
@@ -108,15 +115,15 @@ def main(argv=None) -> int:
           f"Machine: {res['machine']}. Date: {res['date']}. Command: `{res['command']}`", "",
           f"{args.frames} frames of 128 × 128 px, {MOVIES[args.movie]}. "
           f"Fine-tuning: photon transfer {s['gain']:.3g} counts per photon above {s['offset']:.4g}, then "
-          f"photon-splitting steps: " + "; ".join(
-              f"keep {r['keep']:g}: {r['steps']} steps in {r['wall_s'] / 60:.1f} min, validation loss "
+          + ("photon-splitting steps: " if args.target == "split" else "steps against the next frame: ") + "; ".join(
+              (f"keep {r['keep']:g}: " if args.target == "split" else "") + f"{r['steps']} steps in {r['wall_s'] / 60:.1f} min, validation loss "
               f"{r['val_before']:.4f} → {r['val_after']:.4f}" for r in runs.values()) + ". "
           f"The movie's mean light: {s['photons']:.2g} photons per pixel per frame"
           + (f" (below {SelfSupConfig.min_photons:g}: `rtdenoise train --self-supervised` would take no steps on it; "
              f"they are forced here to measure them)" if s["photons"] < SelfSupConfig.min_photons else "") + ".", "",
           "| | SNR dB | PSNR dB | trace corr |", "|---|---|---|---|"]
     md += [f"| {k} | {r['snr_db']:.2f} | {r['psnr_db']:.2f} | {r['trace_corr']:.3f} |" for k, r in rows.items()]
-    md += [""] + [f"Gain from fine-tuning over the model before (keep {runs[n]['keep']:g}): {g:+.2f} dB SNR."
+    md += [""] + [f"Gain from fine-tuning over the model before ({n.split(', ', 1)[1]}): {g:+.2f} dB SNR."
                   for n, g in res["gain_db"].items()]
     (RESULTS / f"{args.name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

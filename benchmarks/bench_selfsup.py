@@ -10,7 +10,9 @@ training ranges (``--movie``):
   radius (4–8), and fast 0.15 s decays;
 - ``pmt-adu``: a two-photon movie as a digitizer writes it, 4 counts per photon (training:
   1, counts are photons), 5 photons at the brightest somata, 30 Hz, training-like scenes
-  otherwise: a movie whose noise is twice what the front end expects of its counts.
+  otherwise: a movie whose noise is twice what the front end expects of its counts;
+- ``pmt-big``: a two-photon movie (PMT, 30 Hz, 5 photons) of somata of 10–12 px radius
+  (training 4–8): tissue unlike the draws, at 1.4 photons per pixel per frame.
 
 ``rtdenoise train --self-supervised`` fine-tunes ``MODEL`` on the noisy movie alone for
 ``--minutes`` of this CPU (first setting it to the movie's counts per photon and dark level,
@@ -75,8 +77,6 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="selfsup", help="results file stem")
     ap.add_argument("--keep", type=float, nargs="+", default=[SelfSupConfig.keep],
                     help="the share of the photons the network sees (several: one fine-tune each)")
-    ap.add_argument("--target", choices=["split", "next"], default="split",
-                    help="what the fine-tuning scores against: split photons, or the next frame")
     args = ap.parse_args(argv)
     mov = unlike_training(args.frames, args.seed, args.movie)
     ref = mov["clean"] + mov["static"]
@@ -97,10 +97,9 @@ def main(argv=None) -> int:
         for keep in args.keep:
             t0 = time.perf_counter()
             tuned = finetune(Path(tmp) / "tuned.pt", path, model=args.model, progress=False, command="bench_selfsup",
-                             config=SelfSupConfig(minutes=args.minutes, keep=keep, min_photons=0.0, target=args.target))
+                             config=SelfSupConfig(minutes=args.minutes, keep=keep, min_photons=0.0))
             s = tuned.provenance["self_supervised"]
-            name = (f"model, after {args.minutes:g} min photon splitting (keep {keep:g})" if args.target == "split"
-                    else f"model, after {args.minutes:g} min next-frame targets")
+            name = f"model, after {args.minutes:g} min photon splitting (keep {keep:g})"
             rows[name] = score(load_engine(tuned, backend="onnxruntime", threads=2).run(mov["noisy"]), ref, mov)
             runs[name] = {"keep": keep, "steps": s["steps"], "wall_s": time.perf_counter() - t0,
                           "val_before": s["val_loss_before"], "val_after": s["val_loss"]}
@@ -115,15 +114,15 @@ def main(argv=None) -> int:
           f"Machine: {res['machine']}. Date: {res['date']}. Command: `{res['command']}`", "",
           f"{args.frames} frames of 128 × 128 px, {MOVIES[args.movie]}. "
           f"Fine-tuning: photon transfer {s['gain']:.3g} counts per photon above {s['offset']:.4g}, then "
-          + ("photon-splitting steps: " if args.target == "split" else "steps against the next frame: ") + "; ".join(
-              (f"keep {r['keep']:g}: " if args.target == "split" else "") + f"{r['steps']} steps in {r['wall_s'] / 60:.1f} min, validation loss "
+          "photon-splitting steps: " + "; ".join(
+              f"keep {r['keep']:g}: {r['steps']} steps in {r['wall_s'] / 60:.1f} min, validation loss "
               f"{r['val_before']:.4f} → {r['val_after']:.4f}" for r in runs.values()) + ". "
           f"The movie's mean light: {s['photons']:.2g} photons per pixel per frame"
           + (f" (below {SelfSupConfig.min_photons:g}: `rtdenoise train --self-supervised` would take no steps on it; "
              f"they are forced here to measure them)" if s["photons"] < SelfSupConfig.min_photons else "") + ".", "",
           "| | SNR dB | PSNR dB | trace corr |", "|---|---|---|---|"]
     md += [f"| {k} | {r['snr_db']:.2f} | {r['psnr_db']:.2f} | {r['trace_corr']:.3f} |" for k, r in rows.items()]
-    md += [""] + [f"Gain from fine-tuning over the model before ({n.split(', ', 1)[1]}): {g:+.2f} dB SNR."
+    md += [""] + [f"Gain from fine-tuning over the model before (keep {runs[n]['keep']:g}): {g:+.2f} dB SNR."
                   for n, g in res["gain_db"].items()]
     (RESULTS / f"{args.name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

@@ -27,7 +27,9 @@ pixel (typical two-photon frames) the rounded counts' halves share a few per cen
 noise: enough, at such a raw SNR, for a network that passes a little of it to win the loss;
 on such a movie (0.5 photons per pixel) the steps cost 6 dB. So a movie of fewer than
 ``min_photons`` per pixel per frame on average gets no steps (a warning says so), only its
-units.
+units. Scoring each frame's output against the next frame instead (noise independent from
+frame to frame, the scene one frame on) cost 1.3 dB on a dim two-photon movie of large
+somata (commit d2d29fd, ``results/selfsup_pmt_big_next.md``) and was removed.
 
 An earlier blind-spot loss (Noise2Void's: hide a few pixels, replace them by a neighbour,
 score them) cost the shipped model 0.7 to 2.6 dB: a replaced pixel looks like one without
@@ -68,7 +70,6 @@ class SelfSupConfig:
     window: int = 32  # frames per window (the front end warms up over its first frames)
     patch: tuple[int, int] = (64, 64)  # pixels per window
     keep: float = 0.8  # the share of each pixel's photons the network sees (the rest is its target)
-    target: str = "split"  # "split": photon splitting; "next": the next frame, unseen (see next_frame_loss)
     min_photons: float = 2.0  # no steps on a movie dimmer than this, photons per pixel per frame on average (see above)
     lr: float = 4e-4  # AdamW's peak; it decays to 2 % of it along a cosine over the budget (a calm last step to keep)
     holdout: float = 0.1  # share of the movie's last frames kept out of training, for validation (a window at least)
@@ -162,26 +163,6 @@ def split_loss(net, cfg, noisy: np.ndarray, rng: np.random.Generator, keep: floa
     return ((out[..., :h, :w] - target[..., :h, :w]) ** 2).mean()
 
 
-def next_frame_loss(net, cfg, noisy: np.ndarray, rng=None, keep=None) -> torch.Tensor:
-    """The next-frame loss of a batch of windows (B, T, H, W) of counts: the network sees the
-    whole movie, as at inference, and its output for frame t is scored against frame
-    t + 1 (t + 1 + lag's frame for a lag-``lag`` model: the first it has not seen), in frame
-    t's units. Noise that is independent from frame to frame (a PMT's, a camera's) cannot
-    be copied into a frame not yet seen; the price is the scene's change over one frame.
-    """
-    fe = cfg.frontend(noisy.shape[0], noisy.shape[2:])
-    norm = fe.normalize(noisy)
-    lag, (h, w) = cfg.lag, noisy.shape[2:]
-    ahead = lag + 1
-    target = torch.from_numpy(fe.target(np.concatenate([noisy[:, ahead:], noisy[:, -ahead:]], axis=1), norm))
-    out = net(torch.from_numpy(norm.features))  # (B, T, H', W'), row t for frame t - lag
-    out, target = out[:, lag : noisy.shape[1] - 1], target[:, : noisy.shape[1] - ahead]
-    return ((out[..., :h, :w] - target[..., :h, :w]) ** 2).mean()
-
-
-LOSSES = {"split": split_loss, "next": next_frame_loss}
-
-
 def finetune(out: str | os.PathLike, movie: str | os.PathLike, *, model=None, config: SelfSupConfig | None = None,
              key: str | None = None, progress: bool = True, command: str | None = None) -> Checkpoint:
     """Fine-tune an imaging ``model`` (a checkpoint, path or shipped name) on ``movie`` (T, H, W).
@@ -194,9 +175,6 @@ def finetune(out: str | os.PathLike, movie: str | os.PathLike, *, model=None, co
     from rtdenoise.blocks import open_frames
 
     cfg = config or SelfSupConfig()
-    if cfg.target not in LOSSES:
-        raise ValueError(f"target must be one of {sorted(LOSSES)}; got {cfg.target!r}")
-    loss_fn = LOSSES[cfg.target]
     if not 0.0 < cfg.keep < 1.0:
         raise ValueError(f"keep is the share of the photons the network sees, strictly between 0 and 1; got {cfg.keep}")
     base = model if isinstance(model, Checkpoint) else load(model)
@@ -226,7 +204,7 @@ def finetune(out: str | os.PathLike, movie: str | os.PathLike, *, model=None, co
     light = sum(float(np.clip((data[i : min(i + 64, stop)] - units.offset) / units.gain, 0.0, None).sum())
                 for i in range(0, stop, 64)) / data[:stop].size  # a block at a time: no copy of the movie
     minutes, skipped = cfg.minutes, None
-    if minutes > 0 and cfg.target == "split" and light < cfg.min_photons:
+    if minutes > 0 and light < cfg.min_photons:
         skipped = f"too dim for photon splitting: {light:.2g} photons per pixel per frame, below {cfg.min_photons:g}"
         warnings.warn(f"{movie}: {light:.2g} photons per pixel per frame on average, below {cfg.min_photons:g}: too dim for "
                       f"photon splitting (its halves' noise is no longer independent, and the steps would cost quality); "
@@ -244,7 +222,7 @@ def finetune(out: str | os.PathLike, movie: str | os.PathLike, *, model=None, co
     def validate() -> float:  # the same windows and splits every time
         net.eval()
         with torch.no_grad():
-            losses = [loss_fn(net, units, x, np.random.default_rng([cfg.seed, 2, i]), cfg.keep).item()
+            losses = [split_loss(net, units, x, np.random.default_rng([cfg.seed, 2, i]), cfg.keep).item()
                       for i, x in enumerate(val_sets)]
         net.train()
         return float(np.mean(losses))
@@ -270,7 +248,7 @@ def finetune(out: str | os.PathLike, movie: str | os.PathLike, *, model=None, co
             done = max((time.perf_counter() - t0) / max(deadline - t0, 1e-9), step / cfg.steps)
             for g in opt.param_groups:
                 g["lr"] = cosine_decay(cfg.lr, done)
-            loss = loss_fn(net, units, _windows(data, rng, cfg.batch, cfg.window, cfg.patch, stop), rng, cfg.keep)
+            loss = split_loss(net, units, _windows(data, rng, cfg.batch, cfg.window, cfg.patch, stop), rng, cfg.keep)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)

@@ -207,9 +207,12 @@ def main(argv=None) -> int:
     pure = pure_noise_movie(args.frames, seed=args.seed, shape=(128, 128), photons=5.0)
     fs = float(pure["fs"])
     res["pure_noise"] = {"raw": invented(pure["noisy"], pure["noisy"]) | {"transients": invented_transients(pure["noisy"], pure["noisy"], fs)}}
+    t_pure = args.frames // 2
+    shown_pure = {"noisy": pure["noisy"][t_pure]}  # the figure's last row: one frame of each
     for name, eng in engines.items():
         out = run_model(eng, pure["noisy"], shrink=not args.unshrunk)
         res["pure_noise"][name] = invented(out, pure["noisy"]) | {"transients": invented_transients(out, pure["noisy"], fs)}
+        shown_pure[name] = out[t_pure]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(res, indent=2, default=str))
     drawn = ImagingConfig().decay_s  # the training draws' indicator decays, s
@@ -237,7 +240,7 @@ def main(argv=None) -> int:
     for k, r in res["pure_noise"].items():
         md.append(f"| {k} | {r['max_pixel_std_over_raw']:.2f} | {r['max_blob_dev_in_raw_sigma']:.2f} | {r['transients']} |")
     (RESULTS / f"{args.name}.md").write_text("\n".join(md) + "\n")
-    _figure(shown, RESULTS / f"{args.name}.png")
+    _figure(shown, shown_pure, RESULTS / f"{args.name}.png")
     print("\n".join(md))
     return 0
 
@@ -310,7 +313,10 @@ def _more_md(more: dict) -> list[str]:
     return md
 
 
-def _figure(shown: dict, path: Path) -> None:
+def _figure(shown: dict, pure: dict, path: Path) -> None:
+    """Per level a frame of the noisy movie, each model, DeepCAD-RT where there, and the clean one,
+    and three neurons' traces; then a pure-noise frame, raw and each model's, on one grey scale (a
+    blob a model invents would show)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -323,8 +329,8 @@ def _figure(shown: dict, path: Path) -> None:
     if any(m not in shown[lv] for lv in levels for m in models):  # DeepCAD-RT for one level only
         models = [m for m in models if all(m in shown[lv] for lv in levels)]
     cols = 2 + len(models)
-    fig, axes = plt.subplots(2 * len(levels), cols, figsize=(3.2 * cols, 5.6 * len(levels)),
-                             gridspec_kw={"height_ratios": [1.6, 1] * len(levels)})
+    fig, axes = plt.subplots(2 * len(levels) + 1, cols, figsize=(3.2 * cols, 5.6 * len(levels) + 3.2),
+                             gridspec_kw={"height_ratios": [1.6, 1] * len(levels) + [1.6]})
     for li, level in enumerate(levels):
         d = shown[level]
         t = len(d["ref"]) // 2
@@ -348,6 +354,13 @@ def _figure(shown: dict, path: Path) -> None:
             ax.set_xlabel("s", fontsize=8)
             if j == 0:
                 ax.legend(fontsize=6)
+    lo, hi = np.percentile(pure["noisy"], [1, 99.5])
+    for j, ax in enumerate(axes[-1]):
+        ax.axis("off")
+        if j < len(pure):
+            title, img = list(pure.items())[j]
+            ax.imshow(img, cmap="gray", vmin=lo, vmax=hi)
+            ax.set_title(f"{title}\npure noise (steady uniform light)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

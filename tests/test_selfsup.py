@@ -148,20 +148,26 @@ def test_finetune_puts_the_model_in_the_movies_units_first(tmp_path, base, movie
     pytest.param("spectral", "for imaging models", id="spectral-model"),
     pytest.param("short", "needs at least 24", id="too-short"),
     pytest.param("nan", "NaN", id="nan"),
+    pytest.param("tiny", "smaller than this model's 16 × 16", id="frames-too-small"),
+    pytest.param("tiny-patch", "windows of 8 × 8 px", id="patch-too-small"),
 ])
 def test_bad_input_is_refused_with_the_fix(tmp_path, base, bad, match):
-    model, movie = base, tmp_path / "m.npy"
+    model, movie, config = base, tmp_path / "m.npy", SelfSupConfig(window=12)
     np.save(movie, np.ones((100, 32, 32), np.float32))
     if bad == "spectral":
         model = "spectral-lag0"
     elif bad == "short":
         np.save(movie, np.ones((20, 32, 32), np.float32))
+    elif bad == "tiny":
+        np.save(movie, np.ones((100, 8, 8), np.float32))
+    elif bad == "tiny-patch":
+        config = SelfSupConfig(window=12, patch=(8, 8))
     else:
         arr = np.ones((100, 32, 32), np.float32)
         arr[50, 1, 1] = np.nan
         np.save(movie, arr)
     with pytest.raises(ValueError, match=match):
-        finetune(tmp_path / "x.pt", movie, model=model, progress=False, config=SelfSupConfig(window=12))
+        finetune(tmp_path / "x.pt", movie, model=model, progress=False, config=config)
     assert not (tmp_path / "x.pt").exists()
 
 

@@ -183,6 +183,13 @@ def finetune(out: str | os.PathLike, movie: str | os.PathLike, *, model=None, co
     with open_frames(movie, key=key) as reader:
         if len(reader.shape) != 3:
             raise ValueError(f"{movie}: expected a movie (T, H, W), got shape {reader.shape}")
+        base.config.family.check_frame_shape(base.config, reader.shape[1:])  # the model could not denoise it
+        windows = tuple(min(p, n) for p, n in zip(cfg.patch, reader.shape[1:]))
+        if windows != tuple(reader.shape[1:]):  # a crop: it must be a frame the model takes too
+            try:
+                base.config.family.check_frame_shape(base.config, windows)
+            except ValueError as e:
+                raise ValueError(f"training windows of {windows[0]} × {windows[1]} px (--patch): {e}") from None
         need = cfg.window + base.lag
         stop = len(reader) - max(int(len(reader) * cfg.holdout), need)  # the held-out part holds a window at least
         if stop < need:

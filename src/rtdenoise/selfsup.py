@@ -250,7 +250,9 @@ def finetune(out: str | os.PathLike, movie: str | os.PathLike, *, model=None, co
     t0 = time.perf_counter()
     deadline = t0 + minutes * 60
     step, val_loss, running = 0, before, None
-    with tqdm(total=cfg.steps, disable=not progress, unit="step", dynamic_ncols=True) as bar:
+    # The budget is wall clock, so the bar counts its seconds (the steps go in the postfix).
+    with tqdm(total=round(minutes * 60), disable=not progress or minutes <= 0, unit="s", dynamic_ncols=True,
+              bar_format="{l_bar}{bar}| {n:.0f}/{total} s [{elapsed}<{remaining}{postfix}]") as bar:
         while step < cfg.steps and time.perf_counter() < deadline:
             done = max((time.perf_counter() - t0) / max(deadline - t0, 1e-9), step / cfg.steps)
             for g in opt.param_groups:
@@ -262,9 +264,9 @@ def finetune(out: str | os.PathLike, movie: str | os.PathLike, *, model=None, co
             opt.step()
             step += 1
             running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
-            bar.update(1)
+            bar.update(min(time.perf_counter() - t0, bar.total) - bar.n)
             if step % 10 == 0:
-                bar.set_postfix(loss=f"{running:.4f}", val=f"{val_loss:.4f}", before=f"{before:.4f}")
+                bar.set_postfix(step=step, loss=f"{running:.4f}", val=f"{val_loss:.4f}", before=f"{before:.4f}")
             if step % cfg.val_every == 0:
                 val_loss = validate()
                 save(val_loss, step, time.perf_counter() - t0)

@@ -251,3 +251,105 @@ def test_follow_motion_refused_where_it_cannot_apply(tmp_path, capsys, model_pat
     assert main(["denoise", str(tmp_path / "spectra.npy"), str(tmp_path / "o.npy"), "--quiet", "--follow-motion"]) != 0
     assert "only imaging models follow motion" in capsys.readouterr().err
     assert not (tmp_path / "o.npy").exists()
+
+
+@pytest.fixture
+def movie_noise(tmp_path):
+    """Recorded dark and steady-light stacks (T, H, W) of a 20 x 20 px sensor region."""
+    rng = np.random.default_rng(0)
+    dark, light = tmp_path / "dark.npy", tmp_path / "light.npy"
+    np.save(dark, rng.normal(100.0, 3.0, (12, 20, 20)).astype(np.float32))
+    np.save(light, (rng.poisson(50.0, (12, 20, 20)) + rng.normal(100.0, 3.0, (12, 20, 20))).astype(np.float32))
+    return dark, light
+
+
+TINY_IMAGING = ["--modality", "imaging", "--width", "4", "--steps", "1", "--batch", "1", "--window", "8",
+                "--patch", "16", "16", "--workers", "0", "--threads", "1"]
+
+
+def test_train_imaging_on_recorded_stacks_or_a_named_detector(tmp_path, capsys, movie_noise):
+    from rtdenoise.model.checkpoint import load
+
+    dark, light = movie_noise
+    for noise, kind in ((["--dark", str(dark), "--light", str(light)], "recorded_movie"),
+                        (["--light", str(light)], "recorded_movie"),
+                        (["--detector", "scmos"], "scmos"), ([], "pmt")):
+        out = tmp_path / f"{kind}.pt"
+        assert main(["train", str(out), *TINY_IMAGING, *noise]) == 0
+        assert load(out).provenance["noise"]["kind"] == kind
+    pv = load(tmp_path / "recorded_movie.pt").provenance["noise"]
+    assert pv["light"] == str(light) and pv["frame_shape"] == [20, 20] and "dark" not in pv  # the last: light alone
+    # --init with recordings fine-tunes the model on them
+    cal = tmp_path / "cal.pt"
+    assert main(["train", str(cal), "--init", str(tmp_path / "scmos.pt"), "--dark", str(dark), "--light", str(light),
+                 *TINY_IMAGING[4:]]) == 0
+    pv = load(cal).provenance
+    assert pv["noise"]["kind"] == "recorded_movie" and pv["init"]["noise"] == "scmos"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        pytest.param(["--patch", "32", "32"], "20 × 20 px, smaller than the training patch 32 × 32", id="patch-too-big"),
+        pytest.param(["--window", "30"], "12 frames, fewer than one window of 30; record longer or train on shorter "
+                     "windows (--window)", id="window-too-long"),
+        pytest.param(["--detector", "scmos"], "--detector scmos picks the detector model used without recordings",
+                     id="detector-and-recordings"),
+        pytest.param(["--prior", "0.25"], "drop --prior", id="prior"),
+    ],
+)
+def test_train_imaging_noise_bad_arguments(tmp_path, capsys, movie_noise, args, message):
+    dark, light = movie_noise
+    out = tmp_path / "x.pt"
+    assert main(["train", str(out), *TINY_IMAGING, "--dark", str(dark), "--light", str(light), *args]) == 2
+    assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_detector_is_refused_for_spectra(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "x.pt"), "--detector", "scmos", "--steps", "1"]) == 2
+    assert "--detector scmos is for movies" in capsys.readouterr().err
+    assert main(["simulate", str(tmp_path / "x.npz"), "--frames", "5", "--detector", "pmt"]) == 2
+    assert "--detector pmt is for movies" in capsys.readouterr().err
+
+
+def test_simulate_movie_metadata_says_the_noise_and_shape_used(tmp_path, capsys, movie_noise):
+    dark, light = movie_noise
+
+    def config(*args):
+        out = tmp_path / "m.npz"
+        assert main(["simulate", str(out), "--modality", "imaging", "--frames", "10", "--seed", "1", *args]) == 0
+        arrays = load_arrays(out)
+        return arrays, json.loads(arrays["config_json"].tobytes().decode())
+
+    arrays, meta = config("--shape", "16", "12", "--dark", str(dark), "--light", str(light))
+    assert meta["noise"]["kind"] == "recorded_movie" and meta["noise"]["dark"] == str(dark)
+    assert meta["signal"]["shape"] == [16, 12] and arrays["noisy"].shape == (10, 16, 12)
+    assert float(arrays["static"].mean()) == pytest.approx(100.0, abs=1.0)  # the dark stack's level
+    _, meta = config("--shape", "16", "16", "--detector", "scmos")
+    assert meta["noise"]["kind"] == "scmos" and "(scmos noise)" in capsys.readouterr().out
+    _, meta = config("--shape", "24", "24")
+    assert meta["noise"]["kind"] == "pmt" and meta["signal"]["shape"] == [24, 24]
+    # the recordings must hold the movie: the sizes and the flag to change
+    assert main(["simulate", str(tmp_path / "big.npz"), "--modality", "imaging", "--frames", "10", "--shape", "32", "32",
+                 "--dark", str(dark)]) == 2
+    assert "20 × 20 px, smaller than the 32 × 32 frames asked (--shape)" in capsys.readouterr().err
+    assert main(["simulate", str(tmp_path / "big.npz"), "--modality", "imaging", "--frames", "50", "--shape", "16", "16",
+                 "--dark", str(dark)]) == 2
+    assert "12 frames, fewer than the 50 asked (--frames)" in capsys.readouterr().err
+    assert not (tmp_path / "big.npz").exists()
+
+
+@pytest.mark.parametrize("size", [4, 8])
+def test_simulate_a_movie_too_small_for_neurons(tmp_path, size):
+    out = tmp_path / "m.npz"
+    assert main(["simulate", str(out), "--modality", "imaging", "--frames", "5", "--shape", str(size), str(size)]) == 0
+    arrays = load_arrays(out)
+    assert arrays["noisy"].shape == (5, size, size) and arrays["traces"].shape == (0, 5)
+    assert arrays["footprint_neuron"].shape == arrays["footprint_pixel"].shape == (0,)
+
+
+def test_simulate_fs_help_tells_both_modalities(capsys):
+    with pytest.raises(SystemExit):
+        main(["simulate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default 5 for spectra; movies: drawn from 10–90" in text

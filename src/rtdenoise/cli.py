@@ -25,7 +25,9 @@ def _print_json(obj) -> None:
 
 def _add_simulate(sub) -> None:
     from rtdenoise.model.config import MODALITIES
+    from rtdenoise.synth import ImagingConfig, SpectralConfig
 
+    fs, ifs = SpectralConfig().fs, ImagingConfig().fs
     p = sub.add_parser("simulate", help="write a synthetic recording (spectra or a movie) with its ground truth")
     p.add_argument("out", help="output .npz/.h5/.mat (noisy, clean, static, traces, ..., config_json)")
     p.add_argument("--modality", choices=MODALITIES, default="spectral",
@@ -36,17 +38,27 @@ def _add_simulate(sub) -> None:
                    help="counts at the emission peak, or photons per pixel per frame at the brightest somata (default: drawn)")
     p.add_argument("--shape", type=int, nargs=2, default=None, metavar=("H", "W"), help="imaging: frame size (default 128 128)")
     p.add_argument("--read-noise", type=float, default=None, help="detector read noise, counts rms (default: drawn)")
-    p.add_argument("--fs", type=float, default=None, help="frame rate, Hz (default 5)")
-    p.add_argument("--dark", help="recorded dark frames (.npy/.npz/.tif/.h5/.mat) instead of the detector model")
-    p.add_argument("--light", help="recorded steady-light frames; give with --dark")
+    p.add_argument("--fs", type=float, default=None,
+                   help=f"frame rate, Hz (default {fs:g} for spectra; movies: drawn from {ifs[0]:g}–{ifs[1]:g}, log-uniform)")
+    p.add_argument("--dark", help="recorded dark frames (.npy/.npz/.tif/.h5/.mat) instead of the detector model: "
+                                  "spectra (T, W), with --light; movies (T, H, W), with or without --light")
+    p.add_argument("--light", help="recorded steady-light frames (spectra: give with --dark)")
+    _add_detector(p)
     p.set_defaults(func=cmd_simulate)
+
+
+def _add_detector(p) -> None:
+    p.add_argument("--detector", choices=["pmt", "scmos"], default=None,
+                   help="movies without --dark/--light: the detector model, pmt (two-photon, default) or scmos "
+                        "(a camera)")
 
 
 def cmd_simulate(args) -> int:
     from rtdenoise.synth import simulate_file
 
     print(simulate_file(args.out, args.frames, modality=args.modality, seed=args.seed, photons=args.photons,
-                        fs=args.fs, shape=args.shape, read_noise=args.read_noise, dark=args.dark, light=args.light))
+                        fs=args.fs, shape=args.shape, read_noise=args.read_noise, dark=args.dark, light=args.light,
+                        detector=args.detector))
     return 0
 
 
@@ -86,16 +98,20 @@ def _add_train(sub) -> None:
                         "error (default 0)")
     p.add_argument("--cpu-instances", action="store_true",
                    help="with --device cuda: make every instance on the CPU workers (by default the PMT noise and the "
-                        "front end of movies are added on the GPU, the workers drawing only scenes)")
+                        "front end of movies are added on the GPU, the workers drawing only scenes; --dark/--light and "
+                        "--detector scmos noise is always made on the workers)")
     p.add_argument("--settled", type=float, default=t.settled, metavar="SHARE",
                    help="imaging: share of instances whose running baseline starts settled, as a live stream's is "
                         "after its first 2·horizon frames (default 0: all start cold)")
     p.add_argument("--seed", type=int, default=t.seed)
-    p.add_argument("--dark", help="recorded dark frames; with --light replaces the detector model")
-    p.add_argument("--light", help="recorded steady-light frames")
-    p.add_argument("--prior", type=float, default=0.25, metavar="F",
-                   help="with --init and --dark/--light: the share of instances drawn with the noise the model was "
-                        "trained on (the detector model), so calibrating to your rig does not forget it (default 0.25)")
+    p.add_argument("--dark", help="recorded dark frames, replacing the detector model: spectra (T, W), with --light; "
+                                  "movies (T, H, W) at least as large as --patch, with or without --light")
+    p.add_argument("--light", help="recorded steady-light frames (spectra: give with --dark)")
+    _add_detector(p)
+    p.add_argument("--prior", type=float, default=None, metavar="F",
+                   help="spectra, with --init and --dark/--light: the share of instances drawn with the noise the model "
+                        "was trained on (the detector model), so calibrating to your rig does not forget it (default "
+                        "0.25; movies fine-tune on the recordings alone)")
     p.add_argument("--name", help="model name stored in the checkpoint (default: file stem)")
     p.add_argument("--resume", action="store_true", help="continue from OUT and OUT.state")
     p.add_argument("--self-supervised", default=None, metavar="MOVIE",
@@ -117,7 +133,7 @@ def _add_train(sub) -> None:
 
 def cmd_train(args) -> int:
     from rtdenoise.model.config import default_config
-    from rtdenoise.synth import SpectralConfig, noise_from_args
+    from rtdenoise.synth import SpectralConfig, movie_noise_from_args, noise_from_args
     from rtdenoise.train import TrainConfig, calibration_noise, train
 
     if args.self_supervised:
@@ -128,7 +144,7 @@ def cmd_train(args) -> int:
         raise ValueError(f"{'--keep' if args.calibrate else '--no-calibrate'} is for --self-supervised fine-tuning")
     given = {k: getattr(args, k) for k in ("arch", "depth", "width", "lag", "rank", "taps") if getattr(args, k) is not None}
     dilations = None if args.dilations is None else [int(d) for d in args.dilations.split(",") if d.strip()]
-    if not 0.0 <= args.prior < 1.0:
+    if args.prior is not None and not 0.0 <= args.prior < 1.0:
         raise ValueError(f"--prior is a share of the instances, in [0, 1); got {args.prior}")
     init = model = None
     if args.init:
@@ -145,14 +161,21 @@ def cmd_train(args) -> int:
         device=args.device, instances_on_device=not args.cpu_instances, pooled_loss=args.pooled_loss,
     )
     if args.modality == "imaging":
-        if args.dark or args.light:
-            raise ValueError("--dark/--light are spectrometer recordings; movies train on the two-photon detector model")
-        signal, noise = None, None
+        if args.prior:
+            raise ValueError("--prior mixes the detector model into the calibration of a spectral model; movies "
+                             "fine-tune on their --dark/--light recordings alone: drop --prior")
+        signal = None
+        noise = movie_noise_from_args(args.dark, args.light, detector=args.detector)
+        # (non-PMT noise is made on the CPU workers even with --device cuda: train() puts only PMT on the card)
     else:
+        if args.detector is not None:
+            raise ValueError(f"--detector {args.detector} is for movies (--modality imaging); spectra train on the "
+                             "spectrometer's detector model or --dark/--light recordings")
         signal = SpectralConfig()
         noise = noise_from_args(args.dark, args.light, n_bins=signal.n_bins)
-        if init is not None and args.dark and args.prior > 0:
-            noise = calibration_noise(noise, init, args.prior)
+        prior = 0.25 if args.prior is None else args.prior
+        if init is not None and args.dark and prior > 0:
+            noise = calibration_noise(noise, init, prior)
     ckpt = train(
         args.out, model=model, signal=signal, noise=noise, config=cfg, name=args.name, resume=args.resume,
         command="rtdenoise " + " ".join(sys.argv[1:]), init=init,

@@ -15,6 +15,7 @@ from rtdenoise.synth.noise import (
     RecordedNoise,
     SCMOSConfig,
     SCMOSNoise,
+    movie_noise_from_args,
     noise_from_args,
 )
 from rtdenoise.synth.spectral import SpectralConfig, SpectralInstance, sample_instance
@@ -33,6 +34,7 @@ __all__ = [
     "SCMOSNoise",
     "SpectralConfig",
     "SpectralInstance",
+    "movie_noise_from_args",
     "noise_from_args",
     "pure_noise_movie",
     "sample_instance",
@@ -182,15 +184,17 @@ def pure_noise_movie(
 
 
 def simulate_file(out, n_frames: int, *, modality: str = "spectral", seed: int = 0, photons: float | None = None,
-                  fs: float | None = None, shape=None, read_noise: float | None = None, dark=None, light=None) -> str:
+                  fs: float | None = None, shape=None, read_noise: float | None = None, dark=None, light=None,
+                  detector: str | None = None) -> str:
     """``rtdenoise simulate``: write a synthetic recording and its ground truth to ``out``.
 
     Spectra (:func:`simulate`; ``dark``/``light`` recordings or the detector model with
-    ``read_noise``) or a movie (:func:`simulate_movie`, two-photon PMT noise, frames
-    ``shape``; its footprints, mostly zeros, are stored as ``footprint_neuron``,
-    ``footprint_pixel``, ``footprint_weight`` triplets). The noisy frames go under
-    ``noisy``, the configuration as JSON bytes under ``config_json``. Returns a one-line
-    summary.
+    ``read_noise``) or a movie (:func:`simulate_movie` of frames ``shape``, its noise from
+    ``dark`` and/or ``light`` stacks (:class:`RecordedMovieNoise`), else the ``detector``
+    model, ``"pmt"`` (two-photon, the default) or ``"scmos"``; its footprints, mostly zeros,
+    are stored as ``footprint_neuron``, ``footprint_pixel``, ``footprint_weight``
+    triplets). The noisy frames go under ``noisy``, the configuration (the signal model, the
+    noise used) as JSON bytes under ``config_json``. Returns a one-line summary.
     """
     import json
 
@@ -199,22 +203,31 @@ def simulate_file(out, n_frames: int, *, modality: str = "spectral", seed: int =
     if n_frames < 1:
         raise ValueError(f"--frames must be >= 1, got {n_frames}")
     if modality == "imaging":
-        if dark or light or read_noise is not None:
-            raise ValueError("--dark, --light and --read-noise are for spectra; movies use the two-photon detector model")
+        if read_noise is not None:
+            raise ValueError("--read-noise is for spectra; movies take --detector, or --dark/--light recordings")
         config = ImagingConfig() if fs is None else ImagingConfig(fs=(fs, fs))
-        shape = tuple(shape) if shape else config.shape
-        rec = simulate_movie(n_frames, seed=seed, shape=shape, photons=photons, config=config)
-        foot = rec.pop("footprints").reshape(len(rec["traces"]), -1)
+        config = config.replace(shape=tuple(int(s) for s in shape) if shape else config.shape)
+        noise = movie_noise_from_args(dark, light, detector=detector)
+        if isinstance(noise, RecordedMovieNoise):
+            noise.check_fits(n_frames, config.shape, what="the {h} × {w} frames asked (--shape)",
+                             span="the {n} asked (--frames)",
+                             fix_shape="simulate smaller frames (--shape)", fix_frames="simulate fewer (--frames)")
+        rec = simulate_movie(n_frames, seed=seed, photons=photons, config=config, noise=noise)
+        h, w = config.shape
+        foot = rec.pop("footprints").reshape(-1, h * w)  # (N, H·W); N may be 0: a scene without neurons
         n, p = np.nonzero(foot)
         rec.update(footprint_neuron=n.astype(np.int32), footprint_pixel=p.astype(np.int32),
                    footprint_weight=foot[n, p].astype(np.float32))
-        meta = {"modality": modality, "signal": config.to_dict(), "noise": PMTNoise().describe(), "seed": seed,
+        meta = {"modality": modality, "signal": config.to_dict(), "noise": noise.describe(), "seed": seed,
                 "photons": photons}
-        summary = (f"{n_frames} frames of {shape[0]} × {shape[1]} px at {float(rec['fs']):.1f} Hz, {len(foot)} neurons, "
-                   f"{float(rec['photons']):.2f} photons at the brightest somata (PMT noise)")
+        summary = (f"{n_frames} frames of {h} × {w} px at {float(rec['fs']):.1f} Hz, {len(foot)} neurons, "
+                   f"{float(rec['photons']):.2f} photons at the brightest somata ({noise.kind} noise)")
     elif modality == "spectral":
         if shape:
             raise ValueError("--shape is for --modality imaging; a spectrum's width comes from the signal model")
+        if detector is not None:
+            raise ValueError(f"--detector {detector} is for movies (--modality imaging); spectra use the "
+                             "spectrometer's detector model (--read-noise) or --dark/--light recordings")
         signal = SpectralConfig() if fs is None else SpectralConfig(fs=fs)
         noise = noise_from_args(dark, light, n_bins=signal.n_bins, read_noise=read_noise)
         rec = simulate(n_frames, seed=seed, photons=photons, signal=signal, noise=noise)

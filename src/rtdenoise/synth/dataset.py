@@ -115,7 +115,7 @@ class ImagingDataset:
 
     def __init__(self, signal=None, noise=None, *, window: int = 32, patch: tuple[int, int] = (64, 64), seed: int = 0):
         from rtdenoise.synth.imaging import ImagingConfig
-        from rtdenoise.synth.noise import PMTNoise
+        from rtdenoise.synth.noise import PMTNoise, RecordedMovieNoise
 
         if window < 1:
             raise ValueError(f"window must be >= 1 frame, got {window}")
@@ -125,6 +125,9 @@ class ImagingDataset:
         self.signal.validate()
         self.noise = noise or PMTNoise()
         self.window, self.patch, self.seed = window, tuple(patch), seed
+        if isinstance(self.noise, RecordedMovieNoise):  # before any instance: say which flag to change
+            self.noise.check_fits(window, self.patch, what="the training patch {h} × {w}",
+                                  fix_shape="train on smaller patches (--patch)", fix_frames="train on shorter windows (--window)")
 
     def instance(self, rng: np.random.Generator):
         from rtdenoise.synth.imaging import sample_scene

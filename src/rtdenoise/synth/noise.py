@@ -230,6 +230,20 @@ def noise_from_args(dark=None, light=None, *, n_bins: int | None = None, read_no
     return RecordedNoise.from_files(dark, light, n_bins=n_bins)
 
 
+def movie_noise_from_args(dark=None, light=None, *, detector: str | None = None):
+    """Movies: recorded dark and/or light stacks (:class:`RecordedMovieNoise`) when given, else
+    the ``detector`` model: ``"pmt"`` (two-photon, the default) or ``"scmos"`` (a camera)."""
+    models = {"pmt": PMTNoise, "scmos": SCMOSNoise}
+    if detector is not None and detector not in models:
+        raise ValueError(f"detector must be one of {sorted(models)}, got {detector!r}")
+    if dark is None and light is None:
+        return models[detector or "pmt"]()
+    if detector is not None:
+        raise ValueError(f"--detector {detector} picks the detector model used without recordings; with "
+                         "--dark/--light the recorded noise is used: give one or the other")
+    return RecordedMovieNoise.from_files(dark, light)
+
+
 # ----------------------------------------------------------------------------- imaging
 #
 # Imaging noise works on movies (T, H, W), pixel by pixel, with the same contract: ``noisy``
@@ -524,18 +538,31 @@ class RecordedMovieNoise:
             **self.source,
         }
 
+    def check_fits(self, n_frames: int, shape, *, what: str = "the clean frame {h} × {w}",
+                   span: str = "one window of {n}", fix_shape: str = "simulate smaller frames",
+                   fix_frames: str = "train on shorter windows") -> None:
+        """Raise ValueError, with the sizes and the fix, unless a movie of ``n_frames`` frames of
+        ``shape`` (H, W) can be cut from the recordings (noise is never tiled or resampled).
+        ``what`` and ``span`` name the movie's frame (``{h}``, ``{w}``) and length (``{n}``)."""
+        (h, w), (hr, wr) = shape, self.frame_shape
+        if h > hr or w > wr:
+            raise ValueError(f"the noise recordings{self._named()} are {hr} × {wr} px, smaller than "
+                             f"{what.format(h=h, w=w)}; record a larger region or {fix_shape}")
+        for name, rec in (("dark", self.dark), ("light", self.light_fluct)):
+            if rec is not None and rec.shape[0] < n_frames:
+                raise ValueError(f"the {name} recording{self._named(name)} has {rec.shape[0]} frames, fewer than "
+                                 f"{span.format(n=n_frames)}; record longer or {fix_frames}")
+
+    def _named(self, name: str | None = None) -> str:
+        files = [self.source[k] for k in ((name,) if name else ("dark", "light")) if k in self.source]
+        return f" ({', '.join(files)})" if files else ""
+
     def sample(self, clean: np.ndarray, rng: np.random.Generator, *, fs: float) -> tuple[np.ndarray, np.ndarray]:
         """Noisy movie ``(T, H, W)`` float32 and the dark level ``(H, W)`` of the crop drawn."""
         clean = _check_movie(clean)
         t, h, w = clean.shape
         hr, wr = self.frame_shape
-        if h > hr or w > wr:
-            raise ValueError(f"the noise recordings are {hr}x{wr} px, smaller than the clean frame {h}x{w}; "
-                             "record a larger region or simulate smaller frames")
-        for name, rec in (("dark", self.dark), ("light", self.light_fluct)):
-            if rec is not None and rec.shape[0] < t:
-                raise ValueError(f"the {name} recording has {rec.shape[0]} frames, fewer than one window of {t}; "
-                                 "record longer or train on shorter windows")
+        self.check_fits(t, (h, w))
         y, x = rng.integers(0, hr - h + 1), rng.integers(0, wr - w + 1)
         crop = (slice(y, y + h), slice(x, x + w))
         if self.light_fluct is not None:

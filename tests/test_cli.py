@@ -353,3 +353,30 @@ def test_simulate_fs_help_tells_both_modalities(capsys):
         main(["simulate", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "default 5 for spectra; movies: drawn from 10–90" in text
+
+
+def test_sigterm_during_denoise_cleans_up_as_an_interrupt_does(tmp_path):
+    """A SIGTERM (a job scheduler's, `kill`) mid-file leaves no temporary file and the old output
+    untouched, and exits 143 (128 + 15) with a line saying so."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    np.save(tmp_path / "in.npy", np.random.default_rng(0).poisson(3.0, (1000, 64, 64)).astype(np.uint16))
+    (tmp_path / "out.h5").write_bytes(b"old")
+    proc = subprocess.Popen([sys.executable, "-m", "rtdenoise.cli", "denoise", "in.npy", "out.h5", "--quiet"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".out.*.tmp.h5")):  # the output is being written: mid-file
+            assert proc.poll() is None, f"finished before the signal: {proc.communicate()}"
+            assert time.monotonic() < deadline, "no temporary output appeared"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM and "rtdenoise denoise: terminated" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy", "out.h5"]
+    assert (tmp_path / "out.h5").read_bytes() == b"old"

@@ -724,9 +724,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised where the program is, so that what an interrupt cleans up (temporary
+    files, half-written outputs) is cleaned up the same way."""
+
+
+def _on_sigterm(pid: int, signum, frame):
+    import signal
+
+    if os.getpid() != pid:  # a forked worker (a DataLoader's) inherited this: die as it would have
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import functools
+    import signal
+    import threading
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Verbs that stop gracefully on SIGTERM (serve, proxy) install their own handler over this one.
+    here = threading.current_thread() is threading.main_thread()  # (only the main thread may set handlers)
+    if here:
+        previous = signal.signal(signal.SIGTERM, functools.partial(_on_sigterm, os.getpid()))
+    try:
+        return _run(args)
+    except _Terminated:
+        print(f"rtdenoise {args.verb}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if here:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _run(args) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError, TimeoutError) as e:

@@ -107,3 +107,72 @@ def test_a_writer_refuses_to_save_a_short_recording(tmp_path):
         w.close()
     w.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+def _refused(tmp_path, capsys, src, *message):
+    """``denoise src`` exits 2 naming ``src`` and saying ``message``; nothing is written."""
+    assert main(["denoise", str(src), str(tmp_path / "out.npy"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert str(src) in err and all(m in err for m in message), err
+    assert not (tmp_path / "out.npy").exists()
+
+
+def test_a_multichannel_tiff_is_refused_not_interleaved(tmp_path, capsys, movie):
+    hyper = tmp_path / "hyper.tif"  # 40 time points x 2 channels: 80 pages, channels alternating
+    tifffile.imwrite(hyper, np.stack([movie[:40], movie[10:]], axis=1), imagej=True, metadata={"axes": "TCYX"})
+    _refused(tmp_path, capsys, hyper, "2 channels", "TCYX", "(40, 2, 36, 44)", "its own file")
+    shaped = tmp_path / "shaped.tif"  # tifffile's own metadata: a C axis
+    tifffile.imwrite(shaped, np.stack([movie[:10], movie[10:20]], axis=1), metadata={"axes": "TCYX"})
+    _refused(tmp_path, capsys, shaped, "2 channels")
+
+
+def test_a_scanimage_tiff_of_two_saved_channels_is_refused(tmp_path, capsys, movie, monkeypatch):
+    src = tmp_path / "si.tif"  # 5 pages: two channels do not split them evenly, so tifffile's series shows none
+    tifffile.imwrite(src, movie[:5], software="SI.2023.0.0")
+    for saved, ok in (([1, 2], False), (1, True), ([2], True)):
+        monkeypatch.setattr(tifffile.TiffFile, "scanimage_metadata",
+                            property(lambda self, s=saved: {"FrameData": {"SI.hChannels.channelSave": s}}))
+        if ok:
+            with open_frames(src) as r:
+                assert r.shape == (5, 36, 44)
+        else:
+            _refused(tmp_path, capsys, src, "2 channels")
+
+
+def test_colour_recordings_are_refused_by_name(tmp_path, capsys, movie):
+    rgb = np.stack([movie[:10]] * 3, axis=-1).astype(np.uint8)  # (10, 36, 44, 3)
+    tifffile.imwrite(tmp_path / "frame.tif", rgb[0])  # one colour frame, not frames of 44 x 3 px
+    _refused(tmp_path, capsys, tmp_path / "frame.tif", "colour (RGB) TIFF", "(36, 44, 3)", "grey")
+    tifffile.imwrite(tmp_path / "stack.tif", rgb)
+    _refused(tmp_path, capsys, tmp_path / "stack.tif", "colour (RGB) TIFF", "(10, 36, 44, 3)")
+    np.save(tmp_path / "rgb.npy", rgb.astype(np.float32))
+    _refused(tmp_path, capsys, tmp_path / "rgb.npy", "colour (RGB) movie", "(36, 44, 3)", "(T, H, W)", "one channel")
+    assert main(["denoise", str(tmp_path / "rgb.npy"), str(tmp_path / "out.npy"), "--model", "imaging-lag0"]) == 2
+    assert "colour (RGB) movie" in capsys.readouterr().err  # with a model named too
+
+
+def test_an_object_npy_is_refused_by_name(tmp_path, capsys):
+    np.save(tmp_path / "obj.npy", np.array([[1.0, None]], dtype=object), allow_pickle=True)
+    _refused(tmp_path, capsys, tmp_path / "obj.npy", "Python objects", "numeric")
+
+
+def test_nan_late_in_a_file_is_placed_in_the_whole_file(tmp_path, capsys, model_path):
+    bad = np.random.default_rng(0).poisson(3.0, (60, 16, 16)).astype(np.float32)
+    bad[55, 3, 3] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    assert main(["denoise", str(tmp_path / "nan.npy"), str(tmp_path / "out.npy"), "--model", str(model_path),
+                 "--chunk", "8", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "nan.npy contains NaN/inf values, the first in frame 55 " in err and "drop those frames" in err
+    assert not (tmp_path / "out.npy").exists()
+
+
+def test_denoising_a_file_onto_itself_is_refused(tmp_path, capsys, model_path, movie):
+    src = tmp_path / "m.npy"
+    np.save(src, movie)
+    (tmp_path / "link.npy").symlink_to(src)
+    for dst in (src, tmp_path / "." / "m.npy", tmp_path / "sub" / ".." / "m.npy", tmp_path / "link.npy"):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        assert main(["denoise", str(src), str(dst), "--model", str(model_path), "--quiet"]) == 2
+        assert "is the input" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.load(src), movie)

@@ -72,7 +72,7 @@ def open_frames(path: str | os.PathLike, *, key: str | None = None) -> FrameRead
     path, fmt = _existing(path)
     name = str(path)
     if fmt == "npy":
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        arr = _memmap_npy(path)
         reader = FrameReader(lambda a, b: arr[a:b], arr.shape, arr.dtype, name=name)
     elif fmt == "tiff":
         reader = _tiff_reader(path)
@@ -93,6 +93,29 @@ def open_frames(path: str | os.PathLike, *, key: str | None = None) -> FrameRead
     return reader
 
 
+def _memmap_npy(path: Path) -> np.ndarray:
+    """An ``.npy`` memory-mapped; one of Python objects (never unpickled) is refused by name."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        dtype = _npy_dtype(path)
+        if dtype is not None and dtype.hasobject:
+            raise ValueError(f"{path} holds Python objects (dtype {dtype}), not numbers; a recording is a numeric "
+                             "array, integer or float counts: save it with arr.astype(np.float32)") from e
+        raise ValueError(f"could not read {path} as a npy file ({e}); is the file complete and of this format?") from e
+
+
+def _npy_dtype(path: Path) -> np.dtype | None:
+    """The dtype an ``.npy`` header declares, None if the header cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            return read(f)[2]
+    except Exception:  # noqa: BLE001 (a header that does not parse: the caller's own error stands)
+        return None
+
+
 def _tiff_reader(path: Path) -> FrameReader:
     try:
         import tifffile
@@ -100,6 +123,7 @@ def _tiff_reader(path: Path) -> FrameReader:
         raise ImportError(f"reading TIFF needs tifffile: pip install 'rtdenoise[io]' ({e})") from e
     tif = tifffile.TiffFile(path)
     try:
+        _refuse_channels(tif, path)
         pages = tif.pages
         first = pages.first if hasattr(pages, "first") else pages[0]
         shapes = {tuple(p.shape) for p in pages}
@@ -119,6 +143,31 @@ def _tiff_reader(path: Path) -> FrameReader:
         tif.close()
         raise
     return reader
+
+
+def _refuse_channels(tif, path: Path) -> None:
+    """A TIFF of colour samples or of several channels is refused: read page by page, its
+    channels would be taken for consecutive frames of one movie (or a colour frame's rows for
+    spectra). Channels are seen in the series' axes (tifffile's ``C``; ``S`` for colour
+    samples), ImageJ's ``channels`` and ScanImage's ``SI.hChannels.channelSave`` (ScanImage
+    BigTIFF v3/v4; older ScanImage files keep it in each page's description, not read here)."""
+    import tifffile
+
+    first = tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
+    series = tif.series[0] if tif.series else None
+    axes, shape = (series.axes, tuple(series.shape)) if series is not None else (first.axes, tuple(first.shape))
+    size = dict(zip(axes, shape))
+    if size.get("S", 1) > 1 or first.photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR):
+        raise ValueError(f"{path} is a colour (RGB) TIFF (axes {axes}, shape {shape}); the imaging models take grey "
+                         "frames, (T, H, W): save one colour channel, or a grey conversion, to its own file")
+    channels = max(size.get("C", 1), int((tif.imagej_metadata or {}).get("channels", 1)))
+    if tif.is_scanimage:
+        saved = ((tif.scanimage_metadata or {}).get("FrameData") or {}).get("SI.hChannels.channelSave", 1)
+        channels = max(channels, len(saved) if isinstance(saved, (list, tuple)) else 1)
+    if channels > 1:
+        raise ValueError(f"{path} holds {channels} channels (axes {axes}, shape {shape}), which its pages interleave; "
+                         "rtdenoise denoises one channel, (T, H, W): save each channel to its own file (e.g. Fiji's "
+                         "Image > Color > Split Channels) and denoise each")
 
 
 def _hdf5_reader(path: Path, key: str | None) -> FrameReader:

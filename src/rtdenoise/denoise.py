@@ -91,11 +91,16 @@ def denoise_file(
 
     if dtype not in ("float32", "input"):
         raise ValueError(f"dtype must be 'float32' or 'input', got {dtype!r}")
+    if os.path.exists(src) and os.path.exists(dst) and os.path.samefile(src, dst):
+        raise ValueError(f"the output {dst} is the input {src} itself: writing it would replace the recording; "
+                         "write the denoised frames to another file")
     engine = None if model is None else load_engine(model, backend=backend, follow_motion=follow_motion)  # bad model or backend: before reading
     with open_frames(src, key=key) as reader:
+        probe = np.zeros((1, *reader.shape[1:]), reader.dtype)  # one frame: the shape and type, before any work
+        validate_frames(probe, name=str(src))  # a colour movie, a dtype: before a model is picked for it
         if engine is None:  # the shipped default for these frames: spectra or images
             engine = load_engine(default_model(len(reader.shape) - 1), backend=backend, follow_motion=follow_motion)
-        validate_frames(np.zeros((1, *reader.shape[1:]), reader.dtype), frame_shape=engine.frame_shape, name=str(src))  # the shape
+        validate_frames(probe, frame_shape=engine.frame_shape, name=str(src))  # the shape
         engine.check_shape(reader.shape[1:])
         if np.issubdtype(reader.dtype, np.integer) and reader.dtype.itemsize >= 8:
             raise ValueError(f"{src}: 64-bit integer counts; convert to float64 or a smaller integer type first")
@@ -105,7 +110,7 @@ def denoise_file(
         with frame_writer(dst, len(reader), reader.shape[1:], out_dtype, key="denoised", source=reader,
                           description=_description(engine)) as writer, \
                 tqdm(total=len(reader), disable=not progress, unit="frame", dynamic_ncols=True) as bar:
-            for y in engine.denoise_blocks(reader.blocks(block), chunk=chunk):
+            for y in engine.denoise_blocks(_checked(reader.blocks(block), str(src)), chunk=chunk, checked=True):
                 writer.write(_as(y, out_dtype))
                 bar.update(len(y))
         wall = time.perf_counter() - t0
@@ -120,6 +125,18 @@ def denoise_file(
         "seconds": wall,
         "ms_per_frame": 1e3 * wall / max(1, len(reader)),
     }
+
+
+def _checked(blocks, name: str):
+    """``blocks`` of a recording ``name``, each checked for NaN/inf and absurd values as it is
+    read: an error gives the frame's index in the whole file, not in its block."""
+    from rtdenoise.backends.base import check_values
+
+    start = 0
+    for b in blocks:
+        check_values(b[None], name=name, start=start)  # (1, n, *frame)
+        start += len(b)
+        yield b
 
 
 def _description(engine) -> str:

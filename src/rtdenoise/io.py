@@ -493,9 +493,9 @@ def validate_frames(
     Raises
     ------
     ValueError
-        Fewer than 2 dimensions, no frames, empty frames, a non-numeric dtype, NaN or
-        inf values (the message counts them and gives the first frame that has one),
-        or frames of another shape than `frame_shape`.
+        Fewer than 2 dimensions, a colour movie ``(T, H, W, 3 or 4)``, no frames, empty
+        frames, a non-numeric dtype, NaN or inf values (the message counts them and gives
+        the first frame that has one), or frames of another shape than `frame_shape`.
 
     Examples
     --------
@@ -509,6 +509,12 @@ def validate_frames(
         raise ValueError(
             f"{name} must have time as the first axis, (T, W) or (T, H, W); got shape "
             f"{arr.shape}. For a single frame pass {name}[None]"
+        )
+    if arr.ndim == 4 and arr.shape[-1] in (3, 4):
+        raise ValueError(
+            f"{name} looks like a colour (RGB) movie: shape {arr.shape[1:]} per frame, (T, H, W, {arr.shape[-1]}); "
+            "the imaging models take grey frames, movies (T, H, W): convert it to grey or pick one channel "
+            "(e.g. movie[..., 0])"
         )
     if arr.shape[0] < 1:
         raise ValueError(f"{name} holds no frames (shape {arr.shape}); need T >= 1")

@@ -35,17 +35,25 @@ class ValueRangeError(ValueError):
     """Finite frame values beyond :data:`MAX_COUNT`: refused before they reach any state."""
 
 
-def check_values(a: np.ndarray) -> None:
+def check_values(a: np.ndarray, *, name: str | None = None, start: int = 0) -> None:
     """Raise ValueError for NaN/inf and :class:`ValueRangeError` for finite values beyond
-    ±:data:`MAX_COUNT` in frames ``a`` (B, n, *frame) or (n, *frame); nothing was processed."""
+    ±:data:`MAX_COUNT` in frames ``a`` (B, n, *frame) or (n, *frame); nothing was processed.
+    ``name``: the recording ``a`` is read from, ``start`` the index of its first frame there
+    (the message then gives the frame's index in the whole recording and the fix)."""
     if not (np.issubdtype(a.dtype, np.floating) or a.dtype.itemsize >= 8):  # smaller integers cannot exceed it
         return
     ok = np.abs(a) <= MAX_COUNT  # False for NaN and inf too: one pass for both checks
     if ok.all():
         return
     bad = ~ok
-    first = int(np.argwhere(bad)[0, 1 if a.ndim > 2 else 0])
-    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+    first = start + int(np.argwhere(bad)[0, 1 if a.ndim > 2 else 0])
+    nan = np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all()
+    if name is not None:  # a file read in blocks: where in it, not in the block (whose count is partial)
+        raise (ValueError if nan else ValueRangeError)(
+            f"{name} contains {'NaN/inf values' if nan else f'values beyond ±{MAX_COUNT:.3g} counts'}, the first in "
+            f"frame {first} (counting from 0); "
+            + ("interpolate over them or drop those frames first" if nan else "check the recording's units"))
+    if nan:
         raise ValueError(f"frames contain {int((~np.isfinite(a)).sum())} NaN/inf values (first in frame {first} of the "
                          "chunk); nothing was processed")
     raise ValueRangeError(f"frames contain {int(bad.sum())} values beyond ±{MAX_COUNT:.3g} counts (first in frame {first} "

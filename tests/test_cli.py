@@ -380,3 +380,30 @@ def test_sigterm_during_denoise_cleans_up_as_an_interrupt_does(tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM and "rtdenoise denoise: terminated" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy", "out.h5"]
     assert (tmp_path / "out.h5").read_bytes() == b"old"
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly():
+    """`rtdenoise info M --json | head`: when the pipe's reader has gone, no traceback, exit 141 (128 + SIGPIPE)."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "rtdenoise.cli", "info", "imaging-lag0", "--json"], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert proc.returncode == 141 and proc.stderr == ""
+
+
+def test_a_warning_reads_as_the_verbs_line_not_as_source_code(tmp_path, capsys):
+    from rtdenoise.synth import simulate_movie
+
+    np.save(tmp_path / "dim.npy", simulate_movie(60, seed=4, shape=(32, 32), photons=2)["noisy"])
+    assert main(["train", str(tmp_path / "m.pt"), "--self-supervised", str(tmp_path / "dim.npy"), "--window", "12",
+                 "--patch", "32", "32", "--minutes", "0.05", "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "rtdenoise train: warning: " in err and "too dim for photon splitting" in err
+    assert "warnings.warn" not in err and "UserWarning" not in err

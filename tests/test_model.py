@@ -846,3 +846,10 @@ def test_following_motion_lifts_the_shipped_model_on_a_moving_held_out_movie():
     fixed = snr_db(load_engine(still, backend="onnxruntime", threads=1).run(mov["noisy"]), ref)
     follows = snr_db(load_engine(moving, backend="onnxruntime", threads=1).run(mov["noisy"]), ref)
     assert follows > fixed + 2.0, (fixed, follows)
+
+
+def test_a_movie_model_does_not_train_on_patches_smaller_than_the_frames_it_takes(tmp_path):
+    cfg = ModelConfig(arch="imaging-unet", depth=3, width=4)
+    with pytest.raises(ValueError, match=r"training patches of 8 × 8 px \(--patch\): .*16 × 16"):
+        train(tmp_path / "m.pt", model=cfg, config=TrainConfig(workers=0, steps=1, patch=(8, 8)), progress=False)
+    assert not (tmp_path / "m.pt").exists()

@@ -262,7 +262,7 @@ def _add_denoise(sub) -> None:
     p.add_argument("output", help="where to write the denoised frames (same formats); written only when complete")
     p.add_argument("--model", default=None, help="a .pt file or shipped model name (default: spectral-lag0 for spectra, imaging-lag0 for movies)")
     p.add_argument("--backend", choices=BACKENDS, default="torch")
-    p.add_argument("--chunk", type=int, default=None, help="frames per engine step (1 = frame by frame, as the live service); any value gives the same frames (default 1024)")
+    p.add_argument("--chunk", type=int, default=None, help="frames per engine step (1 = frame by frame, as the live service); any value gives the same frames, to float32 rounding (default 1024)")
     p.add_argument("--key", default=None, help="array name inside .npz/.h5/.mat (default: noisy, frames or data)")
     p.add_argument("--dtype", choices=["float32", "input"], default="float32",
                    help="output type: float32, or the input's own (integers rounded and clipped to its range)")
@@ -761,8 +761,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):  # a user's line, not the source's
+        print(f"rtdenoise {args.verb}: warning: {message}", file=sys.stderr)
+
+    shown, warnings.showwarning = warnings.showwarning, show
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # `rtdenoise info ... | head`: the reader is gone; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (nor at the exit's flush)
+        return 141
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError, TimeoutError) as e:
         print(f"rtdenoise {args.verb}: error: {e}", file=sys.stderr)
         return 2
@@ -774,6 +783,8 @@ def _run(args) -> int:
     except KeyboardInterrupt:
         print(f"rtdenoise {args.verb}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

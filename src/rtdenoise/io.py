@@ -229,7 +229,7 @@ def _pick_key(path: Path, c: _Container, key: str | None) -> str:
         raise _InputError(f"{str(path)!r} holds no numeric arrays; keys: {_quote(c.keys)}")
     raise _InputError(
         f"{str(path)!r} holds {len(c.numeric)} arrays and none is named "
-        f"{', '.join(map(repr, _DEFAULT_KEYS))}; pass key=... to pick one of: "
+        f"{', '.join(map(repr, _DEFAULT_KEYS))}; pass key=... (--key on the command line) to pick one of: "
         f"{_quote(c.keys)}"
     )
 

@@ -346,6 +346,10 @@ def train(
 
         if signal is not None and not isinstance(signal, ImagingConfig):
             raise TypeError(f"an imaging model ({model_cfg.arch!r}) trains on an ImagingConfig, got {type(signal).__name__}")
+        try:  # a model trained on frames it cannot take could not denoise its own training movies
+            model_cfg.family.check_frame_shape(model_cfg, tuple(cfg.patch))
+        except ValueError as e:
+            raise ValueError(f"training patches of {cfg.patch[0]} × {cfg.patch[1]} px (--patch): {e}") from None
         ds = ImagingDataset(signal, noise, window=cfg.window, patch=cfg.patch, seed=cfg.seed)
     else:
         if signal is not None and not isinstance(signal, SpectralConfig):
@@ -475,7 +479,11 @@ def train(
     step0 = step  # where this run started (after a resume, not 0)
     deadline = t0 + cfg.minutes * 60 if cfg.minutes else None
     total = cfg.steps
-    bar = tqdm(total=total, initial=step, disable=not progress or rank != 0, unit="step", dynamic_ncols=True)
+    if deadline:  # a wall-clock budget: the bar counts its seconds (the steps go in the postfix)
+        bar = tqdm(total=round(cfg.minutes * 60), disable=not progress or rank != 0, unit="s", dynamic_ncols=True,
+                   bar_format="{l_bar}{bar}| {n:.0f}/{total} s [{elapsed}<{remaining}{postfix}]")
+    else:
+        bar = tqdm(total=total, initial=step, disable=not progress or rank != 0, unit="step", dynamic_ncols=True)
     running, seen, t_rate = None, 0, time.perf_counter()
     val_loss = history[-1]["val_loss"] if history else init_record["val_loss"] if init_record else float("nan")
     ckpt = None
@@ -502,8 +510,9 @@ def train(
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 10 == 0:
             rate = seen / (time.perf_counter() - t_rate)
-            bar.set_postfix(loss=f"{running:.4f}", raw=f"{raw_val:.3f}", val=f"{val_loss:.4f}", inst_s=f"{rate:.0f}")
-        bar.update(1)
+            bar.set_postfix(**({"step": step} if deadline else {}), loss=f"{running:.4f}", raw=f"{raw_val:.3f}",
+                            val=f"{val_loss:.4f}", inst_s=f"{rate:.0f}")
+        bar.update(min(time.perf_counter() - t0, bar.total) - bar.n if deadline else 1)
         if step % cfg.val_every == 0:
             val_loss = validate()
             history.append({"step": step, "val_loss": val_loss, "train_loss": running, "wall_s": wall_before + time.perf_counter() - t0})

@@ -94,4 +94,4 @@ def test_nwb_errors_name_the_fix(tmp_path, movie, noisy_frames, capsys):
     assert main(["denoise", str(tmp_path / "m.npy"), str(tmp_path / "m.nwb"), "--quiet"]) == 2
     assert "NWB output needs an NWB input" in capsys.readouterr().err
     assert main(["denoise", str(src), str(src), "--key", "other", "--quiet"]) == 2
-    assert "is the input file" in capsys.readouterr().err
+    assert "is the input" in capsys.readouterr().err

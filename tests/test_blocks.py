@@ -109,6 +109,37 @@ def test_a_writer_refuses_to_save_a_short_recording(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_denoised_tiff_stack_opens_in_imagej_as_frames(tmp_path, model_path, movie):
+    """ImageJ's own opener reads a classic TIFF with ImageJ's description as T frames; a
+    BigTIFF it cannot open, and pages without the description it shows as slices."""
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, movie)
+    assert main(["denoise", str(src), str(tmp_path / "out.tif"), "--model", str(model_path),
+                 "--dtype", "input", "--quiet"]) == 0
+    with tifffile.TiffFile(tmp_path / "out.tif") as t:
+        assert t.is_imagej and not t.is_bigtiff
+        assert (t.imagej_metadata["frames"], t.series[0].axes) == (50, "TYX")
+        out = t.asarray()
+    assert out.dtype == np.uint16 and out.shape == movie.shape
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_tiff_imagej_cannot_hold_is_bigtiff(tmp_path, monkeypatch, dtype):
+    import rtdenoise.io
+
+    if dtype == np.float32:  # pretend the stack is over classic TIFF's 4 GiB
+        monkeypatch.setattr(rtdenoise.io, "CLASSIC_TIFF_BYTES", 100)
+    data = np.arange(5 * 6 * 7, dtype=dtype).reshape(5, 6, 7)
+    w = FrameWriter(tmp_path / "x.tif", 5, (6, 7), dtype)
+    w.write(data[:2])
+    w.write(data[2:])
+    w.close()
+    with tifffile.TiffFile(tmp_path / "x.tif") as t:
+        assert t.is_bigtiff and not t.is_imagej
+        np.testing.assert_array_equal(t.asarray(), data)
+    assert [p.name for p in tmp_path.iterdir()] == ["x.tif"]
+
+
 def _refused(tmp_path, capsys, src, *message):
     """``denoise src`` exits 2 naming ``src`` and saying ``message``; nothing is written."""
     assert main(["denoise", str(src), str(tmp_path / "out.npy"), "--quiet"]) == 2

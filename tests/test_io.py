@@ -193,6 +193,18 @@ def test_corrupt_file_names_file(tmp_path, ext):
     assert err.value.__cause__ is not None  # the reader's own error is kept
 
 
+@pytest.mark.parametrize("shape,dtype,imagej", [((6, 8, 3), np.uint16, True), ((6, 8, 9), np.float64, False),
+                                                 ((6, 152), np.float32, False)])
+def test_a_tiff_movie_is_an_imagej_stack_of_frames(tmp_path, shape, dtype, imagej):
+    tifffile = pytest.importorskip("tifffile")
+    x = _frames(shape, dtype)
+    save_frames(tmp_path / "m.tif", x)
+    with tifffile.TiffFile(tmp_path / "m.tif") as t:
+        assert t.is_imagej == imagej
+        assert not imagej or t.imagej_metadata["frames"] == shape[0]  # not 3 colour channels
+    np.testing.assert_array_equal(load_frames(tmp_path / "m.tif"), x)
+
+
 def test_truncated_npy(tmp_path):
     path = tmp_path / "t.npy"
     save_frames(path, _frames())

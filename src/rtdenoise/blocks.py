@@ -8,8 +8,9 @@ over the destination when it is complete, as every writer in :mod:`rtdenoise.io`
 format             reading                                        writing
 =================  =============================================  =========================
 ``.npy``           memory-mapped                                  into a memory-mapped file
-``.tif``/``.tiff`` page by page (a multi-page stack: ScanImage,   images page by page
-                   ImageJ); every page must have one shape         (BigTIFF); spectra whole
+``.tif``/``.tiff`` page by page (a multi-page stack: ScanImage,   images into a memory-mapped
+                   ImageJ); every page must have one shape         ImageJ stack (BigTIFF over
+                                                                  4 GiB); spectra whole
 ``.h5``/``.hdf5``  dataset slices                                 dataset slices
 ``.npz``, ``.mat``  whole (these formats cannot be read in part)   whole, at the end
 ``.nwb``           a series' dataset slices (:mod:`rtdenoise.nwb`) into a copy of the input NWB file
@@ -26,7 +27,7 @@ from typing import Iterator
 import numpy as np
 
 from rtdenoise.atomic import BlockWriter, atomic_path
-from rtdenoise.io import _existing, _format_of, load_frames, save_frames
+from rtdenoise.io import _existing, _format_of, imagej_stack, load_frames, save_frames
 
 __all__ = ["FrameReader", "FrameWriter", "frame_writer", "open_frames"]
 
@@ -194,6 +195,16 @@ def frame_writer(path: str | os.PathLike, n_frames: int, frame_shape: tuple[int,
     return FrameWriter(path, n_frames, frame_shape, dtype, key=key)
 
 
+def _tiff_memmap(path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A TIFF stack of ``shape`` (T, H, W), a page per frame, mapped to be filled in place:
+    an ImageJ hyperstack where ImageJ can hold it, else BigTIFF (:func:`~rtdenoise.io.imagej_stack`)."""
+    import tifffile
+
+    if imagej_stack(shape, dtype):
+        return tifffile.memmap(path, shape=shape, dtype=dtype, imagej=True, metadata={"axes": "TYX"})
+    return tifffile.memmap(path, shape=shape, dtype=dtype, bigtiff=True)
+
+
 class FrameWriter(BlockWriter):
     """Writes a recording of ``n_frames`` frames of ``frame_shape`` and ``dtype`` block by
     block; the file appears at ``path`` only when :meth:`close` runs after every frame was
@@ -215,9 +226,7 @@ class FrameWriter(BlockWriter):
         elif fmt == "npy":
             self._out = np.lib.format.open_memmap(self._tmp, mode="w+", dtype=self.dtype, shape=shape)
         elif fmt == "tiff":
-            import tifffile
-
-            self._out = self._stack.enter_context(tifffile.TiffWriter(self._tmp, bigtiff=True))
+            self._out = _tiff_memmap(self._tmp, shape, self.dtype)
         elif fmt == "hdf5":
             import h5py
 
@@ -228,11 +237,7 @@ class FrameWriter(BlockWriter):
         """The next ``len(block)`` frames."""
         block = self._block(block)
         n = len(block)
-        if self.streamed and self.fmt == "tiff":
-            for frame in block:
-                self._out.write(frame, contiguous=True)
-        else:
-            self._out[self.written : self.written + n] = block
+        self._out[self.written : self.written + n] = block
         self.written += n
 
     def close(self) -> None:
@@ -240,7 +245,7 @@ class FrameWriter(BlockWriter):
         self._all_written()
         if not self.streamed:
             save_frames(self.path, self._out, key=self.key)
-        elif self.fmt == "npy":
+        elif self.fmt in ("npy", "tiff"):
             self._out.flush()
             del self._out
         self._stack.close()  # closes the writer, then renames the temporary file over path

@@ -75,6 +75,19 @@ class _InputError(ValueError):
     """A ValueError raised by this module about the user's input; never re-wrapped."""
 
 
+# Classic TIFF's offsets end at 4 GiB; the margin is for the tags of every page.
+CLASSIC_TIFF_BYTES = 2**32 - 2**26
+
+
+def imagej_stack(shape: tuple[int, ...], dtype) -> bool:
+    """Whether frames of ``shape`` (T, H, W) go to TIFF as an ImageJ hyperstack: ImageJ's own
+    opener (Fiji's default) reads it as T frames, but reads no BigTIFF, no float64 and no
+    signed integers. Spectra (T, W) are one page either way."""
+    dtype = np.dtype(dtype)
+    return (len(shape) == 3 and dtype in (np.uint8, np.uint16, np.float32)
+            and int(np.prod(shape)) * dtype.itemsize < CLASSIC_TIFF_BYTES)
+
+
 def _format_of(path: str | os.PathLike) -> tuple[Path, str]:
     path = Path(os.fspath(path))
     ext = path.suffix.lower()
@@ -366,8 +379,10 @@ def _write(tmp: Path, fmt: str, arrays: dict[str, np.ndarray]) -> None:
     elif fmt == "tiff":
         tifffile = _require("tifffile", "writing TIFF files")
         (arr,) = arrays.values()
-        # minisblack: never guess RGB from a trailing axis of 3 or 4.
-        tifffile.imwrite(tmp, arr, photometric="minisblack")
+        if imagej_stack(arr.shape, arr.dtype):
+            tifffile.imwrite(tmp, arr, imagej=True, metadata={"axes": "TYX"})
+        else:  # minisblack: never guess RGB from a trailing axis of 3 or 4.
+            tifffile.imwrite(tmp, arr, photometric="minisblack", bigtiff=arr.nbytes >= CLASSIC_TIFF_BYTES)
     elif fmt == "hdf5":
         h5py = _require("h5py", "writing HDF5 files")
         with h5py.File(tmp, "w") as f:

@@ -668,6 +668,23 @@ def test_cli_replay(tmp_path, rec, capsys):
     assert "replayed 8 frames" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("bad,says", [
+    (np.full((6, 16, 16), np.nan, np.float32), "NaN"),
+    (np.zeros((5, 16, 16, 3), np.uint8), "colour"),
+    (np.zeros((3, 4, 8, 8), np.uint16), "(T, H, W)"),
+])
+def test_cli_replay_refuses_what_the_service_would_reject_before_sending(tmp_path, capsys, bad, says):
+    from rtdenoise.cli import main
+
+    np.save(tmp_path / "bad.npy", bad)
+    with Subscriber(ANY, kind="frames", bind=True) as sub:
+        assert main(["replay", str(tmp_path / "bad.npy"), "--pub", sub.address, "--connect", "--rate", "100"]) == 2
+        with pytest.raises(TimeoutError):  # nothing was published
+            sub.recv(timeout=0.3)
+    err = capsys.readouterr().err
+    assert "bad.npy" in err and says in err, err
+
+
 def test_control_requests_are_handled_without_sockets():
     import doctest
     import importlib

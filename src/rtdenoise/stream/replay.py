@@ -25,17 +25,20 @@ _LATE_S = 1e-3  # a send more than this past its due time counts as late
 
 
 def _frames_for_wire(frames: np.ndarray, name: str) -> np.ndarray:
-    """Frames (T, *shape) in a dtype the wire carries: other numbers become ``<f8`` (exact to 2**53)."""
+    """Frames (T, *shape) in a dtype the wire carries: other numbers become ``<f8`` (exact to 2**53).
+
+    Refused before anything is sent, as ``denoise`` refuses them: what a service would reject
+    (colour, NaN or inf, no frames) or no model takes (frames of more than 2 dimensions).
+    """
+    from rtdenoise.io import validate_frames
+
     a = np.asarray(frames)
-    if not 2 <= a.ndim <= wire.MAX_FRAME_DIMS + 1:
-        raise ValueError(f"{name}: expected frames (T, W) or (T, H, W), time first; got shape {a.shape}")
-    if a.shape[0] == 0 or 0 in a.shape:
-        raise ValueError(f"{name}: no frames to replay (shape {a.shape})")
-    if a.dtype.str in wire.DTYPES:
-        return a
-    if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+    if a.dtype == bool:
         raise TypeError(f"{name}: frames must be integer or float counts, got dtype {a.dtype}")
-    return a.astype("<f8")
+    validate_frames(a, name=name)
+    if a.ndim > 3:
+        raise ValueError(f"{name}: expected frames (T, W) or (T, H, W), time first; got shape {a.shape}")
+    return a if a.dtype.str in wire.DTYPES else a.astype("<f8")
 
 
 def replay(source: Any, *, pub: str, stream: str = "replay", rate_hz: float, chunk: int = 1,

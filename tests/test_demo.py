@@ -110,3 +110,9 @@ def test_paced_load_loops_a_short_recording_and_can_keep_only_latencies(tiny_che
         paced_load(svc.addresses["sub"], svc.addresses["pub"], {"a": rec}, rate=200, frames=0)
     with pytest.raises(ValueError, match=r"recording\(s\) \['e'\] hold no frames"):
         paced_load(svc.addresses["sub"], svc.addresses["pub"], {"a": rec, "e": rec[:0]}, rate=200)
+
+
+def test_demo_with_a_model_the_service_refuses_is_a_clear_error(capsys):
+    assert main(["demo", "--model", "nosuch", "--seconds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rtdenoise demo: error: the service did not start: no shipped model named 'nosuch'"), err

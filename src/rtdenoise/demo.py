@@ -153,6 +153,11 @@ def run_demo(
     return report
 
 
+
+class ServiceDidNotStart(ValueError):
+    """``serve`` refused to start and said why (a model it cannot load, an address in use):
+    a user's error, reported as every verb reports one."""
+
 class InProcess:
     """The service in this process (``separate=False``)."""
 
@@ -200,7 +205,8 @@ class ServiceProcess:
             self._err.seek(0)
             err = self._err.read().strip().splitlines()
             self._err.close()
-            raise RuntimeError(f"the service did not start: {err[-1] if err else line!r}")
+            why = err[-1].removeprefix("rtdenoise serve: error: ") if err else repr(line)
+            raise ServiceDidNotStart(f"the service did not start: {why}")
         self.model, self.backend, self.lag = m[1], m[2], int(m[3])
         self.addresses = {"sub": m[4], "pub": m[5], "control": m[6]}
 

@@ -10,6 +10,7 @@ than slowing the load (no coordinated omission). Used by ``rtdenoise demo``,
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -61,7 +62,7 @@ def paced_load(
     *,
     rate: float,
     bind_pub: bool = False,
-    lag: int = 0,
+    lag: int | None = None,
     fs: float | None = None,
     connect_timeout: float = 10.0,
     drain_s: float = 2.0,
@@ -75,7 +76,8 @@ def paced_load(
     ``pub_address`` is where frames go (the service's input; bind with ``bind_pub``),
     ``sub_address`` where denoised frames come from (the service's output). ``lag`` is
     the service model's lookahead: the output for frame s leaves with frame s + lag, so
-    its latency is measured from that frame's due time. ``progress(received, outputs,
+    its latency is measured from that frame's due time (default: the ``lag`` the service's
+    answer to the probe says, else 0). ``progress(received, outputs,
     e2e_ms)`` is called after each output message.
 
     Before the load starts, probe frames on the stream ``<first stream>.probe`` go round
@@ -125,7 +127,9 @@ def paced_load(
         security.apply_client(pub, keys)
         with Subscriber(sub_address, streams=names + [probe], curve_keys=keys) as sub:
             pub.bind(pub_address) if bind_pub else pub.connect(pub_address)
-            _round_trip(pub, sub, probe, recordings[names[0]][:1], connect_timeout, pub_address, sub_address)
+            answer = _round_trip(pub, sub, probe, recordings[names[0]][:1], connect_timeout, pub_address, sub_address)
+            if lag is None:
+                lag = int(answer.get("lag", 0))
             t0 = time.time_ns() + 20_000_000
 
             def publish() -> None:
@@ -182,7 +186,8 @@ def paced_load(
     return LoadResult(names, rate, sent[0], outputs, e2e, stages, late[0], lag)
 
 
-def _round_trip(pub, sub, probe: str, frame: np.ndarray, timeout: float, pub_address: str, sub_address: str) -> None:
+def _round_trip(pub, sub, probe: str, frame: np.ndarray, timeout: float, pub_address: str, sub_address: str) -> dict:
+    """Send ``frame`` on ``probe`` until its denoised answer comes back; return that answer's header."""
     from rtdenoise.stream import wire
 
     deadline = time.monotonic() + timeout
@@ -194,7 +199,7 @@ def _round_trip(pub, sub, probe: str, frame: np.ndarray, timeout: float, pub_add
             while True:
                 header, _ = sub.recv(timeout=0.05)
                 if header["stream"] == probe:
-                    return
+                    return header
         except TimeoutError:
             continue
     raise TimeoutError(
@@ -208,7 +213,10 @@ def bench_latency(pub: str, sub: str, *, rate: float, seconds: float, streams: i
     """``rtdenoise bench latency``: :func:`paced_load` of ``streams`` copies of a recording.
 
     ``input``: a recording file to publish (default: synthetic 152-bin spectra), tiled to
-    ``rate × seconds`` frames. ``kwargs`` go to :func:`paced_load`. Returns frames in, out,
+    ``rate × seconds`` frames. The streams are ``bench0.<run>``, ``bench1.<run>``, … with a
+    fresh ``run`` each call: a service still holds the last run's streams (their frame shape,
+    the frames a lookahead model owes them), which a new run on the same names would
+    inherit. ``kwargs`` go to :func:`paced_load`. Returns frames in, out,
     lost, late sends and the latency summary (ms).
     """
     if streams < 1:
@@ -223,6 +231,7 @@ def bench_latency(pub: str, sub: str, *, rate: float, seconds: float, streams: i
 
         base = simulate(min(n, 3000), seed=0, photons=2000)["noisy"]
     frames = np.tile(base, (-(-n // len(base)),) + (1,) * (base.ndim - 1))[:n]
-    res = paced_load(pub, sub, {f"bench{i}": frames for i in range(streams)}, rate=rate, **kwargs)
+    run = secrets.token_hex(3)
+    res = paced_load(pub, sub, {f"bench{i}.{run}": frames for i in range(streams)}, rate=rate, **kwargs)
     return {"frames_in": res.frames_in, "frames_out": res.frames_out, "frames_lost": res.frames_lost,
             "late_sends": res.late_sends, "latency_ms": res.latency_summary()}

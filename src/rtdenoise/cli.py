@@ -678,9 +678,10 @@ def _add_bench(sub) -> None:
     q.add_argument("--connect", action="store_true", help="connect --pub (for a service run with --bind-sub); default: bind it")
     q.add_argument("--rate", type=float, default=100.0, help="frames/s per stream")
     q.add_argument("--seconds", type=float, default=10.0)
-    q.add_argument("--streams", type=int, default=1, help="concurrent streams (bench0, bench1, ...)")
+    q.add_argument("--streams", type=int, default=1, help="concurrent streams (bench0.RUN, bench1.RUN, ...; RUN new each run)")
     q.add_argument("--input", default=None, help="a recording to publish (default: synthetic 152-bin spectra)")
-    q.add_argument("--lag", type=int, default=0, help="the service model's lag, so latency counts from the right frame")
+    q.add_argument("--lag", type=int, default=None,
+                   help="the service model's lag, so latency counts from the right frame (default: what its outputs say)")
     q.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the service to answer a probe frame")
     q.add_argument("--json", action="store_true")
     _add_client_keys(q)

@@ -153,10 +153,10 @@ def run_demo(
     return report
 
 
-
 class ServiceDidNotStart(ValueError):
     """``serve`` refused to start and said why (a model it cannot load, an address in use):
     a user's error, reported as every verb reports one."""
+
 
 class InProcess:
     """The service in this process (``separate=False``)."""

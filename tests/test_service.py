@@ -745,3 +745,13 @@ def test_follow_motion_set_by_the_service_config():
         assert svc.engine.config.register is True
     with pytest.raises(ValueError, match="follow_motion must be"):
         Service(model="imaging-lag0", follow_motion="no", sub=ANY, bind_sub=True, pub=ANY, control="ipc://*")
+
+
+@pytest.mark.parametrize("pub", ["tcp://127.0.0.1:70000", "tcp://127.0.0.1:0x10", "tcp://127.0.0.1:0"])
+def test_a_port_out_of_range_is_refused_not_wrapped(pub):
+    from rtdenoise.stream import ServiceConfig
+
+    with pytest.raises(ValueError, match="is not a port"):  # libzmq would bind 70000 as 4464
+        ServiceConfig(pub=pub).validate()
+    for ok in ("tcp://127.0.0.1:*", "tcp://[::1]:5556", "ipc:///tmp/x", "inproc://a"):
+        ServiceConfig(pub=ok).validate()

@@ -97,6 +97,9 @@ class ServiceConfig:
             v = getattr(self, name)
             if not isinstance(v, str) or "://" not in v:
                 raise ValueError(f"{name} must be a ZeroMQ endpoint like 'tcp://127.0.0.1:5555', got {v!r}")
+            port = v.rsplit(":", 1)[-1] if v.startswith(("tcp://", "udp://")) else "*"
+            if port != "*" and not (port.isdigit() and 0 < int(port) <= 65535):  # libzmq wraps 70000 to 4464
+                raise ValueError(f"{name}: port {port!r} of {v!r} is not a port (1 to 65535, or * for a free one)")
         if isinstance(self.subscribe, str):
             self.subscribe = (self.subscribe,)
         self.subscribe = tuple(self.subscribe)

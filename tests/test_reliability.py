@@ -691,6 +691,37 @@ def test_idle_streams_are_flushed_and_forgotten_so_junk_names_cannot_lock_out_ne
     assert after["batch"]["members"] <= 1  # the forgotten streams' slots were freed: at most "d" holds one
 
 
+@pytest.mark.parametrize("spin", [False, True])
+def test_stopping_publishes_what_each_stream_still_owes(tiny_checkpoint, spin):
+    """Acceptance review: stopping the service (stop command, SIGTERM) dropped the last ``lag``
+    frames of every stream of a lookahead model; idle expiry flushed them, a stop did not."""
+    ck = tiny_checkpoint("subspace", 2)
+    x = np.full((10, W), 100.0, "<f4")
+    svc = Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control="ipc://*", spin=spin).start()
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.connect(svc.sub_address)
+    sub = Subscriber(svc.pub_address)
+    try:
+        _wait_flowing(lambda: pub.send_multipart(wire.encode_frames("probe", x[:1], seq=0, t_ns=0)), sub, "probe")
+        pub.send_multipart(wire.encode_frames("a", x, seq=0, t_ns=0, fs=5.0))
+        got = []
+        deadline = time.monotonic() + 10
+        while len(got) < 8:  # what a lag-2 model gives for 10 frames while it runs
+            assert time.monotonic() < deadline, got
+            with contextlib.suppress(TimeoutError):
+                h, f = sub.recv(timeout=0.2)
+                if h["stream"] == "a":
+                    got += range(h["seq"], h["seq"] + len(f))
+        final = svc.stop()
+        got += [s for h, f in _drain_all(sub) if h["stream"] == "a" for s in range(h["seq"], h["seq"] + len(f))]
+    finally:
+        pub.close(linger=0)
+        sub.close()
+        svc.stop()
+    assert got == list(range(10))  # the two owed frames left before the output closed
+    assert final["streams"]["a"]["frames_out"] == 10 and final["rejected"] == 0
+
+
 def test_each_streams_queue_is_bounded_in_bytes_too(ck):
     """Sized for images: max_queue_bytes bounds a stream's queue whatever its frames weigh."""
     with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control="ipc://*", max_queue=1000,

@@ -71,6 +71,7 @@ SERVICE_REASONS = (
     "non_finite_output",  # the stream's state went non-finite: its frames since are dropped, the stream reset
     "output_too_large",  # the output message would break the wire's limits (float32 frames, re-encoded meta)
     "internal_error",  # a bug: logged with its traceback; the service keeps serving
+    "stopped",  # admitted, but the service stopped before it could step them (at most _FINISH_S after the stop)
 )
 
 

@@ -95,6 +95,8 @@ log = logging.getLogger(__name__)
 
 _WAIT_S = 0.05  # how often idle threads look at the stop flag
 _JOIN_S = 5.0
+_FINISH_S = 2.0  # at stop: at most this long stepping what was admitted, before the owed outputs leave
+_FLUSH_GRACE_S = 0.2  # at stop: time for the last outputs to leave before the output socket closes
 _RECONNECT_AFTER_S = 0.5  # an input disconnect with no "retried" from libzmq by then: connect it ourselves
 _DRAIN_MAX = 1000  # messages read per wake-up before looking at the monitors and the stop flag again
 _WARM_EVERY_S = 0.001  # spin: how often an idle engine is stepped on scratch to stay warm
@@ -357,6 +359,7 @@ class Service:
                     if took > _WARM_MAX_S:  # too costly to keep warm: stop trying for this frame
                         self._warm = None
                     next_warm = time.perf_counter() + _WARM_EVERY_S
+            self._finish()
         finally:
             self._sockets.close("sub")
             self._sockets.close("pub")
@@ -447,8 +450,34 @@ class Service:
                     if not self._ready:
                         self._cv.wait(_WAIT_S)
                 self._work()
+            self._finish()
         finally:
             self._sockets.close("pub")
+
+    def _finish(self) -> None:
+        """At stop, before the output closes (engine thread): step what was admitted and not
+        stepped yet, then publish what each stream still owes (a lookahead model's last ``lag``
+        frames), as idle expiry does, so a recording's last second is not lost with the service.
+        Stepping stops after :data:`_FINISH_S`; what is left then is counted as discarded."""
+        deadline = time.monotonic() + _FINISH_S
+        while self._ready and time.monotonic() < deadline:
+            self._work()
+        with self._cv:
+            streams = [(st, sum(c.n for c in st.inbox.take())) for st in self._streams.values() if not st.expired]
+            self._ready.clear()
+        sent = False
+        for st, left in streams:
+            try:
+                if left:
+                    self._emit(st, Refused(left, "stopped", f"{left} frames not stepped within {_FINISH_S:g} s "
+                                                            "of the stop"))
+                out = st.seq.end(time.time_ns())
+                self._emit(st, out)
+                sent |= isinstance(out, Output)
+            except Exception as e:  # noqa: BLE001 - one stream's failure is its own
+                self._internal_error(st, e)
+        if sent:  # libzmq gives no word of delivery, and a process that exits drops what it has queued
+            time.sleep(_FLUSH_GRACE_S)
 
     def _work(self) -> None:
         """Step and publish every stream with pending frames (engine thread): streams of one

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import logging
 import os
 import pickle
 import stat
@@ -114,6 +115,25 @@ def test_service_refuses_to_start_without_usable_keys(ck, keys, tmp_path):
 
 
 # ----------------------------------------------------------------------------- allowed and refused clients
+
+
+def test_a_second_service_probing_the_control_socket_is_no_handshake_failure(ck, keys, tmp_path, caplog):
+    """Acceptance review: a second ``serve`` on the same ipc control path is refused after a
+    probe connection, and the first service warned of a failed CURVE handshake, as for an
+    attacker. A peer that closes before its greeting is now counted apart, at info level."""
+    caplog.set_level(logging.INFO, logger="rtdenoise.stream")
+    addr = f"ipc://{tmp_path}/control.sock"
+    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control=addr, curve_keys=str(keys["dir"])) as svc:
+        with pytest.raises(ValueError, match="another process is listening there"):
+            Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control=addr, curve_keys=str(keys["dir"]))
+        deadline = time.monotonic() + 5
+        while not svc.stats()["connections"]["control"].get("closed_in_handshake"):
+            assert time.monotonic() < deadline, svc.stats()["connections"]
+            time.sleep(0.05)
+        seen = svc.stats()["connections"]["control"]
+    assert seen.get("handshake_failed", 0) == 0 and seen.get("auth_refused", 0) == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [r.getMessage() for r in caplog.records]
+    assert any("closed before its handshake" in r.getMessage() for r in caplog.records)
 
 
 def test_allowed_client_is_served_refused_and_plaintext_clients_get_nothing(ck, keys, noisy_frames):

@@ -38,7 +38,10 @@ __all__ = ["EVENTS", "SMALL_MSG_BYTES", "CONTROL_LINGER_MS", "ROLE_OF", "bind_or
 EVENTS = {
     "EVENT_ACCEPTED": "accepted", "EVENT_CONNECTED": "connected", "EVENT_DISCONNECTED": "disconnected",
     "EVENT_HANDSHAKE_SUCCEEDED": "handshake_ok", "EVENT_HANDSHAKE_FAILED_AUTH": "auth_refused",
-    "EVENT_HANDSHAKE_FAILED_NO_DETAIL": "handshake_failed", "EVENT_HANDSHAKE_FAILED_PROTOCOL": "handshake_failed",
+    "EVENT_HANDSHAKE_FAILED_PROTOCOL": "handshake_failed",
+    # The peer closed before a greeting: a probe (a second service checking whether an ipc
+    # address is in use, a port scan) or a client that quit; not a client with the wrong keys.
+    "EVENT_HANDSHAKE_FAILED_NO_DETAIL": "closed_in_handshake",
 }
 #: Reported but not counted: libzmq will connect again by itself (after an ordinary disconnect).
 RETRYING = "connect_retried"

@@ -35,6 +35,7 @@ def test_imaging_demo_a_simulated_two_photon_rig_through_the_service(tmp_path, c
     assert rc == 0, out
     assert (r["modality"], r["shape"], r["dtype"], r["model"], r["rate_hz"]) == ("imaging", [48, 48], "<u2",
                                                                                    "imaging-lag0", 30.0)
+    assert r["fs_hz"] == 30.0  # the rig records at the rate it sends (it drew 40.5 Hz at seed 0 and said so)
     assert r["frames_in"] == 90 and r["frames_lost"] == 0 and r["frames_out"] == 90
     assert r["snr_db"]["denoised"] > r["snr_db"]["raw"] + 3  # the shipped imaging model really denoises
     assert r["neuron_corr"]["denoised"] > r["neuron_corr"]["raw"]

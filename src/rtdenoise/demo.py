@@ -11,6 +11,7 @@ stall anywhere shows up in the numbers (no coordinated omission).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -49,9 +50,10 @@ def run_demo(
     ``modality``: ``"spectral"`` (a fiber-photometry spectrometer, 152-bin spectra) or
     ``"imaging"`` (a two-photon rig: ``size`` × ``size`` uint16 frames, the shipped default
     imaging model). ``seconds``, ``rate`` (frames/s) and ``photons`` default per modality
-    (:data:`DEFAULTS`). The simulated spectrometer records at 5 Hz (the model's frame rate);
-    publishing faster replays that recording faster than real time, which stresses the
-    service without changing what the model sees.
+    (:data:`DEFAULTS`). The simulated two-photon rig records at ``rate`` (a rig at 30 Hz
+    sends 30 Hz frames, and says so in ``fs``). The simulated spectrometer records at 5 Hz
+    (the model's frame rate); publishing faster replays that recording faster than real
+    time, which stresses the service without changing what the model sees.
     ``spin``: the service's latency mode (:class:`~rtdenoise.stream.config.ServiceConfig`).
     ``separate``: run the service as its own process (``rtdenoise serve``), as beside real
     acquisition software, rather than in this one (where its threads share Python's GIL
@@ -72,7 +74,7 @@ def run_demo(
     if modality == "imaging" and not 16 <= size <= 4096:
         raise ValueError(f"--size must be 16..4096 pixels, got {size}")
     n = max(1, int(round(seconds * rate)))
-    rec, noisy, ref = _simulate(modality, n, seed=seed, photons=photons, size=size)
+    rec, noisy, ref = _simulate(modality, n, seed=seed, photons=photons, size=size, rate=rate)
 
     imaging = modality == "imaging"
     if model is None and imaging:
@@ -126,6 +128,7 @@ def run_demo(
         "frames_in_flight": lag,
         "late_sends": res.late_sends,
         "rate_hz": rate,
+        "fs_hz": float(rec["fs"]),  # the recording's frame rate, sent in each message's fs
         "seconds": seconds,
         "model": service.model,
         "backend": service.backend,
@@ -227,12 +230,13 @@ class ServiceProcess:
         return stats
 
 
-def _simulate(modality: str, n: int, *, seed: int, photons: float, size: int):
+def _simulate(modality: str, n: int, *, seed: int, photons: float, size: int, rate: float):
     """(recording, what the instrument sends, the ground truth a perfect denoiser returns)."""
     if modality == "imaging":
-        from rtdenoise.synth import simulate_movie
+        from rtdenoise.synth import ImagingConfig, simulate_movie
 
-        rec = simulate_movie(n, seed=seed, shape=(size, size), photons=photons)
+        config = dataclasses.replace(ImagingConfig(), fs=(rate, rate))  # the rig records at the rate it sends
+        rec = simulate_movie(n, seed=seed, shape=(size, size), photons=photons, config=config)
         # as a camera or a two-photon digitizer sends it: whole counts, uint16
         noisy = np.clip(np.rint(rec["noisy"]), 0, np.iinfo(np.uint16).max).astype("<u2")
         return rec, noisy, rec["clean"] + rec["static"]

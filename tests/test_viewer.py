@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.image import imread
 
 pytest.importorskip("napari", reason="pip install 'rtdenoise[viewer]'")
 if shutil.which("xvfb-run") is None:
@@ -39,8 +40,6 @@ def _view(args, feed, timeout=120):
 
 
 def _varied(png: Path) -> float:
-    from matplotlib.image import imread
-
     img = imread(png)
     return float(img[..., :3].std())
 
@@ -72,3 +71,20 @@ def test_viewer_shows_spectra_raw_beside_denoised(tmp_path, ck, noisy_frames):
     raw = int(out.split(" denoised frames, ")[1].split()[0])
     assert raw > 0 and "lost 0" in out, out  # the raw stream is counted too (it may start later)
     assert _varied(shot) > 0.02
+    img = imread(shot)[..., :3]
+    # the whole of both panels on the canvas: before, the view kept the first rows' extent and
+    # the grown spectrograms ran off its left, right and bottom edges
+    assert img[:, :4].std() < 0.01 and img[:4].std() < 0.01, "the canvas crops the panels"
+
+
+def test_viewer_says_why_when_no_frame_comes(tmp_path):
+    """Acceptance review: with no service at --sub, `view --frames` exited 1 with no reason."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rc, out, err = _view(["--sub", f"tcp://127.0.0.1:{port}", "--frames", "5", "--timeout", "2"], lambda i: None)
+    assert rc == 1, out + err[-2000:]
+    assert f"0 of the 5 denoised frames asked for came from tcp://127.0.0.1:{port} within 2 s" in err, err[-2000:]
+    assert "is the service running" in err

@@ -584,7 +584,13 @@ def cmd_view(args) -> int:
                    history=args.history, timeout=args.timeout, curve_keys=_client_keys(args))
     print(f"rtdenoise view: {r['denoised']} denoised frames, {r['raw']} raw, lost {r['lost']}"
           + (f", latency p50 {r['latency_ms_p50']:.1f} ms" if r["latency_ms_p50"] is not None else ""), flush=True)
-    return 1 if r["timed_out"] else 0
+    if r["timed_out"]:
+        print(f"rtdenoise view: error: {r['denoised']} of the {args.frames} denoised frames asked for"
+              + (f" of stream {args.stream!r}" if args.stream else "") + f" came from {args.sub} within "
+              f"{args.timeout:g} s: is the service running and publishing there? (`rtdenoise status`; "
+              "--timeout to wait longer)", file=sys.stderr, flush=True)
+        return 1
+    return 0
 
 
 # ----------------------------------------------------------------------------- keys (CURVE)

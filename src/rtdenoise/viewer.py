@@ -67,6 +67,8 @@ def run_viewer(sub: str, *, raw: str | None = None, stream: str | None = None, f
     from rtdenoise.stream import Subscriber, wire
 
     viewer = napari.Viewer(title="rtdenoise view" + (f": {stream}" if stream else ""))
+    viewer.text_overlay.visible = True
+    viewer.text_overlay.text = f"waiting for frames from {sub}" + (f" (stream {stream!r})" if stream else "")
     streams = {"denoised": _Stream(history), "raw": _Stream(history)}
     layers: dict = {}
     done = {"stop": False, "t0": time.monotonic()}
@@ -112,13 +114,19 @@ def run_viewer(sub: str, *, raw: str | None = None, stream: str | None = None, f
             done["stop"] = True
             viewer.close()
             return
+        refit = False  # a new layer (the grid splits the canvas) or a spectrogram still growing
         for kind, (h, data) in update.items():
             if kind not in layers:
                 layers[kind] = viewer.add_image(data, name=f"{kind} {h['stream']}", colormap="gray")
-                if len(layers) == 2:
-                    viewer.grid.enabled = True  # side by side
+                viewer.grid.enabled = len(layers) == 2  # side by side
+                refit = True
             else:
+                refit |= layers[kind].data.shape != data.shape
                 layers[kind].data = data
+        if refit:  # else the canvas keeps the first frames' extent (and contrast) and crops what came since
+            viewer.reset_view()
+            for layer in layers.values():
+                layer.reset_contrast_limits()
         d = streams["denoised"]
         lat = np.percentile(d.latency_ms, [50, 99]) if d.latency_ms else (np.nan, np.nan)
         viewer.text_overlay.visible = True

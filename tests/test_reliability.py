@@ -722,6 +722,40 @@ def test_stopping_publishes_what_each_stream_still_owes(tiny_checkpoint, spin):
     assert final["streams"]["a"]["frames_out"] == 10 and final["rejected"] == 0
 
 
+def test_frames_still_queued_when_the_stop_gives_up_are_counted_as_stopped(tiny_checkpoint, monkeypatch):
+    """What the engine could not step before the stop's deadline is counted (reason ``stopped``),
+    and what it did step is still flushed."""
+    from rtdenoise.stream import service as service_mod
+
+    monkeypatch.setattr(service_mod, "_FINISH_S", 0.0)  # the deadline has passed when the stop begins
+    x = np.full((5, W), 100.0, "<f4")
+    svc = Service(model=tiny_checkpoint("subspace", 2), sub=ANY, bind_sub=True, pub=ANY, control="ipc://*").start()
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.connect(svc.sub_address)
+    sub = Subscriber(svc.pub_address)
+    try:
+        _wait_flowing(lambda: pub.send_multipart(wire.encode_frames("probe", x[:1], seq=0, t_ns=0)), sub, "probe")
+        _drain_all(sub)  # every probe stepped: the engine is idle
+        step = svc.engine.step
+        monkeypatch.setattr(svc.engine, "step", lambda *a, **k: (time.sleep(0.5), step(*a, **k))[1])  # a slow card
+        pub.send_multipart(wire.encode_frames("a", x, seq=0, t_ns=0))  # stepped (0.5 s) ...
+        time.sleep(0.1)
+        pub.send_multipart(wire.encode_frames("a", x, seq=5, t_ns=0))  # ... while this one waits
+        deadline = time.monotonic() + 5
+        while svc.stats()["streams"].get("a", {}).get("frames_in", 0) < 10:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        final = svc.stop()
+        got = [s for h, f in _drain_all(sub) if h["stream"] == "a" for s in range(h["seq"], h["seq"] + len(f))]
+    finally:
+        pub.close(linger=0)
+        sub.close()
+        svc.stop()
+    assert final["rejected_by_reason"] == {"stopped": 1}
+    assert final["streams"]["a"]["discarded"] == 5 and final["streams"]["a"]["frames_out"] == 5
+    assert got == list(range(5))  # the first message whole: three stepped, the two owed flushed
+
+
 def test_each_streams_queue_is_bounded_in_bytes_too(ck):
     """Sized for images: max_queue_bytes bounds a stream's queue whatever its frames weigh."""
     with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control="ipc://*", max_queue=1000,

@@ -469,8 +469,8 @@ class Service:
         for st, left in streams:
             try:
                 if left:
-                    self._emit(st, Refused(left, "stopped", f"{left} frames not stepped within {_FINISH_S:g} s "
-                                                            "of the stop"))
+                    self._emit(st, Refused(left, f"{left} frames not stepped within {_FINISH_S:g} s of the stop",
+                                           reason="stopped"))
                 out = st.seq.end(time.time_ns())
                 self._emit(st, out)
                 sent |= isinstance(out, Output)

@@ -306,6 +306,10 @@ def render(ck, quality: dict, metrics: dict) -> str:
         f"autofluorescence {rng('autofluorescence')} of the peak;",
         f"- release events at {rng('event_rate_hz')} Hz, amplitudes {rng('event_amplitude')} (log units ≈ ΔF/F), "
         f"one-frame rise, decay {rng('decay_s')} s; slow changes std {rng('slow_std')};",
+        *([f"- brain states{' (the last run only)' if pv.get('fine_tune') else ''} (wake, NREM, REM-like bouts, "
+           f"{rng('state_dwell_s')} s mean in a wake or NREM bout): "
+           f"ACh level of wake and REM {rng('state_level')} above NREM (log units), events on top;"]
+          if sig.get("state_level", (0, 0))[1] > 0 else []),
         f"- hemodynamics (HbO₂ and Hb, independent, below {sig['hemo_cutoff_hz'][1]:g} Hz) std {rng('hemo_std')};",
         f"- noise: {pv['noise']['kind']} model — " + (
             ", ".join(f"{k} {v[0]:g}–{v[1]:g}" for k, v in pv["noise"]["config"].items()) if "config" in pv["noise"] else str(pv["noise"])

@@ -13,6 +13,7 @@ import logging
 import os
 import pickle
 import stat
+import sys
 import threading
 import time
 import warnings
@@ -117,23 +118,23 @@ def test_service_refuses_to_start_without_usable_keys(ck, keys, tmp_path):
 # ----------------------------------------------------------------------------- allowed and refused clients
 
 
-def test_a_second_service_probing_the_control_socket_is_no_handshake_failure(ck, keys, tmp_path, caplog):
-    """Acceptance review: a second ``serve`` on the same ipc control path is refused after a
+def test_a_second_service_refused_an_address_in_use_without_touching_the_first(ck, keys, tmp_path, caplog):
+    """Acceptance review: a second ``serve`` on the same ipc control path was refused after a
     probe connection, and the first service warned of a failed CURVE handshake, as for an
-    attacker. A peer that closes before its greeting is now counted apart, at info level."""
+    attacker. On Linux the check now reads /proc/net/unix and connects to nothing."""
     caplog.set_level(logging.INFO, logger="rtdenoise.stream")
     addr = f"ipc://{tmp_path}/control.sock"
     with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control=addr, curve_keys=str(keys["dir"])) as svc:
         with pytest.raises(ValueError, match="another process is listening there"):
             Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control=addr, curve_keys=str(keys["dir"]))
-        deadline = time.monotonic() + 5
-        while not svc.stats()["connections"]["control"].get("closed_in_handshake"):
-            assert time.monotonic() < deadline, svc.stats()["connections"]
-            time.sleep(0.05)
+        time.sleep(0.3)  # what a probe connection would have made the first service log by now
         seen = svc.stats()["connections"]["control"]
-    assert seen.get("handshake_failed", 0) == 0 and seen.get("auth_refused", 0) == 0
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [r.getMessage() for r in caplog.records]
-    assert any("closed before its handshake" in r.getMessage() for r in caplog.records)
+    if sys.platform.startswith("linux"):
+        assert seen == {}, seen
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [r.getMessage() for r in caplog.records]
+    (tmp_path / "control.sock").touch()  # a stale file (its process died): not listening, so it is taken
+    with Service(model=ck, sub=ANY, bind_sub=True, pub=ANY, control=addr, curve_keys=str(keys["dir"])):
+        pass
 
 
 def test_allowed_client_is_served_refused_and_plaintext_clients_get_nothing(ck, keys, noisy_frames):

@@ -621,7 +621,6 @@ class Service:
         ``connections`` counts libzmq's connection events per socket (``accepted``,
         ``connected``, ``disconnected``, ``handshake_ok``, ``auth_refused``: a CURVE key not
         authorized, ``handshake_failed``: e.g. a plaintext client against CURVE,
-        ``closed_in_handshake``: a peer that closed before its greeting, e.g. a probe,
         ``reconnect``: the input connected again after libzmq dropped it).
         ``security`` says whether CURVE is on and how many client keys are authorized.
         """

@@ -122,9 +122,6 @@ class Stats:
             log.warning("rtdenoise service: a client on %s failed the handshake (#%d)%s", name, k,
                         ": a plaintext client, or a CURVE client with the wrong server key"
                         if curve else ": a CURVE client against this plaintext service?")
-        elif kind == "closed_in_handshake":
-            log.info("rtdenoise service: a connection on %s closed before its handshake (#%d): a probe (e.g. a "
-                     "second service checking whether this address is in use) or a client that quit", name, k)
         elif kind == "disconnected" and name == "sub":
             # Info, not warning: a publisher that closes is the usual cause; the count is
             # in status (connections.sub.disconnected) either way.

@@ -129,7 +129,6 @@ def run_viewer(sub: str, *, raw: str | None = None, stream: str | None = None, f
                 layer.reset_contrast_limits()
         d = streams["denoised"]
         lat = np.percentile(d.latency_ms, [50, 99]) if d.latency_ms else (np.nan, np.nan)
-        viewer.text_overlay.visible = True
         viewer.text_overlay.text = (f"denoised {d.frames}, lost {d.lost}, raw {streams['raw'].frames}; "
                                     f"latency p50 {lat[0]:.1f}, p99 {lat[1]:.1f} ms")
         if frames and d.frames >= frames and not done["stop"]:

@@ -17,6 +17,8 @@ from rtdenoise.train import TrainConfig, lr_at, train
 
 ARCHS = [
     pytest.param(dict(arch="subspace", depth=3, width=8, dilations=[1, 2, 1], rank=4, taps=4), id="subspace"),
+    pytest.param(dict(arch="subspace", depth=3, width=8, dilations=[1, 2, 1], rank=6, taps=4, hemoglobin=[480.0, 595.0]),
+                 id="subspace-hemoglobin"),
     pytest.param(dict(arch="spectral", depth=3, width=8, dilations=[]), id="spectral"),
     pytest.param(dict(arch="2d", depth=3, width=4, dilations=[]), id="2d"),
 ]
@@ -124,8 +126,9 @@ def test_state_keys_are_checked():
         net.check_state(state)
 
 
-def test_frontend_is_causal_and_chunk_invariant():
-    cfg = ModelConfig(rank=4, horizon=20, cov_horizon=30)
+@pytest.mark.parametrize("hemoglobin", [None, [480.0, 595.0]], ids=["data", "hemoglobin"])
+def test_frontend_is_causal_and_chunk_invariant(hemoglobin):
+    cfg = ModelConfig(rank=6, horizon=20, cov_horizon=30, hemoglobin=hemoglobin)
     x = simulate(90, seed=3, photons=3000)["noisy"][None].astype(np.float64)
     whole = cfg.frontend(1).normalize(x).features
     fe = cfg.frontend(1)
@@ -135,6 +138,47 @@ def test_frontend_is_causal_and_chunk_invariant():
     changed[:, 50:] *= 2
     again = cfg.frontend(1).normalize(changed).features
     np.testing.assert_array_equal(again[:, :50], whole[:, :50])
+
+
+def test_hemoglobin_s_spectra_are_the_first_directions_of_the_subspace_and_hold_its_absorption():
+    """With ``hemoglobin`` the first 5 directions are b·ε/s, b/s and ε/s (orthonormalised), the
+    rest tracked from data beside them; a recording whose only change is hemodynamics then
+    lies in the subspace far better than when every direction is estimated from the data."""
+    from rtdenoise.synth import SpectralConfig
+    from rtdenoise.synth.spectral import hemoglobin_extinction
+
+    quiet = SpectralConfig(event_rate_hz=(0.0, 0.0), slow_std=(0.0, 0.0), state_level=(0.0, 0.0),
+                           hemo_std=(0.05, 0.05), hemo_cutoff_hz=(0.5, 0.5))
+    rec = simulate(200, seed=7, photons=3000, signal=quiet)
+    ref = rec["clean"] + rec["static"]
+    outside = {}
+    for hb in (None, [480.0, 595.0]):
+        fe = ModelConfig(rank=8, hemoglobin=hb).frontend(1)
+        norm = fe.normalize(rec["noisy"][None])
+        u, b, sc = norm.basis[0], norm.baseline[0], norm.scale[0]  # (T, W, 8), (T, W)
+        np.testing.assert_allclose(u.transpose(0, 2, 1) @ u, np.broadcast_to(np.eye(8), (200, 8, 8)), atol=1e-4)
+        if hb:
+            eps = np.stack(hemoglobin_extinction(rec["wavelengths"]), axis=1)  # (W, 2)
+            known = np.concatenate([b[..., None] * eps, b[..., None], np.broadcast_to(eps, (200, *eps.shape))],
+                                   axis=2) / sc[..., None]
+            known /= np.linalg.norm(known, axis=1, keepdims=True)
+            first5 = u[:, :, :5]
+            residual = known - first5 @ (first5.transpose(0, 2, 1) @ known)
+            assert np.abs(residual).max() < 1e-3
+        d = (ref - b) / sc
+        inside = np.einsum("tw,twk->tk", d, u)
+        rest = d - np.einsum("tk,twk->tw", inside, u)
+        outside[bool(hb)] = (rest[10:] ** 2).sum() / (d[10:] ** 2).sum()
+    assert outside[True] < 0.5 * outside[False]
+
+
+def test_hemoglobin_needs_a_subspace_with_room_for_its_spectra():
+    with pytest.raises(ValueError, match="rank must be >= 5"):
+        ModelConfig(rank=4, hemoglobin=[480.0, 595.0])
+    with pytest.raises(ValueError, match="band .* of a subspace model"):
+        ModelConfig(arch="spectral", hemoglobin=[480.0, 595.0])
+    with pytest.raises(ValueError, match="band"):
+        ModelConfig(hemoglobin=[595.0, 480.0])
 
 
 def test_frontend_reconstructs_counts_from_its_own_target():

@@ -80,6 +80,9 @@ def _add_train(sub) -> None:
     p.add_argument("--width", type=int, default=None, help=f"default {m.width} (spectral), {im.width} (imaging)")
     p.add_argument("--rank", type=int, default=None, help=f"default {m.rank}")
     p.add_argument("--taps", type=int, default=None, help=f"default {m.taps}")
+    p.add_argument("--hemoglobin", action="store_true", default=None,
+                   help="subspace: put hemoglobin's two absorption spectra in the subspace (5 of its directions) "
+                        "instead of estimating them from data")
     p.add_argument("--patch", type=int, nargs=2, default=list(t.patch), metavar=("H", "W"), help="imaging: pixels per instance")
     p.add_argument("--dilations", default=None,
                    help="comma-separated, one per layer (default: the model's own at its default depth, else all 1)")
@@ -143,6 +146,11 @@ def cmd_train(args) -> int:
     if not args.calibrate or args.keep is not None:
         raise ValueError(f"{'--keep' if args.calibrate else '--no-calibrate'} is for --self-supervised fine-tuning")
     given = {k: getattr(args, k) for k in ("arch", "depth", "width", "lag", "rank", "taps") if getattr(args, k) is not None}
+    if args.hemoglobin:
+        if args.modality == "imaging":
+            raise ValueError("--hemoglobin is for spectra: it puts hemoglobin's absorption spectra in the subspace")
+        band = SpectralConfig()
+        given["hemoglobin"] = [band.wl_start, band.wl_stop]
     dilations = None if args.dilations is None else [int(d) for d in args.dilations.split(",") if d.strip()]
     if args.prior is not None and not 0.0 <= args.prior < 1.0:
         raise ValueError(f"--prior is a share of the instances, in [0, 1); got {args.prior}")

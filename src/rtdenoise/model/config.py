@@ -82,6 +82,10 @@ class ModelConfig:
     offset: float = 0.0
     # Imaging front end: the running baseline follows the frame's rigid motion (frontend.follow_motion).
     register: bool = False
+    # "subspace" only: the instrument's band [first, last bin centre] in nm, to put hemoglobin's
+    # two absorption spectra in the subspace (5 of its `rank` directions: FrontEnd's `spectra`)
+    # instead of estimating them from data; None: every direction from data.
+    hemoglobin: list[float] | None = None
 
     def __post_init__(self):
         fam = family(self.arch)
@@ -110,6 +114,11 @@ class ModelConfig:
             raise ValueError(f"slow_horizon must be 0 or >= horizon ({self.horizon}) and smooth_bins >= 0, "
                              f"got {self.slow_horizon} and {self.smooth_bins}")
         self.register = bool(self.register)
+        if self.hemoglobin is not None:
+            self.hemoglobin = [float(x) for x in self.hemoglobin]
+            if self.arch != "subspace" or len(self.hemoglobin) != 2 or not self.hemoglobin[0] < self.hemoglobin[1]:
+                raise ValueError(f"hemoglobin is the band [first, last bin centre] in nm of a subspace model, got "
+                                 f"{self.hemoglobin} for arch {self.arch!r}")
         if self.register and fam.modality != "imaging":
             raise ValueError(f"register (following rigid motion) is for imaging families, not arch {self.arch!r}")
         fam.check_config(self)
@@ -127,6 +136,16 @@ class ModelConfig:
     def receptive_field(self) -> int:
         """Frames of input (the current one included) that one output depends on."""
         return self.family.receptive_field(self)
+
+    def known_spectra(self):
+        """(2, n_bins) hemoglobin's absorption spectra on this model's band (``hemoglobin``), or None."""
+        if self.hemoglobin is None:
+            return None
+        import numpy as np
+
+        from rtdenoise.synth.spectral import hemoglobin_extinction
+
+        return np.stack(hemoglobin_extinction(np.linspace(*self.hemoglobin, self.n_bins)))
 
     def build(self):
         """A freshly initialised network of this config's family."""

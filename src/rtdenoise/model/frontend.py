@@ -349,6 +349,12 @@ class FrontEnd:
     smooth_bins : float
         With ``slow_horizon``: the Gaussian's σ, in bins, that smooths the running baseline's
         departure from the slow mean.
+    spectra : array (m, W), optional
+        Subspace only: known absorption spectra (hemoglobin's) put in the subspace instead of
+        being estimated. Each frame's first ``2m + 1`` directions are then, orthonormalised in
+        this order, ``b·ε_j / s`` (absorption of the running baseline ``b``, dark level and
+        all), ``b / s`` (brightness), and ``ε_j / s`` (the part of ``b·ε_j`` the dark level
+        adds); the other ``rank − 2m − 1`` are tracked from data in their complement.
     """
 
     def __init__(
@@ -367,6 +373,7 @@ class FrontEnd:
         register: bool = False,
         slow_horizon: int = 0,
         smooth_bins: float = 0.0,
+        spectra: np.ndarray | None = None,
     ):
         if horizon < 1 or cov_horizon < 1 or slow_horizon < 0:
             raise ValueError(f"horizons must be >= 1 frame (slow_horizon 0 for none), got {horizon}, {cov_horizon}, {slow_horizon}")
@@ -390,6 +397,13 @@ class FrontEnd:
         if slow_horizon and slow_horizon < horizon:
             raise ValueError(f"slow_horizon must be 0 or >= horizon ({horizon}), got {slow_horizon}")
         self.slow_horizon, self.smooth_bins = int(slow_horizon), float(smooth_bins)
+        self.spectra = None if spectra is None else np.asarray(spectra, dtype=np.float32).reshape(-1, frame[-1])
+        self.n_known = 0 if self.spectra is None else 2 * len(self.spectra) + 1
+        if self.n_known and not rank:
+            raise ValueError("known spectra go in a spectral subspace: give rank > 0")
+        if self.n_known > rank:
+            raise ValueError(f"{len(self.spectra)} known spectra take {self.n_known} directions of the subspace; "
+                             f"rank must be at least that, got {rank}")
         self._scratch = {}  # shrink_baseline's work arrays (each view gets its own)
         self.gain, self.offset = float(gain), float(offset)
         self.photons = (self.gain, self.offset) != (1.0, 0.0)  # (bit-identical without: no arithmetic then)
@@ -488,19 +502,34 @@ class FrontEnd:
         lam = np.empty((bsz, n, r), dtype=np.float32)
         u_all = np.empty((bsz, n, w, r), dtype=np.float32)
         count0 = self.count - n
+        k = self.n_known
         for i in range(n):
             a = (1.0 / np.minimum(count0 + i + 1, self.cov_horizon)).astype(np.float32)[:, None, None]
             v = xn32[:, i]  # (B, W)
             self.cov *= 1.0 - a
             self.cov += a * v[:, :, None] * v[:, None, :]
-            q, rr = np.linalg.qr(self.cov @ self.basis)  # one subspace-iteration step
-            d = np.diagonal(rr, axis1=1, axis2=2)  # (B, r): ≈ eigenvalues, up to sign
+            # One subspace-iteration step; the known directions (if any) first, so the tracked
+            # ones come out orthogonal to them (Gram-Schmidt order, a complete basis even
+            # while the covariance is degenerate).
+            c = self.cov @ self.basis[:, :, k:]
+            q, rr = np.linalg.qr(np.concatenate([self._known(b[:, i], s[:, i]), c], axis=2) if k else c)
+            d = np.diagonal(rr, axis1=1, axis2=2)  # (B, r): ≈ eigenvalues after the known ones, up to sign
             np.multiply(q, np.where(d < 0, -1.0, 1.0).astype(np.float32)[:, None, :], out=self.basis)  # keep U continuous
             lam[:, i] = np.abs(d)
+            if k:  # the variance along each known direction
+                qk = self.basis[:, :, :k]
+                lam[:, i, :k] = (qk * (self.cov @ qk)).sum(axis=1)
             u_all[:, i] = self.basis
             z[:, i] = (v[:, None, :] @ self.basis)[:, 0]
         feat = np.concatenate([z, np.log(lam + 1e-3)], axis=2)
         return self._delayed(Normalized(feat.astype(np.float32), b, s, u_all, count), bo)
+
+    def _known(self, b: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """The known directions (see ``spectra``) for running baseline ``b`` and scale ``s``
+        (B, W), not yet orthonormal: (B, W, 2m + 1)."""
+        e = self.spectra.T[None]  # (1, W, m)
+        bs = (b / s).astype(np.float32)[:, :, None]
+        return np.concatenate([bs * e, bs, e / s.astype(np.float32)[:, :, None]], axis=2)
 
     def _smoothed(self, d: np.ndarray) -> np.ndarray:
         """``d`` (B, W) smoothed across bins, each stream's row by its own vector-matrix

@@ -41,6 +41,8 @@ class SubspaceModel(CausalModel):
     def check_config(cls, config) -> None:
         if not 1 <= config.rank <= config.n_bins:
             raise ValueError(f"rank must be in 1..n_bins ({config.n_bins}) for arch 'subspace', got {config.rank}")
+        if config.hemoglobin is not None and config.rank < 5:
+            raise ValueError(f"hemoglobin's spectra take 5 directions of the subspace: rank must be >= 5, got {config.rank}")
         if config.taps <= config.lag:
             raise ValueError(f"taps ({config.taps}) must exceed lag ({config.lag}) so the filter reaches frame t - lag")
 
@@ -53,7 +55,8 @@ class SubspaceModel(CausalModel):
         return FrontEnd(config.n_bins, horizon=config.horizon, floor=config.floor, rank=config.rank,
                         cov_horizon=config.cov_horizon, lag=config.lag, batch=batch,
                         gain=config.gain, offset=config.offset,
-                        slow_horizon=config.slow_horizon, smooth_bins=config.smooth_bins)
+                        slow_horizon=config.slow_horizon, smooth_bins=config.smooth_bins,
+                        spectra=config.known_spectra())
 
     def step(self, feat: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         r, k = self.config.rank, self.config.taps

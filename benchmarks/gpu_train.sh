@@ -13,7 +13,8 @@
 # workers (all of each instance there if the test failed), the checkpoint written to $OUT as it goes: bring it back and measure it (bench_imaging_quality.py)
 # before shipping anything. PARTS=tune skips 1 and 2. WIDTH=16 (say) makes step 3 a new model of that width,
 # trained from scratch (the shipped architecture, default learning rate): is the 1-photon gap the width 8's capacity?
-# WORKERS=N sets the CPU workers (default: all cores but two), so two runs can share a machine.
+# WORKERS=N sets the CPU workers (default: all cores but two), so two runs can share a machine. MODALITY=spectral
+# fine-tunes a spectral MODEL instead (its instances and front end on the workers; the card runs the optimizer).
 # DRY=1 runs it on a CPU (a check of the script, nothing more).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -30,9 +31,15 @@ TUNE_MORE=(); [ "$FAILED" = 0 ] || TUNE_MORE=(--cpu-instances)
 step bench bench_train_gpu 90 python3 benchmarks/bench_train_gpu.py --device "$DEVICE" --workers "$WORKERS" --seconds "$SECS" \
   --out "$OUT"
 if [ -n "${WIDTH:-}" ]; then START=(--width "$WIDTH"); NAME=imaging-w$WIDTH; else START=(--init "$MODEL" --lr "$LR"); NAME=$(basename "$MODEL" .pt)-gpu; fi
+if [ "${MODALITY:-imaging}" = spectral ]; then
+  # a spectral model (MODEL a .pt path or shipped name): its own batch, window and learning rate for --init
+  START=(--init "$MODEL"); SHAPE=(--modality spectral); TUNE_MORE=()
+else
+  SHAPE=(--modality imaging --batch 32 --window 48 --settled 0.5)
+fi
 step tune train "$(python3 -c "print(int($MINUTES * 60 + 60))")" python3 -c "from rtdenoise.cli import main; main()" train \
-  "$OUT/$NAME.pt" "${START[@]}" --modality imaging --device "$DEVICE" --minutes "$MINUTES" \
-  --workers "$WORKERS" --threads 2 --batch 32 --window 48 --settled 0.5 --seed "${SEED:-41}" "${TUNE_MORE[@]}"
+  "$OUT/$NAME.pt" "${START[@]}" "${SHAPE[@]}" --device "$DEVICE" --minutes "$MINUTES" \
+  --workers "$WORKERS" --threads 2 --seed "${SEED:-41}" "${TUNE_MORE[@]}"
 rm -f "$OUT"/*.state
 ls -la "$OUT"
 exit "$FAILED"

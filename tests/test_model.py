@@ -17,8 +17,8 @@ from rtdenoise.train import TrainConfig, lr_at, train
 
 ARCHS = [
     pytest.param(dict(arch="subspace", depth=3, width=8, dilations=[1, 2, 1], rank=4, taps=4), id="subspace"),
-    pytest.param(dict(arch="subspace", depth=3, width=8, dilations=[1, 2, 1], rank=6, taps=4, hemoglobin=[480.0, 595.0]),
-                 id="subspace-hemoglobin"),
+    pytest.param(dict(arch="subspace", depth=3, width=8, dilations=[1, 2, 1], rank=6, taps=4, hemoglobin=[480.0, 595.0],
+                      mix=True), id="subspace-hemoglobin-mix"),
     pytest.param(dict(arch="spectral", depth=3, width=8, dilations=[]), id="spectral"),
     pytest.param(dict(arch="2d", depth=3, width=4, dilations=[]), id="2d"),
 ]
@@ -70,13 +70,30 @@ def test_step_in_chunks_equals_one_pass(kw, chunk):
     torch.testing.assert_close(torch.cat(parts, dim=1), whole, atol=1e-5, rtol=1e-5)
 
 
-def test_untrained_subspace_model_is_the_identity_lag_frames_late():
-    cfg = ModelConfig(lag=2, depth=3, width=8, dilations=[], rank=4, taps=4)
+@pytest.mark.parametrize("mix", [False, True], ids=["own", "mix"])
+def test_untrained_subspace_model_is_the_identity_lag_frames_late(mix):
+    cfg = ModelConfig(lag=2, depth=3, width=8, dilations=[], rank=4, taps=4, mix=mix)
     net = cfg.build().eval()
     x = torch.randn(2, 10, 8)
     with torch.no_grad():
         out = net(x)
     torch.testing.assert_close(out[:, 2:], x[:, :-2, :4])
+
+
+def test_a_mixing_filter_reaches_the_other_coefficients_and_its_own_does_not():
+    # The last layer's bias set so output 0 takes coefficient 1 at the current frame: with
+    # mix it does, without it that weight has nowhere to go but coefficient 0's own window.
+    x = torch.randn(1, 12, 8)
+    outs = {}
+    for mix in (False, True):
+        cfg = ModelConfig(lag=0, depth=2, width=4, dilations=[], rank=4, taps=3, mix=mix)
+        net = cfg.build().eval()
+        with torch.no_grad():
+            net.layers[-1].conv.bias.zero_()
+            net.layers[-1].conv.bias[(1 * 3 + 2) if mix else 2] = 1.0  # output 0, input 1 (mix) / its own, tap t
+            outs[mix] = net(x)
+    torch.testing.assert_close(outs[True][:, :, 0], x[:, :, 0] + x[:, :, 1])
+    torch.testing.assert_close(outs[False][:, :, 0], 2 * x[:, :, 0])
 
 
 def test_receptive_field_counts_dilations_and_taps():

@@ -83,6 +83,8 @@ def _add_train(sub) -> None:
     p.add_argument("--hemoglobin", action="store_true", default=None,
                    help="subspace: put hemoglobin's two absorption spectra in the subspace (5 of its directions) "
                         "instead of estimating them from data")
+    p.add_argument("--mix", action="store_true", default=None,
+                   help="subspace: each coefficient's predicted filter takes every coefficient's last taps values")
     p.add_argument("--patch", type=int, nargs=2, default=list(t.patch), metavar=("H", "W"), help="imaging: pixels per instance")
     p.add_argument("--dilations", default=None,
                    help="comma-separated, one per layer (default: the model's own at its default depth, else all 1)")
@@ -145,7 +147,7 @@ def cmd_train(args) -> int:
         return _finetune(args)
     if not args.calibrate or args.keep is not None:
         raise ValueError(f"{'--keep' if args.calibrate else '--no-calibrate'} is for --self-supervised fine-tuning")
-    given = {k: getattr(args, k) for k in ("arch", "depth", "width", "lag", "rank", "taps") if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in ("arch", "depth", "width", "lag", "rank", "taps", "mix") if getattr(args, k) is not None}
     if args.hemoglobin:
         if args.modality == "imaging":
             raise ValueError("--hemoglobin is for spectra: it puts hemoglobin's absorption spectra in the subspace")

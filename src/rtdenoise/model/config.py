@@ -86,6 +86,9 @@ class ModelConfig:
     # two absorption spectra in the subspace (5 of its `rank` directions: FrontEnd's `spectra`)
     # instead of estimating them from data; None: every direction from data.
     hemoglobin: list[float] | None = None
+    # "subspace" only: each output coefficient's predicted filter takes every coefficient's last
+    # `taps` values, not only its own (rank² · taps weights a frame instead of rank · taps).
+    mix: bool = False
 
     def __post_init__(self):
         fam = family(self.arch)
@@ -114,6 +117,9 @@ class ModelConfig:
             raise ValueError(f"slow_horizon must be 0 or >= horizon ({self.horizon}) and smooth_bins >= 0, "
                              f"got {self.slow_horizon} and {self.smooth_bins}")
         self.register = bool(self.register)
+        self.mix = bool(self.mix)
+        if self.mix and self.arch != "subspace":
+            raise ValueError(f"mix (filters across the subspace's coefficients) is for arch 'subspace', not {self.arch!r}")
         if self.hemoglobin is not None:
             self.hemoglobin = [float(x) for x in self.hemoglobin]
             if self.arch != "subspace" or len(self.hemoglobin) != 2 or not self.hemoglobin[0] < self.hemoglobin[1]:

@@ -27,11 +27,16 @@ class SubspaceModel(CausalModel):
     def __init__(self, config):
         super().__init__(config)
         c = config
-        self.layers = self._trunk_layers(2 * c.rank, c.rank * c.taps)
+        # Each output coefficient's filter reaches its own last `taps` values, or (mix) every
+        # coefficient's: a signal spread over several directions (known spectra) is then one
+        # filter, not several that cannot see each other.
+        inputs = c.rank if c.mix else 1
+        self.layers = self._trunk_layers(2 * c.rank, c.rank * inputs * c.taps)
         # The filter taps: the last `taps` coefficient rows; identity = the tap of frame t - lag.
         self.taps = History(c.rank, c.taps - 1)
-        eye = torch.zeros(1, c.rank, 1, c.taps)
-        eye[..., c.taps - 1 - c.lag] = 1.0
+        eye = torch.zeros(1, c.rank, 1, inputs * c.taps)
+        for i in range(c.rank):
+            eye[0, i, 0, (i if c.mix else 0) * c.taps + c.taps - 1 - c.lag] = 1.0
         self.register_buffer("identity_taps", eye, persistent=False)
         self._init_trunk()
         nn.init.zeros_(self.layers[-1].conv.weight)  # filters start as exactly the identity
@@ -67,9 +72,11 @@ class SubspaceModel(CausalModel):
         # Whitened coefficients: each direction in units of its own spread, so the trunk
         # sees O(1) inputs whatever the brightness.
         h = torch.cat([z * torch.exp(-0.5 * loglam), loglam], dim=1)
-        w = self._layers(h, state, new)  # (B, r·taps, T)
-        w = w.reshape(w.shape[0], r, k, t).transpose(2, 3) + self.identity_taps  # (B, r, T, taps)
+        w = self._layers(h, state, new)  # (B, r·inputs·taps, T)
+        w = w.reshape(w.shape[0], r, -1, t).transpose(2, 3) + self.identity_taps  # (B, r, T, inputs·taps)
         zc, new[self.taps.state_name] = self.taps(z, state[self.taps.state_name])  # (B, r, taps - 1 + T)
         windows = torch.stack([zc[:, :, j : j + t] for j in range(k)], dim=3)  # (B, r, T, taps)
+        if self.config.mix:  # every output row sees every coefficient's window
+            windows = windows.transpose(1, 2).reshape(w.shape[0], 1, t, r * k)
         out = (w * windows).sum(dim=3)  # (B, r, T)
         return out.transpose(1, 2), new

@@ -19,6 +19,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/gpu_setup.sh
+MODEL_GIVEN=${MODEL:-}
 DEVICE=cuda WORKERS=${WORKERS:-$(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))} MINUTES=${MINUTES:-2.5} SECS=5 MODEL=${MODEL:-imaging-lag0} LR=${LR:-2.5e-4}
 PARTS=${PARTS:-tests,bench,tune}
 if [ "${DRY:-0}" = 1 ]; then DEVICE=cpu WORKERS=1 MINUTES=0.3 SECS=1; fi
@@ -32,8 +33,11 @@ step bench bench_train_gpu 90 python3 benchmarks/bench_train_gpu.py --device "$D
   --out "$OUT"
 if [ -n "${WIDTH:-}" ]; then START=(--width "$WIDTH"); NAME=imaging-w$WIDTH; else START=(--init "$MODEL" --lr "$LR"); NAME=$(basename "$MODEL" .pt)-gpu; fi
 if [ "${MODALITY:-imaging}" = spectral ]; then
-  # a spectral model (MODEL a .pt path or shipped name): its own batch, window and learning rate for --init
-  START=(--init "$MODEL"); SHAPE=(--modality spectral); TUNE_MORE=()
+  # a spectral model, its own batch, window and learning rate: fine-tuned from MODEL where given, else a new
+  # one from ARGS (say ARGS="--hemoglobin --mix")
+  read -r -a START <<< "${ARGS:-}"
+  if [ -n "$MODEL_GIVEN" ]; then START+=(--init "$MODEL_GIVEN"); else NAME=spectral-new-gpu; fi
+  SHAPE=(--modality spectral); TUNE_MORE=()
 else
   SHAPE=(--modality imaging --batch 32 --window 48 --settled 0.5)
 fi

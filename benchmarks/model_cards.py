@@ -288,9 +288,9 @@ def render(ck, quality: dict, metrics: dict) -> str:
         f"- Causal DnCNN, architecture `{ck.config.arch}`: {ck.config.depth} layers, width {ck.config.width}, "
         f"dilations {ck.config.dilations}, subspace rank {ck.config.rank}, {ck.config.taps}-tap predicted filters; "
         f"{_size(ck)}.",
-        *([f"- Hemoglobin's absorption spectra (Prahl) are put in the subspace, not estimated: 5 of its {ck.config.rank} "
-           f"directions (their absorption of the running baseline, the baseline itself, and the two spectra), the other "
-           f"{ck.config.rank - 5} tracked from data."] if ck.config.hemoglobin else []),
+        *([f"- Hemoglobin's absorption spectra (Prahl) are put in the subspace, not estimated: 4 of its {ck.config.rank} "
+           f"directions (their absorption of the running baseline, and the two spectra), the other "
+           f"{ck.config.rank - 4} tracked from data."] if ck.config.hemoglobin else []),
         f"- Lag {ck.lag} frames ({ck.lag / ck.fs:g} s); receptive field {ck.receptive_field} frames "
         f"({ck.receptive_field / ck.fs:g} s) plus the front end's running statistics "
         f"(baseline over {ck.config.horizon} frames, spectral subspace over {ck.config.cov_horizon}"
@@ -367,7 +367,7 @@ def render(ck, quality: dict, metrics: dict) -> str:
         "tells when the network's context is full).",
         "- Signals outside the low-rank spectral model (a second sensor, a red channel, motion artefacts with new "
         "spectral shapes) are projected onto the tracked subspace: keep `rank` above the number of real components"
-        + (f" (here {ck.config.rank - 5} directions are left for everything but hemoglobin and brightness)."
+        + (f" (here {ck.config.rank - 4} directions are left for everything but hemoglobin)."
            if ck.config.hemoglobin else "."),
         "",
     ]

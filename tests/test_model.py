@@ -158,7 +158,7 @@ def test_frontend_is_causal_and_chunk_invariant(hemoglobin):
 
 
 def test_hemoglobin_s_spectra_are_the_first_directions_of_the_subspace_and_hold_its_absorption():
-    """With ``hemoglobin`` the first 5 directions are b·ε/s, b/s and ε/s (orthonormalised), the
+    """With ``hemoglobin`` the first 4 directions are b·ε/s and ε/s (orthonormalised), the
     rest tracked from data beside them; a recording whose only change is hemodynamics then
     lies in the subspace far better than when every direction is estimated from the data."""
     from rtdenoise.synth import SpectralConfig
@@ -176,11 +176,10 @@ def test_hemoglobin_s_spectra_are_the_first_directions_of_the_subspace_and_hold_
         np.testing.assert_allclose(u.transpose(0, 2, 1) @ u, np.broadcast_to(np.eye(8), (200, 8, 8)), atol=1e-4)
         if hb:
             eps = np.stack(hemoglobin_extinction(rec["wavelengths"]), axis=1)  # (W, 2)
-            known = np.concatenate([b[..., None] * eps, b[..., None], np.broadcast_to(eps, (200, *eps.shape))],
-                                   axis=2) / sc[..., None]
+            known = np.concatenate([b[..., None] * eps, np.broadcast_to(eps, (200, *eps.shape))], axis=2) / sc[..., None]
             known /= np.linalg.norm(known, axis=1, keepdims=True)
-            first5 = u[:, :, :5]
-            residual = known - first5 @ (first5.transpose(0, 2, 1) @ known)
+            first4 = u[:, :, :4]
+            residual = known - first4 @ (first4.transpose(0, 2, 1) @ known)
             assert np.abs(residual).max() < 1e-3
         d = (ref - b) / sc
         inside = np.einsum("tw,twk->tk", d, u)
@@ -190,8 +189,8 @@ def test_hemoglobin_s_spectra_are_the_first_directions_of_the_subspace_and_hold_
 
 
 def test_hemoglobin_needs_a_subspace_with_room_for_its_spectra():
-    with pytest.raises(ValueError, match="rank must be >= 5"):
-        ModelConfig(rank=4, hemoglobin=[480.0, 595.0])
+    with pytest.raises(ValueError, match="rank must be >= 4"):
+        ModelConfig(rank=3, hemoglobin=[480.0, 595.0])
     with pytest.raises(ValueError, match="band .* of a subspace model"):
         ModelConfig(arch="spectral", hemoglobin=[480.0, 595.0])
     with pytest.raises(ValueError, match="band"):

@@ -81,7 +81,7 @@ def _add_train(sub) -> None:
     p.add_argument("--rank", type=int, default=None, help=f"default {m.rank}")
     p.add_argument("--taps", type=int, default=None, help=f"default {m.taps}")
     p.add_argument("--hemoglobin", action="store_true", default=None,
-                   help="subspace: put hemoglobin's two absorption spectra in the subspace (5 of its directions) "
+                   help="subspace: put hemoglobin's two absorption spectra in the subspace (4 of its directions) "
                         "instead of estimating them from data")
     p.add_argument("--mix", action="store_true", default=None,
                    help="subspace: each coefficient's predicted filter takes every coefficient's last taps values")

@@ -83,7 +83,7 @@ class ModelConfig:
     # Imaging front end: the running baseline follows the frame's rigid motion (frontend.follow_motion).
     register: bool = False
     # "subspace" only: the instrument's band [first, last bin centre] in nm, to put hemoglobin's
-    # two absorption spectra in the subspace (5 of its `rank` directions: FrontEnd's `spectra`)
+    # two absorption spectra in the subspace (4 of its `rank` directions: FrontEnd's `spectra`)
     # instead of estimating them from data; None: every direction from data.
     hemoglobin: list[float] | None = None
     # "subspace" only: each output coefficient's predicted filter takes every coefficient's last

@@ -351,10 +351,11 @@ class FrontEnd:
         departure from the slow mean.
     spectra : array (m, W), optional
         Subspace only: known absorption spectra (hemoglobin's) put in the subspace instead of
-        being estimated. Each frame's first ``2m + 1`` directions are then, orthonormalised in
+        being estimated. Each frame's first ``2m`` directions are then, orthonormalised in
         this order, ``b·ε_j / s`` (absorption of the running baseline ``b``, dark level and
-        all), ``b / s`` (brightness), and ``ε_j / s`` (the part of ``b·ε_j`` the dark level
-        adds); the other ``rank − 2m − 1`` are tracked from data in their complement.
+        all) and ``ε_j / s`` (the part of ``b·ε_j`` the dark level adds); the other
+        ``rank − 2m`` are tracked from data in their complement (the sensor's among them:
+        brightness is not made a known direction, so the sensor's signal is not split).
     """
 
     def __init__(
@@ -398,7 +399,7 @@ class FrontEnd:
             raise ValueError(f"slow_horizon must be 0 or >= horizon ({horizon}), got {slow_horizon}")
         self.slow_horizon, self.smooth_bins = int(slow_horizon), float(smooth_bins)
         self.spectra = None if spectra is None else np.asarray(spectra, dtype=np.float32).reshape(-1, frame[-1])
-        self.n_known = 0 if self.spectra is None else 2 * len(self.spectra) + 1
+        self.n_known = 0 if self.spectra is None else 2 * len(self.spectra)
         if self.n_known and not rank:
             raise ValueError("known spectra go in a spectral subspace: give rank > 0")
         if self.n_known > rank:
@@ -526,10 +527,9 @@ class FrontEnd:
 
     def _known(self, b: np.ndarray, s: np.ndarray) -> np.ndarray:
         """The known directions (see ``spectra``) for running baseline ``b`` and scale ``s``
-        (B, W), not yet orthonormal: (B, W, 2m + 1)."""
+        (B, W), not yet orthonormal: (B, W, 2m)."""
         e = self.spectra.T[None]  # (1, W, m)
-        bs = (b / s).astype(np.float32)[:, :, None]
-        return np.concatenate([bs * e, bs, e / s.astype(np.float32)[:, :, None]], axis=2)
+        return np.concatenate([(b / s).astype(np.float32)[:, :, None] * e, e / s.astype(np.float32)[:, :, None]], axis=2)
 
     def _smoothed(self, d: np.ndarray) -> np.ndarray:
         """``d`` (B, W) smoothed across bins, each stream's row by its own vector-matrix

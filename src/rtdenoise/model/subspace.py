@@ -46,8 +46,8 @@ class SubspaceModel(CausalModel):
     def check_config(cls, config) -> None:
         if not 1 <= config.rank <= config.n_bins:
             raise ValueError(f"rank must be in 1..n_bins ({config.n_bins}) for arch 'subspace', got {config.rank}")
-        if config.hemoglobin is not None and config.rank < 5:
-            raise ValueError(f"hemoglobin's spectra take 5 directions of the subspace: rank must be >= 5, got {config.rank}")
+        if config.hemoglobin is not None and config.rank < 4:
+            raise ValueError(f"hemoglobin's spectra take 4 directions of the subspace: rank must be >= 4, got {config.rank}")
         if config.taps <= config.lag:
             raise ValueError(f"taps ({config.taps}) must exceed lag ({config.lag}) so the filter reaches frame t - lag")
 

@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                          "(default: spectral-lag0 spectral-lag5)")
     args = ap.parse_args(argv)
     first = label(args.models[0])
+    causal = {"raw"} | {label(m) for m in args.models if load(m).lag == 0}
     res = {**run_info(__file__, argv), "decay_s": DECAY_S, "causal_model": first, "recordings": {}}
     curves = {}
     for i, ph in enumerate(args.photons):
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             f, coh = coherence(deconvolve(tr, fs), ev, fs)
             low = f < 1.0
             row[est_name] = {"ach_snr_db": trace_snr_db(tr, truth), "coherence_below_1hz": float(np.mean(coh[low])),
-                             "causal": None if est_name == CEILING else est_name in ("raw", first) or "causal" in est_name}
+                             "causal": None if est_name == CEILING else est_name in causal or "causal" in est_name}
             curves[name][est_name] = (f, coh)
         raw = row["raw"]["ach_snr_db"]
         for v in row.values():

@@ -3,8 +3,8 @@
 The front end tracks the stream's spectral subspace (causal PCA, see ``frontend.py``); the
 network is a temporal CNN over the ``rank`` coefficients (whitened by their eigenvalues)
 and the log eigenvalues. It predicts, per coefficient and per frame, the weights of a
-short causal filter over that coefficient's last ``taps`` values (a kernel-prediction
-head, as in KPCN): the output is linear in the noisy input given the weights, so one
+short causal filter over that coefficient's last ``taps`` values (with ``mix``, over
+every coefficient's; a kernel-prediction head, as in KPCN): the output is linear in the noisy input given the weights, so one
 model serves any brightness, and shrinking a noise-only direction or smoothing a slow one
 are both one weight pattern away. The weights start as the identity (pass ``z`` through,
 ``lag`` frames late). Tiny and fast.

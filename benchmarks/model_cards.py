@@ -286,7 +286,8 @@ def render(ck, quality: dict, metrics: dict) -> str:
     lines = [
         *_card_head(ck),
         f"- Causal DnCNN, architecture `{ck.config.arch}`: {ck.config.depth} layers, width {ck.config.width}, "
-        f"dilations {ck.config.dilations}, subspace rank {ck.config.rank}, {ck.config.taps}-tap predicted filters; "
+        f"dilations {ck.config.dilations}, subspace rank {ck.config.rank}, {ck.config.taps}-tap predicted filters"
+        + (" over every coefficient (`mix`)" if ck.config.mix else "") + "; "
         f"{_size(ck)}.",
         *([f"- Hemoglobin's absorption spectra (Prahl) are put in the subspace, not estimated: 4 of its {ck.config.rank} "
            f"directions (their absorption of the running baseline, and the two spectra), the other "

@@ -134,6 +134,13 @@ def run_viewer(sub: str, *, raw: str | None = None, stream: str | None = None, f
         if frames and d.frames >= frames and not done["stop"]:
             done["stop"] = True
             if screenshot:
+                # The canvas laid out first (its size, the grid of a panel added in this very
+                # update), then fitted: a first update that already holds every frame would
+                # otherwise be fitted to a canvas not yet sized, and shot zoomed into a corner.
+                from qtpy.QtWidgets import QApplication
+
+                QApplication.processEvents()
+                viewer.reset_view()
                 viewer.screenshot(screenshot, canvas_only=True, flash=False)
             viewer.close()
 

@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def markdown(res: dict) -> str:
+    first = res.get("causal_model", MODELS[0])
     lines = [
         "# The seed's evaluation chain: unmixing → OASIS deconvolution → multitaper coherence",
         "",
@@ -184,7 +185,7 @@ def markdown(res: dict) -> str:
         "ACh-trace SNR against the true activity; gain over raw; coherence of the deconvolved events with the "
         "true event train, mean below 1 Hz (time-halfbandwidth 5, 32 s windows, 16 s steps).",
         "The seed's published figures (non-causal DnCNN, its own test set): +5.9 dB; Gaussian σ=1: +4.1 dB.",
-        f"`{ceiling(res.get('causal_model', MODELS[0]))}`: not an estimate but lag-0's training target (the clean signal in its causal front end's "
+        f"`{ceiling(first)}`: not an estimate but lag-0's training target (the clean signal in its causal front end's "
         "units) mapped back, as a network that hit its target exactly would give: what the front end alone loses.",
         "",
     ]
@@ -194,7 +195,6 @@ def markdown(res: dict) -> str:
             causal = "-" if v["causal"] is None else "yes" if v["causal"] else "no"
             lines.append(f"| {k} | {causal} | {v['ach_snr_db']:.2f} | {v['gain_db']:+.2f} | "
                          f"{v['coherence_below_1hz']:.3f} |")
-        first = res.get("causal_model", "spectral-lag0")
         ok = row[first]["coherence_ge_gaussian1_below_1hz"]
         lines += ["", f"{first}'s coherence ≥ Gaussian σ=1's at every frequency below 1 Hz: **{'yes' if ok else 'no'}**", ""]
     return "\n".join(lines)

@@ -14,7 +14,8 @@
 # before shipping anything. PARTS=tune skips 1 and 2. WIDTH=16 (say) makes step 3 a new model of that width,
 # trained from scratch (the shipped architecture, default learning rate): is the 1-photon gap the width 8's capacity?
 # WORKERS=N sets the CPU workers (default: all cores but two), so two runs can share a machine. MODALITY=spectral
-# fine-tunes a spectral MODEL instead (its instances and front end on the workers; the card runs the optimizer).
+# trains a spectral model instead (its instances and front end on the workers; the card runs the optimizer):
+# fine-tunes MODEL where given, else a new one with the train flags in ARGS (say ARGS="--hemoglobin --mix").
 # DRY=1 runs it on a CPU (a check of the script, nothing more).
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -56,6 +56,15 @@ def recordings() -> dict[str, dict]:
     }
 
 
+def for_recording(ck, rec: dict):
+    """Checkpoint ``ck`` as a lab would run it on recording ``rec``: a model that takes its
+    sensor's emission spectrum (trained with ``--sensor``) gets the recording's sensor's, as a
+    lab gives its own (``rtdenoise set-sensor``); any other model as it is."""
+    if ck.config.sensor is None:
+        return ck
+    return ck.for_sensor(rec["emission"] * rec["signature"])
+
+
 def machine() -> str:
     cpu = platform.processor()
     try:
@@ -146,7 +155,7 @@ def main(argv=None) -> int:
         estimates["pca (causal, first 60 s)"] = baselines.pca_project(noisy, rank=table["pca (causal, first 60 s)"]["param"], fit_frames=fit)
         for ck in ckpts:
             t1 = time.perf_counter()
-            estimates[f"model {ck.name}"] = denoise(noisy, model=ck)
+            estimates[f"model {ck.name}"] = denoise(noisy, model=for_recording(ck, rec))
             row.setdefault(f"model {ck.name}", {})["ms_per_frame"] = 1e3 * (time.perf_counter() - t1) / len(noisy)
         truth = rec["activity"]
         for name, est in estimates.items():
@@ -168,7 +177,7 @@ def main(argv=None) -> int:
     thr = 3.0 * 1.4826 * float(np.median(np.abs(d - np.median(d))))  # low enough that raw noise crosses it
     pure = {"threshold": thr, "raw": int(len(metrics.detect_events(raw_trace, fs=5.0, threshold=thr)))}
     for ck in ckpts:
-        out = denoise(steady["noisy"], model=ck)
+        out = denoise(steady["noisy"], model=for_recording(ck, steady))
         pure[f"model {ck.name}"] = int(len(metrics.detect_events(sensor_trace(out, steady), fs=5.0, threshold=thr)))
     results["pure_noise_events"] = pure
 

@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from bench_quality import run_info, write_results  # noqa: E402
+from bench_quality import for_recording, run_info, write_results  # noqa: E402
 
 from rtdenoise import baselines, metrics  # noqa: E402
 from rtdenoise.denoise import denoise  # noqa: E402
@@ -124,10 +124,10 @@ def estimates(rec: dict, models=MODELS) -> dict[str, np.ndarray]:
     out["pca (causal, first 60 s)"] = baselines.pca_project(noisy, rank=table["pca (causal, first 60 s)"]["param"], fit_frames=fit)
     out["pca (offline)"] = baselines.pca_project(noisy, rank=table["pca (offline)"]["param"])
     for m in models:
-        out[label(m)] = denoise(noisy, model=m)
+        out[label(m)] = denoise(noisy, model=for_recording(load(m), rec))
     # Not an estimate: lag-0's training target (the clean signal in its front end's units)
     # mapped back, what a network that hit its target exactly would give.
-    fe = load(models[0]).config.frontend(1)
+    fe = for_recording(load(models[0]), rec).config.frontend(1)
     norm = fe.normalize(noisy[None])
     out[ceiling(models[0])] = fe.to_counts(fe.target(ref[None], norm), norm)[0]
     return out

@@ -407,3 +407,32 @@ def test_a_warning_reads_as_the_verbs_line_not_as_source_code(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "rtdenoise train: warning: " in err and "too dim for photon splitting" in err
     assert "warnings.warn" not in err and "UserWarning" not in err
+
+
+def test_a_model_trained_with_a_known_sensor_runs_once_given_the_lab_s_sensor(tmp_path, capsys):
+    model, lab = tmp_path / "sensor.pt", tmp_path / "lab.pt"
+    assert main(["train", str(model), "--sensor", "--steps", "1"]) == 2
+    assert "--sensor goes with --hemoglobin" in capsys.readouterr().err and not model.exists()
+    assert main(["train", str(model), "--hemoglobin", "--sensor", "--rank", "6", "--depth", "3", "--width", "8",
+                 "--steps", "2", "--batch", "2", "--window", "40", "--workers", "0"]) == 0
+    from rtdenoise.synth import simulate
+
+    rec = simulate(60, seed=2, photons=2000)
+    noisy = tmp_path / "noisy.npy"
+    np.save(noisy, rec["noisy"])
+    assert main(["denoise", str(noisy), str(tmp_path / "out.npy"), "--model", str(model), "--quiet"]) == 2
+    assert "has none: give it once with `rtdenoise set-sensor" in capsys.readouterr().err
+    table = tmp_path / "sensor.csv"
+    sensor = rec["emission"] * rec["signature"]
+    table.write_text("wavelength,em\n" + "".join(f"{w:.3f},{v:.6f}\n" for w, v in zip(rec["wavelengths"], sensor)))
+    assert main(["set-sensor", str(model), str(table), "-o", str(lab)]) == 0
+    assert "with the sensor of" in capsys.readouterr().out
+    from rtdenoise.model.checkpoint import load
+
+    ck = load(lab)
+    np.testing.assert_allclose(ck.config.sensor, sensor, rtol=1e-4, atol=1e-6)
+    assert ck.provenance["sensor"]["file"] == str(table) and load(model).config.sensor == []
+    assert main(["denoise", str(noisy), str(tmp_path / "out.npy"), "--model", str(lab), "--quiet"]) == 0
+    assert np.load(tmp_path / "out.npy").shape == rec["noisy"].shape
+    assert main(["set-sensor", "spectral-lag0", str(table), "-o", str(tmp_path / "x.pt")]) == 2
+    assert "trained without --sensor" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()

@@ -380,3 +380,57 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(rio, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+# --------------------------------------------------------------------------- spectra (a sensor's emission)
+
+
+def test_load_spectrum_reads_fpbase_tables_and_interpolates_onto_the_bins(tmp_path):
+    from rtdenoise.io import load_spectrum
+
+    wl = np.linspace(480.0, 595.0, 152)
+    grid = np.arange(400, 651)
+    em = np.exp(-0.5 * ((grid - 515) / 12.0) ** 2)
+    csv = tmp_path / "GRAB.csv"  # FPbase's layout: a header, excitation then emission, cells left empty
+    csv.write_text("wavelength,GRAB ex,GRAB em\n" + "".join(f"{x},{'' if x > 500 else 0.5},{v:.6f}\n" for x, v in zip(grid, em)))
+    got = load_spectrum(csv, wl)
+    np.testing.assert_allclose(got, np.exp(-0.5 * ((wl - 515) / 12.0) ** 2), atol=2e-3)
+    tsv = tmp_path / "em.txt"  # whitespace, only part of the band: zero outside it
+    tsv.write_text("# nm  value\n" + "".join(f"{x}\t{v}\n" for x, v in zip(grid[100:160], em[100:160])))
+    part = load_spectrum(tsv, wl)
+    assert part[wl < 500].max() == 0 and part[wl > 560].max() == 0 and part.max() > 0.99
+    np.testing.assert_allclose(load_spectrum(csv, wl, column=1)[wl < 500], 0.5)  # the excitation column
+    per_bin = tmp_path / "bins.npy"
+    np.save(per_bin, got)
+    np.testing.assert_array_equal(load_spectrum(per_bin, wl), got)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no spectrum file"),
+    ("name,value\nfoo,bar\n", "no numeric rows"),
+    ("700,1\n710,2\n", "covers 700-710 nm; the model's bins are 480-595 nm"),
+    ("500,1\n510,-2\n", "no negative values"),
+    ("400,0\n700,0\n", "zero over the model's bins"),
+], ids=["missing", "no-numbers", "no-overlap", "negative", "all-zero"])
+def test_load_spectrum_says_what_is_wrong(tmp_path, content, message):
+    from rtdenoise.io import load_spectrum
+
+    path = tmp_path / "s.csv"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        load_spectrum(path, np.linspace(480.0, 595.0, 152))
+
+
+def test_load_spectrum_column_must_be_a_value_column(tmp_path):
+    from rtdenoise.io import load_spectrum
+
+    path = tmp_path / "s.csv"
+    path.write_text("500,1,2\n520,2,3\n")
+    for column in (0, 3, -4):
+        with pytest.raises(ValueError, match="2 value column"):
+            load_spectrum(path, np.linspace(480.0, 595.0, 152), column=column)
+    bad = tmp_path / "short.npy"
+    np.save(bad, np.ones(10))
+    with pytest.raises(ValueError, match="holds 10 values; the model has 152 bins"):
+        load_spectrum(bad, np.linspace(480.0, 595.0, 152))

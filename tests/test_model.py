@@ -19,6 +19,8 @@ ARCHS = [
     pytest.param(dict(arch="subspace", depth=3, width=8, dilations=[1, 2, 1], rank=4, taps=4), id="subspace"),
     pytest.param(dict(arch="subspace", depth=3, width=8, dilations=[1, 2, 1], rank=6, taps=4, hemoglobin=[480.0, 595.0],
                       mix=True), id="subspace-hemoglobin-mix"),
+    pytest.param(dict(arch="subspace", depth=3, width=8, dilations=[1, 2, 1], rank=6, taps=4, hemoglobin=[480.0, 595.0],
+                      sensor=list(np.linspace(0.2, 1.0, 152)), mix=True), id="subspace-hemoglobin-sensor"),
     pytest.param(dict(arch="spectral", depth=3, width=8, dilations=[]), id="spectral"),
     pytest.param(dict(arch="2d", depth=3, width=4, dilations=[]), id="2d"),
 ]
@@ -195,6 +197,81 @@ def test_hemoglobin_needs_a_subspace_with_room_for_its_spectra():
         ModelConfig(arch="spectral", hemoglobin=[480.0, 595.0])
     with pytest.raises(ValueError, match="band"):
         ModelConfig(hemoglobin=[595.0, 480.0])
+
+
+def test_a_known_sensor_spectrum_is_the_fifth_direction_and_holds_the_sensor_s_signal():
+    """With ``sensor`` the 5th direction is the sensor's spectrum over s (after hemoglobin's 4),
+    each stream its own, from the first frame."""
+    from rtdenoise.synth import SpectralConfig
+
+    quiet = SpectralConfig(hemo_std=(0.0, 0.0), state_level=(0.0, 0.0), slow_std=(0.0, 0.0))
+    recs = [simulate(200, seed=s, photons=3000, signal=quiet) for s in (8, 9)]  # two sensors: peaks differ
+    sensors = np.stack([r["emission"] * r["signature"] for r in recs])
+    assert not np.allclose(sensors[0] / sensors[0].max(), sensors[1] / sensors[1].max(), atol=1e-2)
+    fe = ModelConfig(rank=8, hemoglobin=[480.0, 595.0], sensor=[]).frontend(2)
+    fe.sensor[:] = sensors  # each stream its own, as in training
+    norm = fe.normalize(np.stack([r["noisy"] for r in recs]))
+    for i in range(len(recs)):
+        u, sc = norm.basis[i], norm.scale[i]
+        np.testing.assert_allclose(u.transpose(0, 2, 1) @ u, np.broadcast_to(np.eye(8), (200, 8, 8)), atol=1e-4)
+        own = sensors[i] / sc  # (T, W)
+        first5 = u[:, :, :5]
+        residual = own - np.einsum("twk,tk->tw", first5, np.einsum("twk,tw->tk", first5, own))
+        assert (residual ** 2).sum() < 1e-6 * (own ** 2).sum()
+    # without it the 5th direction is the data's: near the sensor's, never on it
+    tracked = ModelConfig(rank=8, hemoglobin=[480.0, 595.0]).frontend(1).normalize(recs[0]["noisy"][None]).basis[0]
+    own = sensors[0] / norm.scale[0]
+    residual = own - np.einsum("twk,tk->tw", tracked[:, :, :5], np.einsum("twk,tw->tk", tracked[:, :, :5], own))
+    assert (residual ** 2).sum() > 1e-3 * (own ** 2).sum()
+
+
+def test_a_sensor_spectrum_is_checked_and_a_model_without_one_says_how_to_give_it(tmp_path):
+    hb = [480.0, 595.0]
+    with pytest.raises(ValueError, match="give hemoglobin too"):
+        ModelConfig(sensor=[])
+    with pytest.raises(ValueError, match="rank must be >= 5"):
+        ModelConfig(rank=4, hemoglobin=hb, sensor=[])
+    for bad in ([1.0] * 10, [0.0] * 152, [1.0] * 151 + [float("nan")]):
+        with pytest.raises(ValueError, match="152 finite values"):
+            ModelConfig(hemoglobin=hb, sensor=bad)
+    cfg = ModelConfig(arch="subspace", depth=3, width=8, dilations=[1, 2, 1], rank=6, taps=4, hemoglobin=hb, sensor=[])
+    ck = Checkpoint(name="takes-a-sensor", config=cfg, state_dict=cfg.build().state_dict())
+    rec = simulate(30, seed=1, photons=2000)
+    from rtdenoise.denoise import denoise
+
+    with pytest.raises(ValueError, match="has none: give it once with `rtdenoise set-sensor"):
+        denoise(rec["noisy"], model=ck)
+    out = denoise(rec["noisy"], model=ck.for_sensor(rec["emission"] * rec["signature"]))
+    assert out.shape == rec["noisy"].shape and np.isfinite(out).all()
+    with pytest.raises(ValueError, match="trained without --sensor"):
+        load("spectral-lag0").for_sensor(rec["emission"])
+    with pytest.raises(ValueError, match="152 finite values"):
+        ck.for_sensor(rec["emission"][:100])
+
+
+def test_training_with_a_known_sensor_learns_on_each_instance_s_own(tmp_path):
+    from rtdenoise.synth.dataset import SpectralDataset
+    from rtdenoise.train import draw_batch, normalize_batch
+
+    cfg = ModelConfig(arch="subspace", depth=3, width=8, dilations=[1, 2, 1], rank=6, taps=4, hemoglobin=[480.0, 595.0],
+                      sensor=[])
+    ds = SpectralDataset(window=40, seed=0)
+    noisy, target, sensor = ds.batch(np.random.default_rng(3), 3, sensor=True)
+    again = ds.batch(np.random.default_rng(3), 3)  # asking for the sensors draws nothing more
+    np.testing.assert_array_equal(again[0], noisy)
+    x, t = normalize_batch(noisy, target, cfg, sensor=sensor)
+    assert x.shape == (3, 40, 12) and torch.isfinite(x).all()
+    with pytest.raises(ValueError, match="give sensor="):
+        normalize_batch(noisy, target, cfg)
+    x2, _ = draw_batch(ds, np.random.default_rng(3), 3, cfg)
+    torch.testing.assert_close(x2, x)
+    shifted, t2 = draw_batch(ds, np.random.default_rng(3), 3, cfg, sensor_shift_nm=2.0)  # a lab's spectrum, off
+    assert not torch.allclose(shifted, x) and torch.isfinite(shifted).all() and t2.shape == t.shape
+    with pytest.raises(ValueError, match="this model takes none"):
+        train(tmp_path / "n.pt", config=TrainConfig(steps=1, workers=0, sensor_shift_nm=2.0), progress=False)
+    tc = TrainConfig(steps=2, batch=2, window=40, workers=0, val_instances=4)
+    ck = train(tmp_path / "s.pt", model=cfg, config=tc, progress=False)
+    assert load(tmp_path / "s.pt").config.sensor == [] and np.isfinite(ck.provenance["final_val_loss"])
 
 
 def test_frontend_reconstructs_counts_from_its_own_target():

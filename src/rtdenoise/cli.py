@@ -83,6 +83,12 @@ def _add_train(sub) -> None:
     p.add_argument("--hemoglobin", action="store_true", default=None,
                    help="subspace: put hemoglobin's two absorption spectra in the subspace (4 of its directions) "
                         "instead of estimating them from data")
+    p.add_argument("--sensor", action="store_true", default=None,
+                   help="with --hemoglobin: the sensor's emission spectrum is one more known direction (each "
+                        "instance's own in training; the lab's sensor given to the trained model to run it)")
+    p.add_argument("--sensor-shift", type=float, default=0.0, metavar="NM",
+                   help="with --sensor: train on each instance's sensor spectrum shifted by up to ±NM nm, so the "
+                        "model tolerates a given spectrum that far off (default 0: exact)")
     p.add_argument("--mix", action="store_true", default=None,
                    help="subspace: each coefficient's predicted filter takes every coefficient's last taps values")
     p.add_argument("--patch", type=int, nargs=2, default=list(t.patch), metavar=("H", "W"), help="imaging: pixels per instance")
@@ -153,6 +159,10 @@ def cmd_train(args) -> int:
             raise ValueError("--hemoglobin is for spectra: it puts hemoglobin's absorption spectra in the subspace")
         band = SpectralConfig()
         given["hemoglobin"] = [band.wl_start, band.wl_stop]
+    if args.sensor:
+        if not args.hemoglobin:
+            raise ValueError("--sensor goes with --hemoglobin: the sensor's spectrum is known beside hemoglobin's")
+        given["sensor"] = []
     dilations = None if args.dilations is None else [int(d) for d in args.dilations.split(",") if d.strip()]
     if args.prior is not None and not 0.0 <= args.prior < 1.0:
         raise ValueError(f"--prior is a share of the instances, in [0, 1); got {args.prior}")
@@ -169,6 +179,7 @@ def cmd_train(args) -> int:
         lr=args.lr if args.lr is not None else d.lr / 4 if init else d.lr,
         workers=args.workers, seed=args.seed, patch=tuple(args.patch), threads=args.threads, settled=args.settled,
         device=args.device, instances_on_device=not args.cpu_instances, pooled_loss=args.pooled_loss,
+        sensor_shift_nm=args.sensor_shift,
     )
     if args.modality == "imaging":
         if args.prior:
@@ -252,6 +263,37 @@ def cmd_info(args) -> int:
         _print_json(info)
         return 0
     print(format_info(info))
+    return 0
+
+
+def _add_set_sensor(sub) -> None:
+    p = sub.add_parser("set-sensor", help="give a model trained with --sensor your sensor's emission spectrum")
+    p.add_argument("model", help="a .pt file trained with --hemoglobin --sensor")
+    p.add_argument("spectrum", help="your sensor's emission spectrum: a CSV/TSV table of wavelength (nm) and value "
+                   "(FPbase's download works; header lines are skipped), or a .npy of one value per bin")
+    p.add_argument("-o", "--output", required=True, help="the model for this sensor (.pt): denoise and serve it as any")
+    p.add_argument("--column", type=int, default=-1,
+                   help="which value column of the table (1 = the first after the wavelength; default the last)")
+    p.set_defaults(func=cmd_set_sensor)
+
+
+def cmd_set_sensor(args) -> int:
+    import numpy as np
+
+    from rtdenoise.io import load_spectrum
+    from rtdenoise.model.checkpoint import load
+
+    ck = load(args.model)
+    if ck.config.sensor is None:
+        raise ValueError(f"{args.model} was trained without --sensor: it has no known sensor direction to give")
+    values = load_spectrum(args.spectrum, ck.wavelengths, column=args.column)
+    out = ck.for_sensor(values)
+    out.name = f"{ck.name} for {Path(args.spectrum).stem}"
+    out.provenance = {**ck.provenance, "sensor": {"file": str(args.spectrum), "column": args.column}}
+    out.save(args.output)
+    wl, on = np.asarray(ck.wavelengths), np.flatnonzero(values)
+    print(f"wrote {args.output}: {ck.name} with the sensor of {args.spectrum} "
+          f"(peak {wl[np.argmax(values)]:.0f} nm, non-zero {wl[on[0]]:.0f}-{wl[on[-1]]:.0f} nm)")
     return 0
 
 
@@ -725,7 +767,7 @@ def cmd_bench_latency(args) -> int:
 # ----------------------------------------------------------------------------- main
 
 # Verbs owned by other parts register here: (module, function adding the parser).
-_VERBS = [_add_simulate, _add_train, _add_info, _add_denoise, _add_demo, _add_bench, _add_export, _add_build_engine]
+_VERBS = [_add_simulate, _add_train, _add_info, _add_set_sensor, _add_denoise, _add_demo, _add_bench, _add_export, _add_build_engine]
 _VERBS += [_add_serve, _add_replay, _add_status, _add_proxy, _add_view, _add_keys]  # stream verbs, defined above main
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "atomic_path",
     "load_arrays",
     "load_frames",
+    "load_spectrum",
     "save_frames",
     "validate_frames",
 ]
@@ -568,3 +569,63 @@ def validate_frames(
                 f"is this the model for this {device}?"
             )
     return frames if isinstance(frames, np.ndarray) else arr
+
+
+def load_spectrum(path: str | os.PathLike, wavelengths, *, column: int = -1) -> np.ndarray:
+    """A spectrum from a text table, on ``wavelengths`` (nm): a sensor's emission, as FPbase and
+    vendors give it.
+
+    The file (CSV, TSV or whitespace-separated; header lines and empty cells allowed) has the
+    wavelength in nm in its first column and values in the others; ``column`` picks one
+    (default the last: FPbase puts emission after excitation). The values are interpolated
+    linearly onto ``wavelengths``, zero outside the table's range. A ``.npy`` file holds either
+    ``(N, 2+)`` such rows or one value per wavelength already.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        A missing file; no numeric rows; a table that does not cover any of ``wavelengths``; a
+        spectrum that is zero there, negative or not finite.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no spectrum file {p}")
+    wl = np.asarray(wavelengths, dtype=np.float64)
+    if p.suffix.lower() == ".npy":
+        table = np.load(p, allow_pickle=False).astype(np.float64)
+        if table.ndim == 1:
+            if table.shape != wl.shape:
+                raise ValueError(f"{p} holds {table.size} values; the model has {wl.size} bins (or give (wavelength, "
+                                 "value) rows)")
+            table = np.stack([wl, table], axis=1)
+    else:
+        rows = []
+        for line in p.read_text(errors="replace").splitlines():
+            cells = [c.strip() for c in line.split(",")] if "," in line else line.split()
+            try:
+                rows.append([float(c) if c else np.nan for c in cells])
+            except ValueError:
+                continue  # a header or a comment
+        width = max((len(r) for r in rows), default=0)
+        if width < 2:
+            raise ValueError(f"{p} has no numeric rows of (wavelength nm, value): not a spectrum table")
+        table = np.array([r + [np.nan] * (width - len(r)) for r in rows])
+    if table.ndim != 2 or table.shape[1] < 2:
+        raise ValueError(f"{p}: expected rows of (wavelength nm, value), got an array of shape {table.shape}")
+    if column == 0 or not -table.shape[1] < column < table.shape[1]:
+        raise ValueError(f"{p} has {table.shape[1] - 1} value column(s) after the wavelength; column {column} is not "
+                         "one of them (1, 2, ... or -1 for the last)")
+    values = table[:, column]
+    keep = np.isfinite(table[:, 0]) & np.isfinite(values)
+    x, y = table[keep, 0], values[keep]
+    if (y < 0).any():
+        raise ValueError(f"{p}: a spectrum has no negative values; found {int((y < 0).sum())}")
+    order = np.argsort(x)
+    x, y = x[order], y[order]
+    if x.size < 2 or x[-1] < wl.min() or x[0] > wl.max():
+        raise ValueError(f"{p} covers {x[0] if x.size else float('nan'):g}-{x[-1] if x.size else float('nan'):g} nm; "
+                         f"the model's bins are {wl.min():g}-{wl.max():g} nm")
+    out = np.interp(wl, x, y, left=0.0, right=0.0)
+    if not out.any():
+        raise ValueError(f"{p}: the spectrum is zero over the model's bins ({wl.min():g}-{wl.max():g} nm)")
+    return out

@@ -59,6 +59,10 @@ class TrainConfig:
     # Movies: weight of a second loss term, the error of 8 × 8-pixel block means (what a neuron's
     # trace averages), beside the per-pixel error; 0: per-pixel error alone.
     pooled_loss: float = 0.0
+    # Spectra, a model that takes its sensor's spectrum (ModelConfig.sensor): each instance's is
+    # given shifted by a uniform draw within ± this many nm, so the model tolerates a lab's
+    # spectrum that far off (0: exact).
+    sensor_shift_nm: float = 0.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -80,8 +84,11 @@ SETTLED_BURN = 16  # frames of a settled instance that only warm the network's s
 
 
 def normalize_batch(noisy: np.ndarray, target: np.ndarray, mcfg: ModelConfig, *, settled: float = 0.0,
-                    rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    rng: np.random.Generator | None = None, sensor: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Front end over a batch: (features, target in the network's units).
+
+    ``sensor`` ``(B, W)``: each instance's sensor spectrum, for a model that takes one
+    (``ModelConfig.sensor``): it learns on every instance's own.
 
     Each instance starts cold, or with probability ``settled`` settled: the running mean set
     to each pixel's lowest expected count in the window (its level before any transient of the
@@ -91,6 +98,10 @@ def normalize_batch(noisy: np.ndarray, target: np.ndarray, mcfg: ModelConfig, *,
     warm the network's states and :func:`lagged_loss` leaves them out.
     """
     fe = mcfg.frontend(noisy.shape[0], noisy.shape[2:])
+    if fe.rank and fe.sensor is not None:
+        if sensor is None:
+            raise ValueError("this model takes each instance's sensor spectrum: give sensor=")
+        fe.sensor[:] = sensor
     if settled:
         rng = rng or np.random.default_rng()
     warm = rng.random(noisy.shape[0]) < settled if settled else np.zeros(noisy.shape[0], dtype=bool)
@@ -253,18 +264,35 @@ def identity_loss(feat: torch.Tensor, tn: torch.Tensor, lag: int) -> torch.Tenso
     return _mse(feat[:, :, : tn.shape[2]], tn)
 
 
+def draw_batch(ds, rng: np.random.Generator, size: int, mcfg: ModelConfig, settled: float = 0.0,
+               sensor_shift_nm: float = 0.0):
+    """``size`` instances of dataset ``ds`` through the model's front end (:func:`normalize_batch`),
+    each with its own sensor spectrum where the model takes one (shifted by up to
+    ``sensor_shift_nm``, as a lab's may be off)."""
+    if mcfg.sensor is None:
+        return normalize_batch(*ds.batch(rng, size), mcfg, settled=settled, rng=rng)
+    noisy, target, sensor = ds.batch(rng, size, sensor=True)
+    if sensor_shift_nm:
+        wl = ds.signal.wavelengths()
+        for row, d in zip(sensor, rng.uniform(-sensor_shift_nm, sensor_shift_nm, size)):
+            row[:] = np.interp(wl - d, wl, row)
+    return normalize_batch(noisy, target, mcfg, settled=settled, rng=rng, sensor=sensor)
+
+
 class _Batches(torch.utils.data.IterableDataset):
     """Endless normalized training batches, made in a worker process beside the optimizer."""
 
-    def __init__(self, ds, mcfg: ModelConfig, batch: int, seed: list[int], settled: float = 0.0):
+    def __init__(self, ds, mcfg: ModelConfig, batch: int, seed: list[int], settled: float = 0.0,
+                 sensor_shift_nm: float = 0.0):
         super().__init__()
         self.ds, self.mcfg, self.batch, self.seed, self.settled = ds, mcfg, batch, seed, settled
+        self.sensor_shift_nm = sensor_shift_nm
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng(self.seed + [info.id if info else 0])
         while True:
-            yield normalize_batch(*self.ds.batch(rng, self.batch), self.mcfg, settled=self.settled, rng=rng)
+            yield draw_batch(self.ds, rng, self.batch, self.mcfg, self.settled, self.sensor_shift_nm)
 
 
 class _CleanBatches(torch.utils.data.IterableDataset):
@@ -365,6 +393,10 @@ def train(
                          f"this run trains a {model_cfg.family.modality} model on {cfg.patch}")
     if cfg.pooled_loss < 0:
         raise ValueError(f"pooled_loss is a weight >= 0, got {cfg.pooled_loss}")
+    if cfg.sensor_shift_nm and model_cfg.sensor is None:
+        raise ValueError("sensor_shift_nm shifts the sensor spectrum a model takes: this model takes none (--sensor)")
+    if not cfg.sensor_shift_nm >= 0:
+        raise ValueError(f"sensor_shift_nm is a distance in nm >= 0, got {cfg.sensor_shift_nm}")
     if not 0.0 <= cfg.settled <= 1.0:
         raise ValueError(f"settled is a share of instances in [0, 1], got {cfg.settled}")
     if cfg.settled and model_cfg.frontend(1, tuple(cfg.patch) if images else None).rank:
@@ -400,7 +432,7 @@ def train(
         ddp = torch.nn.parallel.DistributedDataParallel(net)
 
     val_rng = np.random.default_rng([cfg.seed, 10**6])  # held out: never drawn in training
-    val = [tuple(a.to(dev) for a in normalize_batch(*ds.batch(val_rng, 8), model_cfg, settled=cfg.settled, rng=val_rng))
+    val = [tuple(a.to(dev) for a in draw_batch(ds, val_rng, 8, model_cfg, cfg.settled))
            for _ in range(math.ceil(cfg.val_instances / 8))]
     # Each (rank, resume point) draws its own stream of instances. On a GPU, movies with PMT noise
     # get their noise and front end there: the CPU workers then only draw scenes (bench_train_gpu.py).
@@ -414,7 +446,7 @@ def train(
         card_rng.manual_seed(int(np.random.SeedSequence([cfg.seed, rank, step, 1]).generate_state(1)[0]))
     batches = torch.utils.data.DataLoader(
         _CleanBatches(ds, cfg.batch, [cfg.seed, rank, step]) if on_card
-        else _Batches(ds, model_cfg, cfg.batch, [cfg.seed, rank, step], cfg.settled),
+        else _Batches(ds, model_cfg, cfg.batch, [cfg.seed, rank, step], cfg.settled, cfg.sensor_shift_nm),
         batch_size=None,
         num_workers=cfg.workers,
         prefetch_factor=4 if cfg.workers else None,

@@ -160,6 +160,9 @@ class Engine:
     gpu = False  # steps on a GPU: the service warms it up at start and never keeps it busy while idle
 
     def __init__(self, checkpoint: Checkpoint):
+        if checkpoint.config.sensor == []:  # fail here, not at a stream's first frame
+            raise ValueError(f"model {checkpoint.name!r} takes its sensor's emission spectrum and has none: give it "
+                             "once with `rtdenoise set-sensor MODEL SPECTRUM -o OUT` (or Checkpoint.for_sensor)")
         keep_heap()
         self.checkpoint = checkpoint
         self.config = checkpoint.config

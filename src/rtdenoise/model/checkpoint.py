@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from rtdenoise.model.config import ModelConfig
@@ -78,6 +79,17 @@ class Checkpoint:
         if bool(on) == self.config.register:
             return self
         return replace(self, config=replace(self.config, register=bool(on)))
+
+    def for_sensor(self, spectrum) -> Checkpoint:
+        """This model with a sensor's emission spectrum (one value per bin, any scale; the
+        sensor's own light, without the tissue's) as its known sensor direction: the same
+        weights, ``config.sensor`` set. For a model trained to take one (``rtdenoise train
+        --hemoglobin --sensor``, trained on each instance's own sensor); a lab gives its
+        sensor's once (``rtdenoise set-sensor``) and every engine then uses it."""
+        if self.config.sensor is None:
+            raise ValueError(f"model {self.name!r} does not take a sensor spectrum: it was trained without --sensor")
+        values = [float(v) for v in np.ravel(np.asarray(spectrum, dtype=np.float64))]
+        return replace(self, config=replace(self.config, sensor=values))
 
     def model(self) -> CausalModel:
         """The network of this checkpoint's family with these weights, in eval mode."""
@@ -209,6 +221,11 @@ def load(model: str | os.PathLike | None = None) -> Checkpoint:
     return ckpt
 
 
+def _short(value):
+    """A config value for a line of text: a long list (a sensor's spectrum) as its length."""
+    return f"<{len(value)} values>" if isinstance(value, list) and len(value) > 16 else value
+
+
 def format_info(info: dict) -> str:
     """:meth:`Checkpoint.info` as the lines ``rtdenoise info`` prints."""
     pv = info["provenance"]
@@ -225,7 +242,7 @@ def format_info(info: dict) -> str:
           if info.get("frame_sizes", {}).get("max", 0) is None else []),
         f"lag            {info['lag']} frames ({info['lag'] / info['fs']:.2f} s)",
         f"receptive field {info['receptive_field']} frames ({info['receptive_field'] / info['fs']:.1f} s)",
-        "architecture   " + ", ".join(f"{k}={v}" for k, v in info["config"].items()),
+        "architecture   " + ", ".join(f"{k}={_short(v)}" for k, v in info["config"].items()),
         "normalization  " + ", ".join(f"{k}={v}" for k, v in info["normalization"].items()),
         f"parameters     {info['parameters']:,}",
     ]

@@ -89,6 +89,11 @@ class ModelConfig:
     # "subspace" only: each output coefficient's predicted filter takes every coefficient's last
     # `taps` values, not only its own (rank² · taps weights a frame instead of rank · taps).
     mix: bool = False
+    # With `hemoglobin`: the sensor's emission spectrum (`n_bins` values, any scale: how a frame
+    # changes as the sensor brightens) as one more known direction, its 5th. [] for a network
+    # trained on each instance's own sensor whose checkpoint has no spectrum yet (a lab gives
+    # its own with `rtdenoise set-sensor` to run it); None: the sensor's direction is tracked from data.
+    sensor: list[float] | None = None
 
     def __post_init__(self):
         fam = family(self.arch)
@@ -125,6 +130,14 @@ class ModelConfig:
             if self.arch != "subspace" or len(self.hemoglobin) != 2 or not self.hemoglobin[0] < self.hemoglobin[1]:
                 raise ValueError(f"hemoglobin is the band [first, last bin centre] in nm of a subspace model, got "
                                  f"{self.hemoglobin} for arch {self.arch!r}")
+        if self.sensor is not None:
+            self.sensor = [float(x) for x in self.sensor]
+            if self.hemoglobin is None:
+                raise ValueError("sensor (a known sensor spectrum) goes beside hemoglobin's: give hemoglobin too")
+            if self.sensor and (len(self.sensor) != self.n_bins or not all(math.isfinite(x) for x in self.sensor)
+                                or not any(self.sensor)):
+                raise ValueError(f"sensor must be {self.n_bins} finite values (one per bin), not all zero; got "
+                                 f"{len(self.sensor)} values")
         if self.register and fam.modality != "imaging":
             raise ValueError(f"register (following rigid motion) is for imaging families, not arch {self.arch!r}")
         fam.check_config(self)

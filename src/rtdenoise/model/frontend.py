@@ -356,6 +356,10 @@ class FrontEnd:
         all) and ``ε_j / s`` (the part of ``b·ε_j`` the dark level adds); the other
         ``rank − 2m`` are tracked from data in their complement (the sensor's among them:
         brightness is not made a known direction, so the sensor's signal is not split).
+    sensor : array (W,) or (B, W), optional
+        With ``spectra``: the sensor's emission spectrum (any scale), one more known direction
+        (``sensor / s``, after the ``2m``), per stream. Zeros leave it to be set in
+        :attr:`sensor` before the first frame (training sets each instance's own).
     """
 
     def __init__(
@@ -375,6 +379,7 @@ class FrontEnd:
         slow_horizon: int = 0,
         smooth_bins: float = 0.0,
         spectra: np.ndarray | None = None,
+        sensor: np.ndarray | None = None,
     ):
         if horizon < 1 or cov_horizon < 1 or slow_horizon < 0:
             raise ValueError(f"horizons must be >= 1 frame (slow_horizon 0 for none), got {horizon}, {cov_horizon}, {slow_horizon}")
@@ -402,6 +407,13 @@ class FrontEnd:
         self.n_known = 0 if self.spectra is None else 2 * len(self.spectra)
         if self.n_known and not rank:
             raise ValueError("known spectra go in a spectral subspace: give rank > 0")
+        self.sensor = None
+        if sensor is not None:
+            if self.spectra is None:
+                raise ValueError("a known sensor spectrum goes beside known absorption spectra: give spectra too")
+            self.sensor = np.zeros((batch, frame[-1]), np.float32)
+            self.sensor[:] = np.asarray(sensor, dtype=np.float32)
+            self.n_known += 1
         if self.n_known > rank:
             raise ValueError(f"{len(self.spectra)} known spectra take {self.n_known} directions of the subspace; "
                              f"rank must be at least that, got {rank}")
@@ -438,7 +450,8 @@ class FrontEnd:
     def arrays(self) -> list[np.ndarray]:
         """Every per-stream statistic, the stream first: what :meth:`view` slices."""
         return ([self.mean, self.count, self.hist_b, self.hist_s] + ([self.shift] if self.register else [])
-                + ([self.slow] if self.slow_horizon else []) + ([self.cov, self.basis, self.hist_u] if self.rank else []))
+                + ([self.slow] if self.slow_horizon else []) + ([self.cov, self.basis, self.hist_u] if self.rank else [])
+                + ([self.sensor] if self.sensor is not None else []))
 
     def view(self, index: int) -> FrontEnd:
         """Stream ``index`` alone, as a one-stream front end whose statistics are views of
@@ -472,6 +485,9 @@ class FrontEnd:
         bsz, n = x.shape[:2]
         if bsz != self.batch or x.shape[2:] != self.frame_shape:
             raise ValueError(f"expected a chunk (batch={self.batch}, n, {', '.join(map(str, self.frame_shape))}), got {x.shape}")
+        if self.sensor is not None and not np.abs(self.sensor).sum(axis=1).all():
+            raise ValueError("this front end takes the sensor's emission spectrum as a known direction and has none "
+                             "for a stream: set it (FrontEnd.sensor; a model's with `rtdenoise set-sensor`)")
         x = x.astype(self.dtype, copy=False)
         if self.photons:
             x = (x - self.offset) / self.gain
@@ -527,9 +543,13 @@ class FrontEnd:
 
     def _known(self, b: np.ndarray, s: np.ndarray) -> np.ndarray:
         """The known directions (see ``spectra``) for running baseline ``b`` and scale ``s``
-        (B, W), not yet orthonormal: (B, W, 2m)."""
+        (B, W), not yet orthonormal: (B, W, n_known)."""
         e = self.spectra.T[None]  # (1, W, m)
-        return np.concatenate([(b / s).astype(np.float32)[:, :, None] * e, e / s.astype(np.float32)[:, :, None]], axis=2)
+        s32 = s.astype(np.float32)[:, :, None]
+        known = [(b / s).astype(np.float32)[:, :, None] * e, e / s32]
+        if self.sensor is not None:
+            known.append(self.sensor[:, :, None] / s32)
+        return np.concatenate(known, axis=2)
 
     def _smoothed(self, d: np.ndarray) -> np.ndarray:
         """``d`` (B, W) smoothed across bins, each stream's row by its own vector-matrix

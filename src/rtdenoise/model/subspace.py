@@ -12,6 +12,7 @@ are both one weight pattern away. The weights start as the identity (pass ``z`` 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -46,8 +47,10 @@ class SubspaceModel(CausalModel):
     def check_config(cls, config) -> None:
         if not 1 <= config.rank <= config.n_bins:
             raise ValueError(f"rank must be in 1..n_bins ({config.n_bins}) for arch 'subspace', got {config.rank}")
-        if config.hemoglobin is not None and config.rank < 4:
-            raise ValueError(f"hemoglobin's spectra take 4 directions of the subspace: rank must be >= 4, got {config.rank}")
+        known = 4 + (config.sensor is not None)
+        if config.hemoglobin is not None and config.rank < known:
+            raise ValueError(f"hemoglobin's spectra{' and the sensor' if known > 4 else ''} take {known} directions of "
+                             f"the subspace: rank must be >= {known}, got {config.rank}")
         if config.taps <= config.lag:
             raise ValueError(f"taps ({config.taps}) must exceed lag ({config.lag}) so the filter reaches frame t - lag")
 
@@ -61,7 +64,8 @@ class SubspaceModel(CausalModel):
                         cov_horizon=config.cov_horizon, lag=config.lag, batch=batch,
                         gain=config.gain, offset=config.offset,
                         slow_horizon=config.slow_horizon, smooth_bins=config.smooth_bins,
-                        spectra=config.known_spectra())
+                        spectra=config.known_spectra(),
+                        sensor=None if config.sensor is None else (config.sensor or np.zeros(config.n_bins)))
 
     def step(self, feat: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         r, k = self.config.rank, self.config.taps

@@ -73,10 +73,15 @@ class SpectralDataset(torch.utils.data.IterableDataset):
         noisy, static = self.noise.sample(inst.clean, rng, fs=self.signal.fs)
         return noisy.astype(np.float32), (inst.clean + static[None, :]).astype(np.float32), inst
 
-    def batch(self, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """``size`` instances stacked: two ``(size, window, n_bins)`` float32 arrays."""
-        pairs = [self.instance(rng)[:2] for _ in range(size)]
-        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+    def batch(self, rng: np.random.Generator, size: int, *, sensor: bool = False) -> tuple[np.ndarray, ...]:
+        """``size`` instances stacked: two ``(size, window, n_bins)`` float32 arrays, and with
+        ``sensor`` a third ``(size, n_bins)``: each instance's sensor emission spectrum (its
+        emission less the tissue's, ``E·S``: how its frames change as the sensor brightens)."""
+        made = [self.instance(rng) for _ in range(size)]
+        out = np.stack([m[0] for m in made]), np.stack([m[1] for m in made])
+        if sensor:
+            out += (np.stack([m[2].emission * m[2].signature for m in made]).astype(np.float32),)
+        return out
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()

@@ -10,6 +10,7 @@ that adds up the chain (what the model cards read, ``model_cards.py``):
 - ``command``: SHIPPED's command, then ``; then`` and this run's;
 - ``fine_tune``: this run (steps, instances, wall time, init record, settled share);
   ``earlier_fine_tunes``: SHIPPED's own ``fine_tune`` records, oldest first;
+- ``first_signal``: the signal model of the chain's first run (``signal`` is this run's);
 - the rest (``train``, ``final_val_loss``, ``history``, ``date`` ...) is this run's;
 - ``--machine``: what the chain ran on, when this run's machine alone would mislead.
 """
@@ -34,7 +35,7 @@ def chain(shipped, new, what: str, machine: str | None = None):
            "settled": pn["train"].get("settled", 0.0)}
     pn.update(steps=po["steps"] + run["steps"], instances=po["instances"] + run["instances"],
               wall_time_s=po["wall_time_s"] + run["wall_time_s"], fine_tune=run, earlier_fine_tunes=earlier,
-              command=po["command"] + "; then " + what)
+              command=po["command"] + "; then " + what, first_signal=po.get("first_signal", po["signal"]))
     if machine:
         pn["machine"] = machine
     new.provenance, new.name = pn, shipped.name

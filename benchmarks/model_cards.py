@@ -32,6 +32,12 @@ PURPOSE = {
         "Live display and recording where one second of delay is acceptable: the output for frame t "
         "leaves when frame t + 5 arrives (1 s at 5 Hz), so it sees a second of the future."
     ),
+    "spectral-sensor-lag0": (
+        "Closed-loop experiments (lag 0) where the lab has its sensor's emission spectrum as its spectrometer "
+        "records it (a reference spectrum measured on the rig, as spectral unmixing uses): that spectrum is put in "
+        "the model's front end as a known direction beside hemoglobin's. Give it once with `rtdenoise set-sensor "
+        "spectral-sensor-lag0 SPECTRUM.csv -o mine.pt`; this checkpoint has none and will not run without one."
+    ),
     "imaging-lag0": (
         "Closed-loop experiments on two-photon (and camera) movies: strictly causal (lag 0), the denoised "
         "frame leaves as soon as that frame arrives. The default for movies."
@@ -94,6 +100,15 @@ def _steps_line(pv: dict, tr: dict) -> str:
         return f"- {pv['steps']:,} steps of {recipe} ({pv['instances']:,} instances, each new)."
     return (f"- {pv['steps']:,} steps in all ({pv['instances']:,} instances, each new); the last run {last['steps']:,} "
             f"steps of {recipe}.")
+
+
+def _states_last_run_only(pv: dict) -> bool:
+    """A chain whose first run drew no brain states (chains from before ``first_signal`` was
+    recorded added them in their last run)."""
+    if not pv.get("fine_tune"):
+        return False
+    first = pv.get("first_signal")
+    return first is None or first.get("state_level", (0, 0))[1] == 0
 
 
 def _val_set(pv: dict) -> str:
@@ -291,7 +306,10 @@ def render(ck, quality: dict, metrics: dict) -> str:
         f"{_size(ck)}.",
         *([f"- Hemoglobin's absorption spectra (Prahl) are put in the subspace, not estimated: 4 of its {ck.config.rank} "
            f"directions (their absorption of the running baseline, and the two spectra), the other "
-           f"{ck.config.rank - 4} tracked from data."] if ck.config.hemoglobin else []),
+           f"{ck.config.rank - 4 - (ck.config.sensor is not None)} tracked from data."] if ck.config.hemoglobin else []),
+        *([("- The sensor's emission spectrum is one more known direction: trained on each instance's own; "
+            + ("this checkpoint has none yet, give the lab's with `rtdenoise set-sensor`." if not ck.config.sensor
+               else "this checkpoint carries one (`rtdenoise set-sensor`)."))] if ck.config.sensor is not None else []),
         f"- Lag {ck.lag} frames ({ck.lag / ck.fs:g} s); receptive field {ck.receptive_field} frames "
         f"({ck.receptive_field / ck.fs:g} s) plus the front end's running statistics "
         f"(baseline over {ck.config.horizon} frames, spectral subspace over {ck.config.cov_horizon}"
@@ -310,7 +328,7 @@ def render(ck, quality: dict, metrics: dict) -> str:
         f"autofluorescence {rng('autofluorescence')} of the peak;",
         f"- release events at {rng('event_rate_hz')} Hz, amplitudes {rng('event_amplitude')} (log units ≈ ΔF/F), "
         f"one-frame rise, decay {rng('decay_s')} s; slow changes std {rng('slow_std')};",
-        *([f"- brain states{' (the last run only)' if pv.get('fine_tune') else ''} (wake, NREM, REM-like bouts, "
+        *([f"- brain states{' (the last run only)' if _states_last_run_only(pv) else ''} (wake, NREM, REM-like bouts, "
            f"{rng('state_dwell_s')} s mean in a wake or NREM bout): "
            f"ACh level of wake and REM {rng('state_level')} above NREM (log units), events on top;"]
           if sig.get("state_level", (0, 0))[1] > 0 else []),
@@ -330,7 +348,9 @@ def render(ck, quality: dict, metrics: dict) -> str:
         "## Measured quality",
         "",
         f"From `benchmarks/bench_quality.py` ({quality['date']}, {quality['machine']}); full tables in "
-        "`benchmarks/results/quality.md`. SNR of the dynamic part in dB.",
+        "`benchmarks/results/quality.md`. SNR of the dynamic part in dB"
+        + (", the model given each recording's own sensor spectrum as a lab gives its own (`results/sensor.md`: "
+           "given one that is off)" if ck.config.sensor is not None else "") + ".",
         "",
         "| recording | raw | best causal classical | best offline classical | this model |",
         "|---|---|---|---|---|",
@@ -349,6 +369,11 @@ def render(ck, quality: dict, metrics: dict) -> str:
         f"{metrics['pure_noise_events_raw']} in the raw trace at the same threshold.",
         "",
     ]
+    if "fastest_cpu_backend" not in metrics:  # not in engine.md: its cost over whole recordings instead
+        cost = [row[key]["ms_per_frame"] for row in quality["recordings"].values() if "ms_per_frame" in row.get(key, {})]
+        if cost:
+            lines += [f"Cost on this CPU: {np.mean(cost):.3f} ms a frame over a whole recording (torch, front end "
+                      "included; `quality.json`).", ""]
     if "fastest_cpu_backend" in metrics:
         lines += [
             "Step latency for one frame (median, `benchmarks/results/engine.md`): "
@@ -366,9 +391,17 @@ def render(ck, quality: dict, metrics: dict) -> str:
         "- The first seconds of a stream (and after every gap or restart) are cold: the running baseline and subspace "
         f"need about {ck.config.horizon // 5}–{ck.config.cov_horizon // 5} frames to settle (`warm` in output headers "
         "tells when the network's context is full).",
+        *(["- It needs the sensor's spectrum as the rig records it, to within about a nanometre: shifted by 3 nm it "
+           "loses up to 1.9 dB on the benchmark's recordings, and another sensor's catalogue spectrum (a 510 nm GFP "
+           "for a 527 nm sensor) up to 2.7 dB, 1.5 dB below `spectral-lag0` (`results/sensor.md`). A smooth error of "
+           "the spectral response (±20 % across the band) costs at most 0.3 dB.",
+           "- Its unmixed sensor (ACh) trace is not better everywhere its spectra are: on the seed's chain it gains "
+           "+8.37 dB over raw at 1500 counts against `spectral-lag0`'s +10.71, and +14.51 and +5.61 at 300 and 3000 "
+           "counts against +13.76 and +5.12 (`results/seed_chain_sensor.md`)."] if ck.config.sensor is not None else []),
         "- Signals outside the low-rank spectral model (a second sensor, a red channel, motion artefacts with new "
         "spectral shapes) are projected onto the tracked subspace: keep `rank` above the number of real components"
-        + (f" (here {ck.config.rank - 4} directions are left for everything but hemoglobin)."
+        + (f" (here {ck.config.rank - 4 - (ck.config.sensor is not None)} directions are left for everything but "
+           "hemoglobin" + (" and the sensor" if ck.config.sensor is not None else "") + ")."
            if ck.config.hemoglobin else "."),
         "",
     ]

@@ -392,11 +392,11 @@ def render(ck, quality: dict, metrics: dict) -> str:
         f"need about {ck.config.horizon // 5}–{ck.config.cov_horizon // 5} frames to settle (`warm` in output headers "
         "tells when the network's context is full).",
         *(["- It needs the sensor's spectrum as the rig records it, to within about a nanometre: shifted by 3 nm it "
-           "loses up to 1.9 dB on the benchmark's recordings, and another sensor's catalogue spectrum (a 510 nm GFP "
-           "for a 527 nm sensor) up to 2.7 dB, 1.5 dB below `spectral-lag0` (`results/sensor.md`). A smooth error of "
+           "loses up to 1.8 dB on the benchmark's recordings, and another sensor's catalogue spectrum (a 510 nm GFP "
+           "for a 527 nm sensor) up to 2.6 dB, 1.6 dB below `spectral-lag0` (`results/sensor.md`). A smooth error of "
            "the spectral response (±20 % across the band) costs at most 0.3 dB.",
            "- Its unmixed sensor (ACh) trace is not better everywhere its spectra are: on the seed's chain it gains "
-           "+8.37 dB over raw at 1500 counts against `spectral-lag0`'s +10.71, and +14.51 and +5.61 at 300 and 3000 "
+           "+8.64 dB over raw at 1500 counts against `spectral-lag0`'s +10.71, and +14.46 and +5.76 at 300 and 3000 "
            "counts against +13.76 and +5.12 (`results/seed_chain_sensor.md`)."] if ck.config.sensor is not None else []),
         "- Signals outside the low-rank spectral model (a second sensor, a red channel, motion artefacts with new "
         "spectral shapes) are projected onto the tracked subspace: keep `rank` above the number of real components"

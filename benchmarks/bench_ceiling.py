@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_quality import machine, recordings  # noqa: E402
+from bench_quality import machine, recordings, sensor_spectrum  # noqa: E402
 
 from rtdenoise import baselines, metrics  # noqa: E402
 from rtdenoise.denoise import denoise  # noqa: E402
@@ -155,7 +155,7 @@ def sensor_bounds(recs: dict) -> list[str]:
     for rname, rec in recs.items():
         ref, noisy = rec["clean"] + rec["static"], rec["noisy"]
         pca = baselines.baseline_table(noisy, ref, fs=float(rec["fs"]))["pca (causal, first 60 s)"]["snr_db"]
-        fe = ModelConfig(hemoglobin=[band.wl_start, band.wl_stop], sensor=list(rec["emission"] * rec["signature"])).frontend(1)
+        fe = ModelConfig(hemoglobin=[band.wl_start, band.wl_stop], sensor=list(sensor_spectrum(rec))).frontend(1)
         norm = fe.normalize(noisy[None])
         z = norm.features[0, :, : fe.rank].astype(np.float64)
         t = fe.target(ref[None], norm)[0].astype(np.float64)
@@ -164,7 +164,7 @@ def sensor_bounds(recs: dict) -> list[str]:
         # the classical method with the same knowledge: least squares on the sensor's spectrum and
         # hemoglobin's absorption of the running baseline, frame by frame (no network, no filter)
         b, sc = norm.baseline[0], norm.scale[0]
-        d = np.stack([np.broadcast_to(rec["emission"] * rec["signature"], b.shape),
+        d = np.stack([np.broadcast_to(sensor_spectrum(rec), b.shape),
                       b * rec["eps_hbo2"], b * rec["eps_hb"]], axis=-1) / sc[..., None]
         q = np.linalg.qr(d)[0]
         known = norm.out_baseline[0] + sc * np.einsum("tk,twk->tw", np.einsum("tw,twk->tk", (noisy - b) / sc, q), q)
@@ -186,7 +186,7 @@ def ach_bounds() -> list[str]:
         cells = []
         hb = [band.wl_start, band.wl_stop]
         for cfg in (ModelConfig(), ModelConfig(hemoglobin=hb),
-                    ModelConfig(hemoglobin=hb, sensor=list(rec["emission"] * rec["signature"]))):
+                    ModelConfig(hemoglobin=hb, sensor=list(sensor_spectrum(rec)))):
             _, cv = filtered(cfg.frontend(1), noisy, ref)
             cells += [f"{metrics.snr_db(cv[4], ref):.2f}", f"{chain.trace_snr_db(chain.ach_trace(cv[4], rec), rec['activity']):.2f}"]
         rows.append(f"| {photons:g} counts | " + " | ".join(cells) + " |")
@@ -211,7 +211,7 @@ def rig_bounds() -> list[str]:
         shipped = metrics.snr_db(denoise(noisy, model="spectral-lag0"), ref)
         cells = []
         for cfg in (ModelConfig(), ModelConfig(hemoglobin=hb),
-                    ModelConfig(hemoglobin=hb, sensor=list(rec["emission"] * rec["signature"]))):
+                    ModelConfig(hemoglobin=hb, sensor=list(sensor_spectrum(rec)))):
             fe = cfg.frontend(1)
             norm = fe.normalize(noisy[None])
             z = norm.features[0, :, : fe.rank].astype(np.float64)

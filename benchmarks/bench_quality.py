@@ -56,13 +56,19 @@ def recordings() -> dict[str, dict]:
     }
 
 
+def sensor_spectrum(rec: dict) -> np.ndarray:
+    """Recording ``rec``'s sensor emission spectrum (its emission less the tissue's, ``E·S``),
+    what a lab gives a model that takes one (``rtdenoise set-sensor``)."""
+    return rec["emission"] * rec["signature"]
+
+
 def for_recording(ck, rec: dict):
     """Checkpoint ``ck`` as a lab would run it on recording ``rec``: a model that takes its
     sensor's emission spectrum (trained with ``--sensor``) gets the recording's sensor's, as a
     lab gives its own (``rtdenoise set-sensor``); any other model as it is."""
     if ck.config.sensor is None:
         return ck
-    return ck.for_sensor(rec["emission"] * rec["signature"])
+    return ck.for_sensor(sensor_spectrum(rec))
 
 
 def machine() -> str:

@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from bench_quality import recordings, run_info, write_results  # noqa: E402
+from bench_quality import recordings, run_info, sensor_spectrum, write_results  # noqa: E402
 
 from rtdenoise import baselines, metrics  # noqa: E402
 from rtdenoise.denoise import denoise  # noqa: E402
@@ -44,7 +44,7 @@ TILT = 0.2  # ± at the band's ends
 def given(rec: dict) -> dict[str, np.ndarray]:
     """The spectra a lab might give for recording ``rec``'s sensor, by name."""
     wl = rec["wavelengths"]
-    own = rec["emission"] * rec["signature"]  # the sensor's own light: emission less the tissue's
+    own = sensor_spectrum(rec)
     line = (wl - wl.mean()) / (wl.max() - wl.min())  # -0.5 .. 0.5
     out = {"own": own}
     out.update({f"shifted {d:+g} nm": np.interp(wl - d, wl, own) for d in SHIFTS})
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         ref, noisy = rec["clean"] + rec["static"], rec["noisy"]
         pca = baselines.baseline_table(noisy, ref, fs=float(rec["fs"]))["pca (causal, first 60 s)"]["snr_db"]
         row = {"target": pca + 2, "spectral-lag0": metrics.snr_db(denoise(noisy, model="spectral-lag0"), ref),
-               "sensor_peak_nm": float(rec["wavelengths"][np.argmax(rec["emission"] * rec["signature"])])}
+               "sensor_peak_nm": float(rec["wavelengths"][np.argmax(sensor_spectrum(rec))])}
         for name, spectrum in given(rec).items():
             row[name] = metrics.snr_db(denoise(noisy, model=ck.for_sensor(spectrum)), ref)
         res["recordings"][rname] = row

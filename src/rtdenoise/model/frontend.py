@@ -485,7 +485,7 @@ class FrontEnd:
         bsz, n = x.shape[:2]
         if bsz != self.batch or x.shape[2:] != self.frame_shape:
             raise ValueError(f"expected a chunk (batch={self.batch}, n, {', '.join(map(str, self.frame_shape))}), got {x.shape}")
-        if self.sensor is not None and not np.abs(self.sensor).sum(axis=1).all():
+        if self.sensor is not None and not self.count.all() and not self.sensor.any(axis=1).all():  # at a start only
             raise ValueError("this front end takes the sensor's emission spectrum as a known direction and has none "
                              "for a stream: set it (FrontEnd.sensor; a model's with `rtdenoise set-sensor`)")
         x = x.astype(self.dtype, copy=False)
